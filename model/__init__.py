@@ -1,0 +1,1 @@
+"""Training: load interactions, fit implicit ALS, write a verified model artifact."""

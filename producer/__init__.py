@@ -1,0 +1,1 @@
+"""Publishing interaction events to Kafka."""

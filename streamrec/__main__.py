@@ -1,0 +1,5 @@
+import sys
+
+from streamrec.cli import main
+
+sys.exit(main())

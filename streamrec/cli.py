@@ -1,0 +1,232 @@
+"""The ``streamrec`` command: one entry point, a subcommand per job.
+
+Bad arguments or settings print one line (``streamrec: error: ...``) and exit 2; a service
+that is down prints one line and exits 3; an interrupted command exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from streamrec import __version__
+from streamrec.errors import ArtifactError, ConfigError, EventError, InfraError, StreamrecError
+from streamrec.events import EVENT_TYPES
+from streamrec.feedback import TRANSFORMS
+
+log = logging.getLogger(__name__)
+
+EXIT_USAGE = 2
+EXIT_INFRA = 3
+EXIT_DATA = 4
+DATASETS = ("synthetic", "lastfm-2k")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used by tests to check deploy files' commands)."""
+    p = _Parser(prog="streamrec", description="Real-time recommendations: Kafka -> ALS -> Redis.")
+    p.add_argument("--version", action="version", version=f"streamrec {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    infra = sub.add_parser(
+        "infra",
+        help="run the local Kafka broker and Redis server",
+        description="Start, inspect or stop the local Apache Kafka broker "
+        "(KRaft, 127.0.0.1) and Redis server.",
+    )
+    infra.add_argument("action", choices=("up", "status", "down"))
+
+    train = sub.add_parser(
+        "train",
+        help="fit ALS and write a model directory",
+        description="Fit implicit ALS on a dataset and write a verified "
+        "model directory (float32 .npy, JSON manifest with sha256).",
+    )
+    src = train.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--csv",
+        type=Path,
+        metavar="PATH",
+        help="CSV with header user_id,item_id[,weight][,timestamp]",
+    )
+    src.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        help="synthetic: generated, needs nothing; lastfm-2k: HetRec "
+        "user_artists.dat[.gz] from --data-dir",
+    )
+    train.add_argument("--data-dir", type=Path, metavar="DIR", help="folder of --dataset files")
+    train.add_argument("--out", type=Path, required=True, metavar="DIR", help="model directory")
+    train.add_argument("--factors", type=_positive_int, default=64, help="latent factors (64)")
+    train.add_argument("--regularization", type=_nonneg_float, default=0.5, help="λ (0.5)")
+    train.add_argument("--alpha", type=_positive_float, default=4.0, help="confidence scale (4)")
+    train.add_argument("--iterations", type=_positive_int, default=15, help="ALS sweeps (15)")
+    train.add_argument(
+        "--transform",
+        choices=TRANSFORMS,
+        default="log",
+        help="weight -> confidence: log1p (default) or linear",
+    )
+    train.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    train.add_argument(
+        "--publish",
+        action="store_true",
+        help="point Redis' <prefix>:model at the new model (workers hot-swap) "
+        "and write <prefix>:popular",
+    )
+
+    worker = sub.add_parser(
+        "worker",
+        help="consume events and keep lists fresh in Redis",
+        description="Consume interaction events, fold users in against the "
+        "model's item factors, write top-N lists to Redis. Stops on "
+        "SIGTERM/SIGINT after finishing the batch.",
+    )
+    worker.add_argument(
+        "--model",
+        type=Path,
+        metavar="DIR",
+        help="model directory (default: the one <prefix>:model names; then the "
+        "worker also hot-swaps when the pointer moves)",
+    )
+    worker.add_argument(
+        "--duration", type=_positive_float, metavar="SECONDS", help="stop after this long"
+    )
+    worker.add_argument(
+        "--max-events", type=_positive_int, metavar="N", help="stop after N messages"
+    )
+
+    produce = sub.add_parser(
+        "produce",
+        help="publish one event, or replay a CSV",
+        description="Publish an interaction event from flags, or every row "
+        "of a CSV (user_id,item_id[,type][,value][,timestamp]).",
+    )
+    what = produce.add_mutually_exclusive_group(required=True)
+    what.add_argument("--user", metavar="USER_ID", help="user id (with --item)")
+    what.add_argument("--csv", type=Path, metavar="PATH", help="replay this CSV in file order")
+    produce.add_argument("--item", metavar="ITEM_ID", help="item id")
+    produce.add_argument("--type", choices=EVENT_TYPES, default="play", help="event type (play)")
+    produce.add_argument("--value", type=float, help="play seconds, rating or dwell")
+    produce.add_argument("--timestamp", type=int, metavar="MS", help="epoch ms (default: now)")
+    produce.add_argument("--event-id", help="default: a random id")
+    produce.add_argument(
+        "--format",
+        choices=("avro", "json"),
+        default="avro",
+        help="wire encoding (avro single-object, default)",
+    )
+    produce.add_argument("--limit", type=_positive_int, metavar="N", help="CSV: first N rows")
+
+    demo = sub.add_parser(
+        "demo",
+        help="the whole pipeline on this machine, live",
+        description="Bring up Kafka and Redis, train on a generated dataset, "
+        "start the worker, publish events and show lists read back from "
+        "Redis, until Ctrl-C or --duration.",
+    )
+    demo.add_argument(
+        "--duration",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="stop after this long (default: run until Ctrl-C)",
+    )
+    demo.add_argument(
+        "--rate",
+        type=_positive_float,
+        default=50.0,
+        metavar="EVENTS_PER_S",
+        help="events published per second (50)",
+    )
+    demo.add_argument(
+        "--dir", type=Path, metavar="DIR", help="where the demo model goes (default: <home>/demo)"
+    )
+    return p
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT only set ``stop``; the loop finishes its batch and exits cleanly."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        log.info("got %s, stopping after this batch", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    from streamrec import commands
+
+    try:
+        return int(commands.run(args) or 0)
+    except ConfigError as exc:
+        print(f"streamrec: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except InfraError as exc:
+        print(f"streamrec: {exc}", file=sys.stderr)
+        return EXIT_INFRA
+    except (ArtifactError, EventError) as exc:
+        print(f"streamrec: {exc}", file=sys.stderr)
+        return EXIT_DATA
+    except StreamrecError as exc:
+        print(f"streamrec: {exc}", file=sys.stderr)
+        return EXIT_DATA
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

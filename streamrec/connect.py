@@ -1,0 +1,93 @@
+"""Clients for the two services, built from settings: Redis, and Kafka topic creation."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streamrec.errors import InfraError
+from streamrec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def redis_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
+    """A Redis client (bytes in, bytes out) for ``settings.redis_url``; checked with PING."""
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        password=password,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        health_check_interval=30,
+    )
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise InfraError(
+            f"Redis at {settings.redis_url} does not answer ({exc}); "
+            "start it with: streamrec infra up"
+        ) from None
+    return client
+
+
+def topic_specs(settings: Settings) -> dict[str, int]:
+    """Topic name -> partitions for every topic streamrec uses."""
+    return {
+        settings.topic_events: settings.topic_events_partitions,
+        settings.topic_dlq: 1,
+        settings.topic_models: 1,
+    }
+
+
+def ensure_topics(
+    settings: Settings, specs: dict[str, int] | None = None, timeout_s: float = 30.0
+) -> list[str]:
+    """Create missing topics (replication 1 for a single broker); returns those created.
+
+    Existing topics are left as they are. Waits, bounded, until each new topic has a leader.
+    """
+    specs = specs if specs is not None else topic_specs(settings)
+    admin = AdminClient(settings.kafka_common())
+    deadline = time.monotonic() + timeout_s
+    try:
+        existing = set(admin.list_topics(timeout=timeout_s).topics)
+    except KafkaException as exc:
+        raise InfraError(
+            f"Kafka at {settings.kafka_bootstrap} does not answer ({exc}); "
+            "start it with: streamrec infra up"
+        ) from None
+    missing = [
+        NewTopic(t, num_partitions=p, replication_factor=1)
+        for t, p in specs.items()
+        if t not in existing
+    ]
+    created: list[str] = []
+    if missing:
+        for topic, fut in admin.create_topics(missing, operation_timeout=timeout_s).items():
+            try:
+                fut.result(timeout=timeout_s)
+                created.append(topic)
+                log.info("created topic %s", topic)
+            except KafkaException as exc:
+                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                    raise InfraError(f"cannot create topic {topic}: {exc}") from None
+    while created:
+        meta = admin.list_topics(timeout=max(0.1, deadline - time.monotonic()))
+        ready = [
+            t
+            for t in created
+            if t in meta.topics
+            and not meta.topics[t].error
+            and all(p.leader >= 0 for p in meta.topics[t].partitions.values())
+        ]
+        if len(ready) == len(created):
+            break
+        if time.monotonic() > deadline:
+            raise InfraError(f"topics {created} have no leader after {timeout_s:.0f}s")
+        time.sleep(0.1)
+    return created

@@ -1,0 +1,43 @@
+"""Errors shared by every streamrec process.
+
+Tree::
+
+    StreamrecError                 base of everything raised on purpose
+    ├── ConfigError                a bad setting or CLI argument (one line, exit 2)
+    ├── EventError                 an event that can't be decoded or is invalid
+    │                              (keeps the raw bytes; the worker dead-letters it)
+    ├── ArtifactError              a model directory that is missing, corrupt or inconsistent
+    │                              (refused before it replaces a good model)
+    └── InfraError                 Kafka or Redis missing, unreachable or not ready in time
+                                   (stops the process loudly)
+"""
+
+from __future__ import annotations
+
+
+class StreamrecError(Exception):
+    """Base class of streamrec's own errors."""
+
+
+class ConfigError(StreamrecError):
+    """A setting or argument is invalid."""
+
+
+class EventError(StreamrecError):
+    """An event could not be decoded or failed validation.
+
+    ``raw`` keeps the original bytes so nothing is lost on the way to the dead-letter topic.
+    """
+
+    def __init__(self, reason: str, raw: bytes | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.raw = raw
+
+
+class ArtifactError(StreamrecError):
+    """A model artifact failed verification."""
+
+
+class InfraError(StreamrecError):
+    """A service streamrec depends on is not available."""

@@ -1,0 +1,543 @@
+"""The local Apache Kafka broker: one KRaft node that is both broker and controller.
+
+Jars come from Maven Central through ``mvn dependency:copy-dependencies`` (see ``pom.xml`` next
+to this module) into ``<home>/kafka/<version>/libs``, once. Each broker port gets its own run
+directory, ``<home>/kafka/run-<port>``, with the rendered ``server.properties``, the log4j2
+configuration, KRaft storage under ``data/`` (formatted on first start) and logs under ``logs/``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from streamrec.errors import InfraError
+from streamrec.infra import (
+    POLL_S,
+    Action,
+    Echo,
+    ServiceStatus,
+    decide,
+    is_loopback,
+    our_pid,
+    pid_alive,
+    port_open,
+    spawn_detached,
+    stop_pid,
+    tail,
+    write_pid,
+)
+
+if TYPE_CHECKING:
+    from streamrec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+NAME = "kafka"
+MAIN_CLASS = "kafka.Kafka"
+STORAGE_TOOL = "kafka.tools.StorageTool"
+MIN_JAVA = 17
+MVN_TIMEOUT_S = 600.0
+TOOL_TIMEOUT_S = 120.0
+STOP_TIMEOUT_S = 30.0
+PROBE_TIMEOUT_S = 3.0
+XMS_BYTES = 256 * 1024**2
+_VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.\-]*$")
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_HEAP_RE = re.compile(r"^(\d+)([kmgt]?)$", re.IGNORECASE)
+
+
+# --- Paths and pure rendering --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaPaths:
+    """Every file the local broker uses, derived from the settings."""
+
+    version_dir: Path
+    run_dir: Path
+
+    @classmethod
+    def of(cls, settings: Settings) -> KafkaPaths:
+        version = settings.kafka_version
+        if not _VERSION_RE.match(version):
+            raise InfraError(f"kafka: bad kafka_version {version!r}")
+        kafka_home = settings.home / "kafka"
+        return cls(kafka_home / version, kafka_home / f"run-{settings.kafka_port}")
+
+    @property
+    def libs(self) -> Path:
+        return self.version_dir / "libs"
+
+    @property
+    def libs_ok(self) -> Path:
+        """Marker written after a complete copy of the jars into ``libs``."""
+        return self.version_dir / "libs.ok"
+
+    @property
+    def pom(self) -> Path:
+        return self.version_dir / "pom.xml"
+
+    @property
+    def classpath(self) -> str:
+        """``libs/*``: java expands the wildcard itself (no shell involved)."""
+        return f"{self.libs}/*"
+
+    @property
+    def server_properties(self) -> Path:
+        return self.run_dir / "server.properties"
+
+    @property
+    def log4j(self) -> Path:
+        return self.run_dir / "log4j2.properties"
+
+    @property
+    def data(self) -> Path:
+        return self.run_dir / "data"
+
+    @property
+    def logs(self) -> Path:
+        return self.run_dir / "logs"
+
+    @property
+    def server_log(self) -> Path:
+        return self.logs / "server.log"
+
+    @property
+    def stdout_log(self) -> Path:
+        """The JVM's own stdout/stderr (crashes before log4j starts land here)."""
+        return self.logs / "stdout.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / "kafka.pid"
+
+
+def split_bootstrap(bootstrap: str) -> tuple[str, int, bool]:
+    """(host, port, single) of the first server in ``bootstrap``; host keeps IPv6 brackets."""
+    first = bootstrap.split(",")[0].strip()
+    host, _, port = first.rpartition(":")
+    return host, int(port), "," not in bootstrap.strip(",")
+
+
+def listen_host(host: str) -> str:
+    """The host the local listeners bind to: ``localhost`` becomes 127.0.0.1."""
+    return "127.0.0.1" if host.lower() == "localhost" else host
+
+
+def render_server_properties(host: str, port: int, controller_port: int, data_dir: Path) -> str:
+    """server.properties of a single combined broker+controller node on ``host``."""
+    props = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.bootstrap.servers": f"{host}:{controller_port}",
+        "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{host}:{port}",
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "log.dirs": str(data_dir),
+        "num.partitions": "1",
+        "offsets.topic.replication.factor": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        # Topics are created explicitly by streamrec, with the partition counts it wants.
+        "auto.create.topics.enable": "false",
+        # Light enough for a 2-core machine.
+        "num.network.threads": "2",
+        "num.io.threads": "4",
+        "log.retention.hours": "168",
+    }
+    head = "# Written by streamrec.infra.kafka; rewritten on every start.\n"
+    return head + "".join(f"{k}={_escape_value(v)}\n" for k, v in props.items())
+
+
+def _escape_value(value: str) -> str:
+    """Escape a value for java.util.Properties (backslashes matter for Windows-ish paths)."""
+    return value.replace("\\", "\\\\")
+
+
+def parse_properties(text: str) -> dict[str, str]:
+    """key=value lines of a simple .properties file (no continuation lines)."""
+    out: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#!":
+            continue
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key.strip()] = value.strip().replace("\\\\", "\\")
+    return out
+
+
+def render_pom(template: str, version: str) -> str:
+    """The shipped pom.xml template with the Kafka version filled in."""
+    if "@KAFKA_VERSION@" not in template:
+        raise InfraError("kafka: pom.xml template lacks @KAFKA_VERSION@")
+    return template.replace("@KAFKA_VERSION@", version)
+
+
+def parse_heap(heap: str) -> int:
+    """Bytes in a JVM size such as ``768m`` or ``2g``; InfraError when malformed."""
+    m = _HEAP_RE.match(heap.strip())
+    if not m:
+        raise InfraError(f"kafka: bad kafka_heap {heap!r} (expected e.g. 768m or 2g)")
+    scale = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[m.group(2).lower()]
+    return int(m.group(1)) * scale
+
+
+def java_command(java: str, paths: KafkaPaths, heap: str) -> list[str]:
+    """The broker's argv. -Xms is 256m, or the heap itself when that is smaller."""
+    xmx = heap.strip()
+    xms = "256m" if parse_heap(xmx) >= XMS_BYTES else xmx
+    return [
+        java,
+        f"-Xmx{xmx}",
+        f"-Xms{xms}",
+        "-XX:+UseG1GC",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={paths.log4j}",
+        f"-Dkafka.logs.dir={paths.logs}",
+        "-cp",
+        paths.classpath,
+        MAIN_CLASS,
+        str(paths.server_properties),
+    ]
+
+
+def first_maven_error(output: str) -> str:
+    """The first meaningful ``[ERROR]`` line of Maven's output (ANSI codes removed)."""
+    lines = [_ANSI_RE.sub("", line).strip() for line in output.splitlines()]
+    for line in lines:
+        if line.startswith("[ERROR]") and line[len("[ERROR]") :].strip():
+            return line[len("[ERROR]") :].strip()
+    return next((line for line in reversed(lines) if line), "no output")
+
+
+def parse_java_major(version_output: str) -> int | None:
+    """The major version in ``java -version`` output (``1.8.0_x`` -> 8, ``17.0.15`` -> 17)."""
+    m = re.search(r'version "(\d+)(?:\.(\d+))?', version_output)
+    if not m:
+        return None
+    major = int(m.group(1))
+    return int(m.group(2) or 0) if major == 1 else major
+
+
+# --- Java, Maven, storage ------------------------------------------------------------------
+
+
+def find_java() -> str:
+    """The java binary ($JAVA_HOME/bin/java, else PATH), checked to be Java 17+."""
+    java_home = os.environ.get("JAVA_HOME")
+    candidate = Path(java_home) / "bin" / "java" if java_home else None
+    java = str(candidate) if candidate and candidate.is_file() else shutil.which("java")
+    if not java:
+        raise InfraError(
+            "kafka: java not found; install OpenJDK 17 or newer "
+            "(Debian/Ubuntu: apt-get install openjdk-17-jre-headless)"
+        )
+    try:
+        proc = subprocess.run(
+            [java, "-version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise InfraError(f"kafka: `{java} -version` failed: {exc}") from None
+    major = parse_java_major(proc.stderr + proc.stdout)
+    if major is not None and major < MIN_JAVA:
+        raise InfraError(
+            f"kafka: {java} is Java {major}; Kafka 4 needs Java {MIN_JAVA}+, install OpenJDK 17"
+        )
+    return java
+
+
+def ensure_jars(settings: Settings, paths: KafkaPaths, echo: Echo) -> None:
+    """Fetch the broker's jars into ``paths.libs`` with Maven unless a complete copy exists."""
+    if paths.libs_ok.is_file() and paths.libs.is_dir():
+        return
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise InfraError(
+            "kafka: mvn not found; install Maven 3.6+ (Debian/Ubuntu: apt-get install maven) "
+            "so streamrec can fetch the Kafka jars from Maven Central"
+        )
+    paths.version_dir.mkdir(parents=True, exist_ok=True)
+    template = resources.files("streamrec.infra").joinpath("pom.xml").read_text("utf-8")
+    paths.pom.write_text(render_pom(template, settings.kafka_version), encoding="utf-8")
+    partial = paths.version_dir / "libs.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    mvn_log = paths.version_dir / "mvn.log"
+    echo(f"kafka: fetching Apache Kafka {settings.kafka_version} jars with Maven into {paths.libs}")
+    cmd = [
+        mvn,
+        "-B",
+        "-q",
+        "-f",
+        str(paths.pom),
+        "dependency:copy-dependencies",
+        "-DincludeScope=runtime",
+        f"-DoutputDirectory={partial}",
+    ]
+    started = time.monotonic()
+    try:
+        with mvn_log.open("wb") as out:
+            proc = subprocess.run(
+                cmd, stdout=out, stderr=subprocess.STDOUT, timeout=MVN_TIMEOUT_S, check=False
+            )
+    except subprocess.TimeoutExpired:
+        raise InfraError(
+            f"kafka: mvn did not finish within {MVN_TIMEOUT_S:.0f} s; see {mvn_log}"
+        ) from None
+    if proc.returncode != 0:
+        raise InfraError(
+            f"kafka: mvn failed (exit {proc.returncode}) fetching Kafka {settings.kafka_version}: "
+            f"{first_maven_error(tail(mvn_log, 50))} (full log: {mvn_log})"
+        )
+    if not list(partial.glob(f"kafka_2.13-{settings.kafka_version}.jar")):
+        raise InfraError(f"kafka: mvn succeeded but {partial} lacks the kafka_2.13 jar")
+    shutil.rmtree(paths.libs, ignore_errors=True)
+    partial.rename(paths.libs)
+    n_jars = len(list(paths.libs.glob("*.jar")))
+    paths.libs_ok.write_text(f"{n_jars} jars\n", encoding="ascii")
+    log.info("fetched %d jars into %s in %.1f s", n_jars, paths.libs, time.monotonic() - started)
+
+
+def _run_tool(java: str, paths: KafkaPaths, *args: str) -> str:
+    """Run kafka.tools.StorageTool with ``args``; its stdout, or InfraError with its output."""
+    cmd = [
+        java,
+        "-Xmx256m",
+        f"-Dlog4j2.configurationFile={paths.log4j}",
+        f"-Dkafka.logs.dir={paths.logs}",
+        "-cp",
+        paths.classpath,
+        STORAGE_TOOL,
+        *args,
+    ]
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise InfraError(
+            f"kafka: StorageTool {args[0]} timed out after {TOOL_TIMEOUT_S:.0f} s"
+        ) from None
+    if proc.returncode != 0:
+        out = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
+        raise InfraError(f"kafka: StorageTool {args[0]} failed (exit {proc.returncode}): {out}")
+    return proc.stdout
+
+
+def format_storage(java: str, paths: KafkaPaths, echo: Echo) -> None:
+    """Format the KRaft storage in ``paths.data`` unless it already holds meta.properties."""
+    if (paths.data / "meta.properties").is_file():
+        return
+    lines = _run_tool(java, paths, "random-uuid").split()
+    if not lines:
+        raise InfraError("kafka: StorageTool random-uuid printed nothing")
+    cluster_id = lines[-1]
+    echo(f"kafka: formatting storage in {paths.data} (cluster id {cluster_id})")
+    _run_tool(
+        java, paths, "format", "--standalone", "-t", cluster_id, "-c", str(paths.server_properties)
+    )
+
+
+# --- Probing and readiness -----------------------------------------------------------------
+
+
+def _admin(settings: Settings) -> Any:
+    """An AdminClient whose librdkafka logs go to our logger, not to stderr."""
+    from confluent_kafka.admin import AdminClient
+
+    conf = settings.kafka_common()
+    conf["logger"] = logging.getLogger(f"{__name__}.librdkafka")
+    return AdminClient(conf)
+
+
+def _metadata_ok(admin: Any, timeout_s: float) -> str | None:
+    """None if the cluster returns metadata listing at least one broker, else why not."""
+    from confluent_kafka import KafkaException
+
+    try:
+        md = admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else exc
+        return err.str() if hasattr(err, "str") else str(err)
+    finally:
+        admin.poll(0)  # hand queued librdkafka log lines to our logger
+    return None if md.brokers else "metadata lists no brokers yet"
+
+
+def probe(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> tuple[bool, bool, str]:
+    """(healthy, port_busy, reason): does a Kafka cluster answer at ``kafka_bootstrap``?
+
+    A closed port on a single-server bootstrap returns at once, without librdkafka.
+    """
+    host, port, single = split_bootstrap(settings.kafka_bootstrap)
+    busy = port_open(host.strip("[]"), port)
+    if single and not busy:
+        return False, False, "connection refused"
+    why = _metadata_ok(_admin(settings), timeout_s)
+    return why is None, busy, why or ""
+
+
+def wait_ready(
+    settings: Settings,
+    paths: KafkaPaths,
+    alive: Callable[[], bool],
+    timeout_s: float,
+) -> float:
+    """Poll until the broker returns metadata; seconds waited. InfraError if it dies or stalls."""
+    host, port, _ = split_bootstrap(settings.kafka_bootstrap)
+    started = time.monotonic()
+    deadline = started + timeout_s
+    admin: Any = None
+    why = "port not open yet"
+    while True:
+        if not alive():
+            raise InfraError(
+                f"kafka: the broker exited during startup; see {paths.server_log}\n"
+                + _log_tails(paths)
+            )
+        remaining = deadline - time.monotonic()
+        if port_open(host.strip("[]"), port, timeout_s=0.2):
+            admin = admin if admin is not None else _admin(settings)
+            why = _metadata_ok(admin, max(0.1, min(2.0, remaining))) or ""
+            if not why:
+                return time.monotonic() - started
+        if time.monotonic() >= deadline:
+            raise InfraError(
+                f"kafka: broker not ready after {timeout_s:.0f} s ({why}); it keeps running, "
+                f"`streamrec infra down` stops it; see {paths.server_log}\n" + _log_tails(paths)
+            )
+        time.sleep(POLL_S)
+
+
+def _log_tails(paths: KafkaPaths) -> str:
+    parts = []
+    for path in (paths.server_log, paths.stdout_log):
+        text = tail(path, 20)
+        if text:
+            parts.append(f"--- last lines of {path} ---\n{text}")
+    return "\n".join(parts) or "(no log output)"
+
+
+# --- Service API ---------------------------------------------------------------------------
+
+
+def _ours(paths: KafkaPaths) -> int | None:
+    return our_pid(paths.pid_file, MAIN_CLASS, str(paths.server_properties))
+
+
+def status(settings: Settings) -> ServiceStatus:
+    """Whether a broker answers at ``kafka_bootstrap``, and whether it is ours."""
+    paths = KafkaPaths.of(settings)
+    pid = _ours(paths)
+    healthy, busy, why = probe(settings)
+    address = settings.kafka_bootstrap
+    if pid is not None:
+        detail = "" if healthy else f"process alive but not answering: {why}"
+        return ServiceStatus(NAME, healthy, address, "ours", pid, paths.server_log, detail)
+    if healthy:
+        return ServiceStatus(NAME, True, address, "external")
+    return ServiceStatus(NAME, False, address, "down", detail=why if busy else "")
+
+
+def up(settings: Settings, echo: Echo, *, timeout_s: float = 60.0) -> ServiceStatus:
+    """Use the broker answering at ``kafka_bootstrap``, or start ours on a loopback address."""
+    paths = KafkaPaths.of(settings)
+    address = settings.kafka_bootstrap
+    host, port, single = split_bootstrap(address)
+    pid = _ours(paths)
+    healthy, busy, why = probe(settings)
+    action = decide(
+        service=NAME,
+        address=address,
+        healthy=healthy,
+        ours_alive=pid is not None,
+        port_busy=busy,
+        local=single and is_loopback(host),
+        reason=why,
+    )
+    if action is Action.USE:
+        if pid is None:
+            echo(f"kafka: already running at {address} (external)")
+            return ServiceStatus(NAME, True, address, "external")
+        echo(f"kafka: already running at {address} (ours, pid {pid})")
+        return ServiceStatus(NAME, True, address, "ours", pid, paths.server_log)
+    if action is Action.WAIT and pid is not None:
+        echo(f"kafka: our broker (pid {pid}) is not answering yet; waiting ({paths.server_log})")
+        waited = wait_ready(settings, paths, lambda: pid_alive(pid), timeout_s)
+        echo(f"kafka: ready at {address} after {waited:.1f} s")
+        return ServiceStatus(NAME, True, address, "ours", pid, paths.server_log)
+
+    if settings.kafka_sasl_username:
+        raise InfraError(
+            "kafka: the local broker speaks PLAINTEXT only; unset kafka_sasl_username or point "
+            "kafka_bootstrap at your SASL broker"
+        )
+    bind = listen_host(host)
+    if port_open(bind.strip("[]"), settings.kafka_controller_port):
+        raise InfraError(
+            f"kafka: controller port {settings.kafka_controller_port} is already in use; "
+            "set kafka_controller_port to a free port"
+        )
+    java = find_java()
+    ensure_jars(settings, paths, echo)
+    write_run_dir(settings, paths, bind, port)
+    format_storage(java, paths, echo)
+
+    cmd = java_command(java, paths, settings.kafka_heap)
+    echo(f"kafka: starting broker on {address}, log {paths.server_log}")
+    log.info("starting %s", " ".join(cmd))
+    new_pid = spawn_detached(cmd, paths.stdout_log, paths.run_dir)
+    write_pid(paths.pid_file, new_pid)
+    try:
+        waited = wait_ready(settings, paths, lambda: pid_alive(new_pid), timeout_s)
+    except InfraError:
+        if not pid_alive(new_pid):
+            paths.pid_file.unlink(missing_ok=True)
+        raise
+    echo(f"kafka: ready at {address} after {waited:.1f} s (pid {new_pid})")
+    return ServiceStatus(NAME, True, address, "ours", new_pid, paths.server_log)
+
+
+def write_run_dir(settings: Settings, paths: KafkaPaths, bind: str, port: int) -> None:
+    """Write server.properties and log4j2.properties; refuse a controller-port change."""
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    cport = settings.kafka_controller_port
+    if (paths.data / "meta.properties").is_file() and paths.server_properties.is_file():
+        old = parse_properties(paths.server_properties.read_text(encoding="utf-8"))
+        old_quorum = old.get("controller.quorum.bootstrap.servers", "")
+        if old_quorum and not old_quorum.endswith(f":{cport}"):
+            raise InfraError(
+                f"kafka: {paths.data} was formatted for controller {old_quorum}, not port "
+                f"{cport}; set kafka_controller_port back, or delete {paths.run_dir} "
+                "(its topics are lost)"
+            )
+    paths.server_properties.write_text(
+        render_server_properties(bind, port, cport, paths.data), encoding="utf-8"
+    )
+    log4j = resources.files("streamrec.infra").joinpath("log4j2.properties").read_text("utf-8")
+    paths.log4j.write_text(log4j, encoding="utf-8")
+
+
+def down(settings: Settings, echo: Echo) -> None:
+    """Stop our broker (SIGTERM, then SIGKILL after 30 s); an external one is left alone."""
+    paths = KafkaPaths.of(settings)
+    pid = _ours(paths)
+    if pid is None:
+        echo(f"kafka: no broker of ours for {settings.kafka_bootstrap}")
+        return
+    stop_pid(pid, NAME, STOP_TIMEOUT_S, echo)
+    paths.pid_file.unlink(missing_ok=True)
+    echo("kafka: stopped")

@@ -1,0 +1,98 @@
+"""The Redis contract front-ends read: key layout and JSON values. Contract version 1.
+
+Public keys (``<p>`` is the configured prefix, default ``streamrec``; ids are used verbatim)::
+
+    <p>:recs:<user_id>   STRING, JSON, with a TTL
+        {"user_id": str, "items": [{"item_id": str, "score": float}, ...],
+         "model_version": str, "updated_at_ms": int}
+        items are best first; none of them is an item the user already interacted with.
+    <p>:popular          STRING, JSON: the same shape without "user_id"
+    <p>:model            STRING, JSON: the live model
+        {"version": str, "created_at_ms": int, "n_items": int, "factors": int,
+         "params": {...}, "path": str, "contract_version": 1}
+
+Internal keys (may change without notice; do not read them from front-ends)::
+
+    <p>:hist:<user_id>   HASH item_id -> accumulated feedback weight
+
+Rules for changing this module: adding a field to a JSON value is compatible; renaming or
+removing a field, changing a type or a key's meaning is a breaking change and needs
+CONTRACT_VERSION + 1, a new key prefix segment, and a note in the README's changelog.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+CONTRACT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names under one prefix."""
+
+    prefix: str = "streamrec"
+
+    def recs(self, user_id: str) -> str:
+        return f"{self.prefix}:recs:{user_id}"
+
+    @property
+    def popular(self) -> str:
+        return f"{self.prefix}:popular"
+
+    @property
+    def model(self) -> str:
+        return f"{self.prefix}:model"
+
+    def history(self, user_id: str) -> str:
+        return f"{self.prefix}:hist:{user_id}"
+
+
+def _items(items: Iterable[tuple[str, float]]) -> list[dict[str, Any]]:
+    # Six significant digits is all a float32 score carries; shorter JSON, faster reads.
+    return [{"item_id": i, "score": float(f"{float(s):.6g}")} for i, s in items]
+
+
+def recs_value(
+    user_id: str, items: Iterable[tuple[str, float]], model_version: str, updated_at_ms: int
+) -> bytes:
+    """JSON for ``<p>:recs:<user_id>``; ``items`` are (item_id, score), best first."""
+    return json.dumps(
+        {
+            "user_id": user_id,
+            "items": _items(items),
+            "model_version": model_version,
+            "updated_at_ms": int(updated_at_ms),
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode()
+
+
+def popular_value(
+    items: Iterable[tuple[str, float]], model_version: str, updated_at_ms: int
+) -> bytes:
+    """JSON for ``<p>:popular``."""
+    return json.dumps(
+        {"items": _items(items), "model_version": model_version, "updated_at_ms": updated_at_ms},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode()
+
+
+def model_value(summary: Mapping[str, Any]) -> bytes:
+    """JSON for ``<p>:model``."""
+    return json.dumps(
+        {**summary, "contract_version": CONTRACT_VERSION}, separators=(",", ":"), sort_keys=True
+    ).encode()
+
+
+def parse_list(raw: bytes | str) -> dict[str, Any]:
+    """Parse a recs or popular value (for readers and tests); raises ValueError if malformed."""
+    obj = json.loads(raw)
+    if not isinstance(obj, dict) or not isinstance(obj.get("items"), list):
+        raise ValueError("not a streamrec list value")
+    return obj

@@ -1,0 +1,160 @@
+"""One frozen settings object per process.
+
+Values come from, highest priority first: keyword arguments (the CLI's flags), environment
+variables named ``STREAMREC_<FIELD>`` (upper case), an optional TOML file named by
+``STREAMREC_CONFIG`` (top-level keys are field names), then the defaults documented below.
+Secrets are ``SecretStr`` so they never show up in logs or ``repr``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from streamrec.errors import ConfigError
+
+CONFIG_ENV = "STREAMREC_CONFIG"
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "streamrec"
+
+
+class Settings(BaseSettings):
+    """Every knob of streamrec, with its default. Immutable once built."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMREC_", frozen=True, extra="forbid", validate_default=True
+    )
+
+    # --- Kafka -----------------------------------------------------------------------------
+    kafka_bootstrap: str = Field(
+        "127.0.0.1:9092", description="host:port of the broker (the local broker listens here)"
+    )
+    kafka_controller_port: int = Field(
+        9093, description="KRaft controller port of the local broker"
+    )
+    kafka_version: str = Field("4.1.1", description="Apache Kafka version the local broker runs")
+    kafka_heap: str = Field("768m", description="JVM heap (-Xmx) for the local broker")
+    kafka_sasl_username: str | None = Field(None, description="SASL/PLAIN user; None = PLAINTEXT")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL/PLAIN password")
+    topic_events: str = Field("streamrec.events", description="interaction events (key = user_id)")
+    topic_events_partitions: int = Field(6, ge=1, description="partitions when creating events")
+    topic_dlq: str = Field("streamrec.events.dlq", description="undecodable events + reason header")
+    topic_models: str = Field("streamrec.models", description="model announcements")
+    consumer_group: str = Field("streamrec-worker", description="worker consumer group id")
+
+    # --- Redis -----------------------------------------------------------------------------
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis server URL")
+    redis_password: SecretStr | None = Field(None, description="overrides any password in the URL")
+    redis_prefix: str = Field("streamrec", description="first segment of every key")
+    recs_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="TTL of streamrec:recs:<user_id>")
+    history_ttl_s: int = Field(90 * 24 * 3600, ge=1, description="TTL of a user's history hash")
+
+    # --- Recommendations -------------------------------------------------------------------
+    top_n: int = Field(50, ge=1, le=1000, description="items per list")
+    history_max: int = Field(
+        500, ge=1, description="most history items per user in the solve (strongest first)"
+    )
+
+    # --- Worker ----------------------------------------------------------------------------
+    batch_max: int = Field(1000, ge=1, description="most events taken per poll")
+    poll_timeout_s: float = Field(0.2, gt=0, le=10, description="longest wait of one poll")
+    model_path: Path | None = Field(
+        None, description="model directory; None = the one the streamrec:model pointer names"
+    )
+
+    # --- Local services and files ----------------------------------------------------------
+    home: Path = Field(
+        default_factory=_default_home,
+        description="Kafka jars cache, broker data, logs ($XDG_CACHE_HOME/streamrec)",
+    )
+    allow_apt: bool = Field(True, description="infra may apt-get install redis-server")
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        host, _, port = value.split(",")[0].rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"expected host:port, got {value!r}")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"expected redis://host:port/db, got {value!r}")
+        return value
+
+    @field_validator("redis_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not value or ":" in value or any(c.isspace() for c in value):
+            raise ValueError("prefix must be non-empty, without ':' or spaces")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = os.environ.get(CONFIG_ENV)
+        if path:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
+        return tuple(sources)
+
+    # --- Derived values --------------------------------------------------------------------
+    @property
+    def kafka_port(self) -> int:
+        return int(self.kafka_bootstrap.split(",")[0].rpartition(":")[2])
+
+    def kafka_common(self) -> dict[str, Any]:
+        """librdkafka settings shared by every client."""
+        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap}
+        if self.kafka_sasl_username:
+            conf.update(
+                {
+                    "security.protocol": "SASL_PLAINTEXT",
+                    "sasl.mechanisms": "PLAIN",
+                    "sasl.username": self.kafka_sasl_username,
+                    "sasl.password": (
+                        self.kafka_sasl_password.get_secret_value()
+                        if self.kafka_sasl_password
+                        else ""
+                    ),
+                }
+            )
+        return conf
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the process's settings; a bad value raises ConfigError with one readable line."""
+    from pydantic import ValidationError
+
+    path = os.environ.get(CONFIG_ENV)
+    if path and not Path(path).is_file():
+        raise ConfigError(f"{CONFIG_ENV}={path}: no such file")
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise ConfigError(f"bad setting {field}: {first['msg']}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{CONFIG_ENV}={path}: {exc}") from None

@@ -1,0 +1,121 @@
+"""Shared fixtures.
+
+The real Kafka broker and Redis server are started once per test session (``infra``); each
+integration test gets its own topics, consumer group and Redis prefix from the ``stack``
+factory, so tests never see each other's data and the services are never restarted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from streamrec.settings import Settings, load_settings
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def infra() -> Settings:
+    """Settings of the session's real Kafka broker and Redis, started (or found) once."""
+    from streamrec import infra as services
+
+    settings = load_settings()
+    services.up(settings, echo=lambda line: print(f"[infra] {line}"))
+    return settings
+
+
+@pytest.fixture()
+def stack(infra: Settings) -> Callable[..., Settings]:
+    """Factory: settings with fresh topic names, consumer group and Redis prefix."""
+
+    def make(**overrides: Any) -> Settings:
+        tag = uuid.uuid4().hex[:10]
+        values: dict[str, Any] = {
+            "topic_events": f"t-{tag}.events",
+            "topic_dlq": f"t-{tag}.events.dlq",
+            "topic_models": f"t-{tag}.models",
+            "topic_events_partitions": 3,
+            "consumer_group": f"g-{tag}",
+            "redis_prefix": f"test-{tag}",
+            "poll_timeout_s": 0.1,
+            **overrides,
+        }
+        return infra.model_copy(update=values)
+
+    return make
+
+
+@pytest.fixture()
+def run_worker() -> Iterator[Callable[..., Any]]:
+    """Factory: start a Worker in a thread; every one started is stopped at teardown."""
+    from worker.loop import Worker
+
+    started: list[tuple[Worker, threading.Thread]] = []
+    errors: list[BaseException] = []
+
+    def start(settings: Settings) -> Worker:
+        w = Worker(settings)
+
+        def target() -> None:
+            try:
+                w.run()
+            except BaseException as exc:
+                errors.append(exc)
+                raise
+
+        t = threading.Thread(target=target, name="worker", daemon=True)
+        t.start()
+        started.append((w, t))
+        return w
+
+    yield start
+    for w, _t in started:
+        w.stop.set()
+    for _w, t in started:
+        t.join(timeout=30)
+        assert not t.is_alive(), "worker did not stop within 30 s"
+    assert not errors, f"worker raised: {errors!r}"
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout_s} s")
+        time.sleep(interval_s)
+
+
+@pytest.fixture(scope="session")
+def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model trained on the generated dataset (small, fast), written once per session."""
+    from model.data import build_matrix, synthetic
+    from model.train import Params, train
+
+    out = tmp_path_factory.mktemp("models") / "small"
+    train(build_matrix(synthetic(400, 300, seed=3)), Params(factors=16, iterations=8), out)
+    return out
+
+
+@pytest.fixture()
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+def shared_file(*parts: str) -> Path:
+    """A file under ../shared/data, or skip the test saying what is missing."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not present (the shared datasets live beside the repo)")
+    return path

@@ -1,0 +1,97 @@
+"""The model artifact: written atomically, verified on load, never pickled."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamrec.artifact import FACTORS, ITEM_IDS, MANIFEST, POPULARITY, load_model, write_model
+from streamrec.errors import ArtifactError
+
+PARAMS = {"regularization": 1.0, "alpha": 2.0, "transform": "log"}
+
+
+def _write(path: Path, n: int = 20, k: int = 4) -> Path:
+    rng = np.random.default_rng(0)
+    return write_model(
+        path,
+        [f"i{j}" for j in range(n)],
+        rng.standard_normal((n, k)).astype(np.float32),
+        rng.random(n).astype(np.float32),
+        PARAMS,
+    )
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    out = _write(tmp_path / "m")
+    model = load_model(out)
+    assert model.n_items == 20 and model.factors == 4
+    assert model.item_factors.dtype == np.float32
+    assert isinstance(model.item_factors, np.memmap)  # shared pages across workers
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert set(manifest["files"]) == {FACTORS, ITEM_IDS, POPULARITY}
+    assert all(len(f["sha256"]) == 64 for f in manifest["files"].values())
+    assert model.summary()["path"] == str(out.resolve())
+    assert not list(tmp_path.glob(".m.tmp-*"))
+
+
+def test_rewrite_replaces_atomically(tmp_path: Path) -> None:
+    _write(tmp_path / "m")
+    _write(tmp_path / "m", n=30)
+    assert load_model(tmp_path / "m").n_items == 30
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_flipped_byte_is_refused(tmp_path: Path) -> None:
+    out = _write(tmp_path / "m")
+    data = bytearray((out / FACTORS).read_bytes())
+    data[-1] ^= 0x01
+    (out / FACTORS).write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="checksum"):
+        load_model(out)
+
+
+def test_missing_file_and_bad_manifest(tmp_path: Path) -> None:
+    out = _write(tmp_path / "m")
+    (out / POPULARITY).unlink()
+    with pytest.raises(ArtifactError, match="missing"):
+        load_model(out)
+    (out / MANIFEST).write_text("{nope")
+    with pytest.raises(ArtifactError, match="not JSON"):
+        load_model(out)
+    with pytest.raises(ArtifactError, match="no manifest"):
+        load_model(tmp_path / "absent")
+
+
+def test_pickled_array_refused_even_with_matching_checksum(tmp_path: Path) -> None:
+    import hashlib
+
+    out = _write(tmp_path / "m")
+    obj = np.empty((20, 4), dtype=object)
+    np.save(out / FACTORS, obj, allow_pickle=True)
+    manifest = json.loads((out / MANIFEST).read_text())
+    blob = (out / FACTORS).read_bytes()
+    manifest["files"][FACTORS] = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"unreadable|float32"):
+        load_model(out)
+
+
+@pytest.mark.parametrize(
+    ("ids", "factors", "message"),
+    [
+        (["a", "a"], np.zeros((2, 3), np.float32), "unique"),
+        (["a", "b"], np.zeros(2, np.float32), "2-D"),
+        (["a", "b"], np.zeros((3, 3), np.float32), "2 item ids"),
+        (["a", "b"], np.full((2, 3), np.nan, np.float32), "NaN"),
+    ],
+)
+def test_inconsistent_inputs_never_written(
+    tmp_path: Path, ids: list[str], factors: np.ndarray, message: str
+) -> None:
+    with pytest.raises(ArtifactError, match=message):
+        write_model(tmp_path / "m", ids, factors, np.ones(len(ids), np.float32), PARAMS)
+    assert not (tmp_path / "m").exists()

@@ -1,0 +1,54 @@
+"""The Redis contract: key names and the JSON values front-ends read."""
+
+from __future__ import annotations
+
+import json
+
+from streamrec.keys import (
+    CONTRACT_VERSION,
+    Keys,
+    model_value,
+    parse_list,
+    popular_value,
+    recs_value,
+)
+
+
+def test_key_layout() -> None:
+    k = Keys()
+    assert k.recs("u:1") == "streamrec:recs:u:1"
+    assert k.popular == "streamrec:popular"
+    assert k.model == "streamrec:model"
+    assert Keys("shop").recs("42") == "shop:recs:42"
+    assert Keys("shop").history("42") == "shop:hist:42"
+
+
+def test_recs_value_shape() -> None:
+    raw = recs_value("u1", [("a", 0.5), ("b", 0.25)], "v1", 1_700_000_000_000)
+    obj = json.loads(raw)
+    assert set(obj) == {"user_id", "items", "model_version", "updated_at_ms"}
+    assert obj["user_id"] == "u1"
+    assert obj["items"] == [{"item_id": "a", "score": 0.5}, {"item_id": "b", "score": 0.25}]
+    assert obj["model_version"] == "v1"
+    assert obj["updated_at_ms"] == 1_700_000_000_000
+    assert parse_list(raw) == obj
+
+
+def test_popular_value_has_no_user() -> None:
+    obj = json.loads(popular_value([("a", 3.0)], "v2", 5))
+    assert set(obj) == {"items", "model_version", "updated_at_ms"}
+
+
+def test_model_value_carries_contract_version() -> None:
+    obj = json.loads(model_value({"version": "v3", "n_items": 10}))
+    assert obj == {"version": "v3", "n_items": 10, "contract_version": CONTRACT_VERSION}
+
+
+def test_scores_are_plain_json_numbers_with_float32_precision() -> None:
+    obj = json.loads(recs_value("u", [("a", 0.123456789)], "v", 0))
+    assert obj["items"][0]["score"] == 0.123457
+
+
+def test_non_ascii_ids_survive() -> None:
+    obj = json.loads(recs_value("ユーザー", [("Björk", 1.0)], "v", 0))
+    assert obj["user_id"] == "ユーザー" and obj["items"][0]["item_id"] == "Björk"

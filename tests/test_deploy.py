@@ -1,0 +1,303 @@
+"""Static checks of the deploy files: they parse, and agree with the settings and the CLI.
+
+No Docker, no cluster, no network: the files are read as YAML (and the Dockerfile as text).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from streamrec import cli
+from streamrec.settings import CONFIG_ENV, Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+K8S_DIR = ROOT / "deploy" / "k8s"
+K8S_FILES = sorted(K8S_DIR.glob("*.yaml"))
+
+# Every file that may name a setting, as text (comments included: they must not lie either).
+SETTINGS_FILES = [COMPOSE_FILE, DOCKERFILE, *K8S_FILES]
+ENV_NAME = re.compile(r"\bSTREAMREC_[A-Z0-9_]+\b")
+STREAMREC_SERVICES = ("trainer", "worker")
+
+
+def _allowed_env_names() -> set[str]:
+    return {"STREAMREC_" + name.upper() for name in Settings.model_fields} | {CONFIG_ENV}
+
+
+def _compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def _k8s_docs() -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for path in K8S_FILES:
+        docs.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
+    return docs
+
+
+def _k8s_one(kind: str) -> dict[str, Any]:
+    found = [doc for doc in _k8s_docs() if doc.get("kind") == kind]
+    assert len(found) == 1, f"expected one {kind} in deploy/k8s, found {len(found)}"
+    return found[0]
+
+
+def _env_dict(environment: Any) -> dict[str, str]:
+    """A compose `environment:` (mapping or list of KEY=VALUE) as a dict of strings."""
+    if environment is None:
+        return {}
+    if isinstance(environment, dict):
+        return {str(k): "" if v is None else str(v) for k, v in environment.items()}
+    return dict(item.partition("=")[::2] for item in environment)
+
+
+def _argv(command: Any) -> list[str]:
+    return shlex.split(command) if isinstance(command, str) else [str(a) for a in command]
+
+
+def _parse(argv: list[str], where: str) -> None:
+    try:
+        cli.build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse reports a bad command line by exiting
+        pytest.fail(f"{where}: `streamrec {shlex.join(argv)}` does not parse (exit {exc.code})")
+
+
+def _deployment_containers() -> list[dict[str, Any]]:
+    return _k8s_one("Deployment")["spec"]["template"]["spec"]["containers"]
+
+
+def _dockerfile_instruction(name: str) -> list[str]:
+    """The exec-form (JSON) argument of the last `name` instruction of the Dockerfile."""
+    lines = [
+        line.strip()
+        for line in DOCKERFILE.read_text().splitlines()
+        if line.strip().upper().startswith(name + " ")
+    ]
+    assert lines, f"deploy/Dockerfile has no {name}"
+    value = json.loads(lines[-1][len(name) :].strip())
+    assert isinstance(value, list), f"{name} must use the exec (JSON) form"
+    return value
+
+
+# --- the files exist and parse ------------------------------------------------------------
+
+
+def test_deploy_files_exist() -> None:
+    for path in (COMPOSE_FILE, DOCKERFILE, ROOT / "deploy" / "README.md"):
+        assert path.is_file(), path
+    names = {p.name for p in K8S_FILES}
+    assert "secret.example.yaml" in names
+    assert {d["kind"] for d in _k8s_docs()} >= {"Deployment", "ConfigMap", "Secret"}
+
+
+def test_k8s_documents_are_well_formed() -> None:
+    for doc in _k8s_docs():
+        assert doc.get("apiVersion"), doc
+        assert doc.get("kind"), doc
+        assert doc.get("metadata", {}).get("name"), doc
+
+
+# --- docker-compose.yml -------------------------------------------------------------------
+
+
+def test_compose_services() -> None:
+    compose = _compose()
+    assert "version" not in compose, "Compose spec files have no `version:`"
+    assert {"kafka", "redis", "trainer", "worker"} <= set(compose["services"])
+
+
+def test_kafka_is_official_image_kraft_combined() -> None:
+    kafka = _compose()["services"]["kafka"]
+    repo, _, tag = kafka["image"].partition(":")
+    assert repo == "apache/kafka"
+    assert re.fullmatch(r"4\.\d+(\.\d+)?", tag), f"expected a 4.x tag, got {tag!r}"
+
+    env = _env_dict(kafka["environment"])
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
+    voter_ids = {v.split("@")[0] for v in env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")}
+    assert voter_ids == {env["KAFKA_NODE_ID"]}  # one node, and it is the controller
+    advertised = env["KAFKA_ADVERTISED_LISTENERS"].split(",")
+    assert "PLAINTEXT://kafka:9092" in advertised  # containers
+    assert any(a.endswith("://127.0.0.1:9092") for a in advertised)  # the host
+    listener_names = {item.split("://")[0] for item in env["KAFKA_LISTENERS"].split(",")}
+    protocol_map = dict(
+        p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    )
+    assert listener_names <= set(protocol_map)
+    assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] in listener_names
+
+    test = kafka["healthcheck"]["test"]
+    assert "/opt/kafka/bin/kafka-broker-api-versions.sh" in " ".join(_argv(test))
+
+
+def test_redis_is_healthchecked_and_local_only() -> None:
+    redis = _compose()["services"]["redis"]
+    assert redis["image"].startswith("redis:7")
+    assert "ping" in _argv(redis["healthcheck"]["test"])
+    assert all(str(p).startswith("127.0.0.1:") for p in redis.get("ports", []))
+
+
+def test_compose_reaches_services_by_name() -> None:
+    services = _compose()["services"]
+    for name in STREAMREC_SERVICES:
+        env = _env_dict(services[name].get("environment"))
+        assert env.get("STREAMREC_KAFKA_BOOTSTRAP") == "kafka:9092", name
+        assert env.get("STREAMREC_REDIS_URL", "").startswith("redis://redis:6379"), name
+
+
+def test_trainer_then_worker_share_the_models_volume() -> None:
+    compose = _compose()
+    trainer, worker = compose["services"]["trainer"], compose["services"]["worker"]
+    for service in (trainer, worker):
+        assert service["build"]["dockerfile"] == "deploy/Dockerfile"
+    assert trainer["image"] == worker["image"]
+
+    assert trainer["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert trainer["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert worker["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
+    assert worker["restart"] == "unless-stopped"
+
+    assert "models:/models" in trainer["volumes"]
+    assert "models:/models:ro" in worker["volumes"]
+    assert "models" in compose["volumes"]
+    out = _argv(trainer["command"])
+    assert out[out.index("--out") + 1].startswith("/models/")
+    assert "--publish" in out
+
+
+# --- every STREAMREC_* name is a setting, every value is valid ----------------------------
+
+
+@pytest.mark.parametrize("path", SETTINGS_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_streamrec_env_names_are_settings(path: Path) -> None:
+    unknown = set(ENV_NAME.findall(path.read_text())) - _allowed_env_names()
+    assert not unknown, f"{path.relative_to(ROOT)}: not settings: {sorted(unknown)}"
+
+
+def test_structured_env_names_are_settings() -> None:
+    """The same check on the parsed files, so a name YAML builds (anchors) is seen too."""
+    allowed = _allowed_env_names()
+    names: set[str] = set()
+    for name in STREAMREC_SERVICES:
+        names |= set(_env_dict(_compose()["services"][name].get("environment")))
+    names |= set(_k8s_one("ConfigMap")["data"])
+    for container in _deployment_containers():
+        names |= {item["name"] for item in container.get("env", [])}
+    assert names, "no env vars found"
+    assert all(n.startswith("STREAMREC_") for n in _k8s_one("ConfigMap")["data"])
+    assert {n for n in names if n.startswith("STREAMREC_")} <= allowed
+
+
+def _check_values(values: dict[str, str], where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("STREAMREC_"):
+            monkeypatch.delenv(key)
+    prefix = "STREAMREC_"
+    fields = {
+        k[len(prefix) :].lower(): v
+        for k, v in values.items()
+        if k.startswith(prefix) and k != CONFIG_ENV
+    }
+    try:
+        Settings.model_validate(fields)
+    except ValidationError as exc:
+        pytest.fail(f"{where}: invalid settings: {exc}")
+
+
+@pytest.mark.parametrize("service", STREAMREC_SERVICES)
+def test_compose_settings_values_validate(service: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = _env_dict(_compose()["services"][service].get("environment"))
+    _check_values(env, f"docker-compose.yml {service}", monkeypatch)
+
+
+def test_configmap_settings_values_validate(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = {k: str(v) for k, v in _k8s_one("ConfigMap")["data"].items()}
+    _check_values(data, "deploy/k8s ConfigMap", monkeypatch)
+
+
+# --- every command parses with the real CLI -----------------------------------------------
+
+
+@pytest.mark.parametrize("service", STREAMREC_SERVICES)
+def test_compose_commands_parse(service: str) -> None:
+    argv = _argv(_compose()["services"][service]["command"])
+    assert argv[0] == {"trainer": "train", "worker": "worker"}[service]
+    _parse(argv, f"docker-compose.yml {service}")
+
+
+def test_k8s_container_args_parse() -> None:
+    for container in _deployment_containers():
+        assert "command" not in container, "keep the image's `streamrec` entrypoint"
+        argv = [str(a) for a in container["args"]]
+        assert argv[0] == "worker"
+        _parse(argv, f"deploy/k8s container {container['name']}")
+
+
+def test_dockerfile_entrypoint_and_cmd() -> None:
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
+    assert "libgomp1" in text
+    assert re.search(r"pip install .*\.\s*(\\|$)", text, re.M)
+    users = re.findall(r"^USER\s+(\S+)", text, re.M)
+    assert users, "the image must not run as root"
+    assert users[-1].split(":")[0] not in ("root", "0")
+    assert _dockerfile_instruction("ENTRYPOINT")[-1] == "streamrec"
+    cmd = _dockerfile_instruction("CMD")
+    _parse(cmd, "deploy/Dockerfile CMD")
+
+
+# --- Kubernetes worker --------------------------------------------------------------------
+
+
+def test_k8s_worker_deployment() -> None:
+    deployment = _k8s_one("Deployment")
+    spec = deployment["spec"]
+    pod = spec["template"]["spec"]
+    assert spec["replicas"] == 2
+    assert pod["terminationGracePeriodSeconds"] == 30
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+
+    (container,) = pod["containers"]
+    resources = container["resources"]
+    for part in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(resources[part]), part
+
+    configmap = _k8s_one("ConfigMap")["metadata"]["name"]
+    assert {"configMapRef": {"name": configmap}} in container["envFrom"]
+
+    secret = _k8s_one("Secret")
+    secret_keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
+    refs = {
+        item["name"]: item["valueFrom"]["secretKeyRef"]
+        for item in container.get("env", [])
+        if "secretKeyRef" in item.get("valueFrom", {})
+    }
+    ref = refs["STREAMREC_REDIS_PASSWORD"]
+    assert ref["name"] == secret["metadata"]["name"]
+    assert ref["key"] in secret_keys
+
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/models"]["readOnly"] is True
+    assert mounts["/models"]["name"] in volumes
+
+
+def test_secret_example_has_no_placeholders() -> None:
+    secret = _k8s_one("Secret")
+    values = {**secret.get("stringData", {}), **secret.get("data", {})}
+    assert values
+    for key, value in values.items():
+        assert value and not re.search(r"[<>{}$]|change.?me|todo|xxx", str(value), re.I), key

@@ -1,0 +1,120 @@
+"""Fold-in and top-N against implicit's own solve and recommend, on known matrices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from implicit.cpu.als import AlternatingLeastSquares
+from threadpoolctl import threadpool_limits
+
+from worker import foldin as foldin_module
+from worker.foldin import FoldIn
+from worker.topn import top_n
+
+
+def _fitted(n_users: int, n_items: int, k: int, reg: float, alpha: float, seed: int):
+    rng = np.random.default_rng(seed)
+    dense = (rng.random((n_users, n_items)) < 0.08) * rng.integers(1, 20, (n_users, n_items))
+    user_items = sp.csr_matrix(np.log1p(dense).astype(np.float32))
+    with threadpool_limits(1, "blas"):
+        als = AlternatingLeastSquares(
+            factors=k, regularization=reg, alpha=alpha, iterations=6, random_state=seed
+        )
+        als.fit(user_items, show_progress=False)
+    return als, user_items
+
+
+def _solve(fi: FoldIn, m: sp.csr_matrix, alpha: float) -> np.ndarray:
+    return fi.solve(
+        m.indptr.astype(np.int64), m.indices.astype(np.int64), (alpha * m.data).astype(np.float32)
+    )
+
+
+@pytest.mark.parametrize(("k", "reg", "alpha"), [(8, 0.1, 1.0), (32, 2.0, 4.0), (64, 20.0, 15.0)])
+def test_foldin_equals_implicit_recalculate_user(k: int, reg: float, alpha: float) -> None:
+    als, user_items = _fitted(120, 300, k, reg, alpha, seed=k)
+    fi = FoldIn.create(als.item_factors, reg)
+    mine = _solve(fi, user_items, alpha)
+    theirs = als.recalculate_user(np.arange(user_items.shape[0]), user_items)
+    assert mine.shape == theirs.shape == (120, k)
+    assert mine.dtype == np.float32
+    np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+
+
+def test_negative_confidence_is_a_dislike_as_in_implicit() -> None:
+    als, user_items = _fitted(40, 200, 16, 1.0, 2.0, seed=5)
+    signed = user_items.copy()
+    signed.data[::3] *= -1  # every third entry disliked
+    fi = FoldIn.create(als.item_factors, 1.0)
+    mine = _solve(fi, signed, 2.0)
+    theirs = als.recalculate_user(np.arange(40), signed)
+    np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+
+
+def test_many_blocks_and_uneven_lengths(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A tiny block budget forces one solve block per few users; results must not change.
+    als, user_items = _fitted(90, 250, 16, 0.5, 3.0, seed=11)
+    fi = FoldIn.create(als.item_factors, 0.5)
+    whole = _solve(fi, user_items, 3.0)
+    monkeypatch.setattr(foldin_module, "BLOCK_ROWS", 40)
+    blocked = _solve(fi, user_items, 3.0)
+    np.testing.assert_allclose(blocked, whole, rtol=1e-6, atol=1e-7)
+
+
+def test_user_without_history_gets_zero_vector() -> None:
+    y = np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32)
+    fi = FoldIn.create(y, 0.1)
+    out = fi.solve(np.array([0, 0, 2]), np.array([3, 7]), np.array([2.0, 1.0], np.float32))
+    assert np.all(out[0] == 0)
+    assert np.any(out[1] != 0)
+
+
+def test_single_item_known_answer() -> None:
+    # One item y with confidence c: (YᵀY + (c-1) yyᵀ + λI) x = c y, solved by hand.
+    y = np.array([[1.0, 0.0], [0.0, 2.0]], dtype=np.float32)
+    lam, c = 0.5, 3.0
+    a = y.T @ y + (c - 1) * np.outer(y[0], y[0]) + lam * np.eye(2)
+    expected = np.linalg.solve(a, c * y[0])  # = [3 / 3.5, 0]
+    out = FoldIn.create(y, lam).solve(np.array([0, 1]), np.array([0]), np.array([c], np.float32))
+    np.testing.assert_allclose(out[0], expected, rtol=1e-6)
+    assert out[0][0] == pytest.approx(3 / 3.5)
+
+
+def test_top_n_equals_implicit_recommend_with_recalculate_user() -> None:
+    als, user_items = _fitted(60, 400, 32, 1.0, 4.0, seed=2)
+    fi = FoldIn.create(als.item_factors, 1.0)
+    users = np.arange(60)
+    vectors = _solve(fi, user_items, 4.0)
+    items, scores = top_n(
+        vectors,
+        als.item_factors,
+        20,
+        user_items.indptr.astype(np.int64),
+        user_items.indices.astype(np.int64),
+    )
+    ref_items, ref_scores = als.recommend(
+        users, user_items, N=20, filter_already_liked_items=True, recalculate_user=True
+    )
+    np.testing.assert_array_equal(items, ref_items)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-5)
+    for u in users:  # nothing the user already has
+        assert not set(items[u]) & set(user_items[u].indices)
+
+
+def test_top_n_pads_when_too_few_items_remain() -> None:
+    y = np.eye(3, dtype=np.float32)
+    u = np.array([[3.0, 2.0, 1.0]], dtype=np.float32)
+    items, scores = top_n(u, y, 5, np.array([0, 1]), np.array([1]))
+    assert items.tolist() == [[0, 2, -1]]
+    assert scores[0, :2].tolist() == [3.0, 1.0]
+    assert scores[0, 2] == -np.inf
+
+
+def test_top_n_is_sorted_and_exact_against_full_sort(rng: np.random.Generator) -> None:
+    u = rng.standard_normal((7, 8)).astype(np.float32)
+    y = rng.standard_normal((500, 8)).astype(np.float32)
+    items, scores = top_n(u, y, 25)
+    full = u @ y.T
+    np.testing.assert_array_equal(items, np.argsort(-full, axis=1, kind="stable")[:, :25])
+    assert np.all(np.diff(scores, axis=1) <= 0)

@@ -1,0 +1,1 @@
+"""The streaming worker: source -> decode -> history -> fold-in -> top-N -> sink."""

@@ -1,0 +1,95 @@
+"""Histories in, ranked lists out, for one model: maps ids to rows, folds in, takes the top N.
+
+No I/O: ``Scorer.recommend`` turns ``{user: {item: total}}`` into ``[(user, [(item, score)])]``.
+Users with no positive history among the model's items get the popularity ranking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from streamrec.artifact import Model
+from streamrec.feedback import confidence
+from worker.foldin import FoldIn
+from worker.topn import top_n
+
+Ranked = list[tuple[str, list[tuple[str, float]]]]
+
+
+@dataclass(frozen=True)
+class Scorer:
+    model: Model
+    foldin: FoldIn
+    index: Mapping[str, int] = field(repr=False)
+    popular_order: npt.NDArray[np.int64] = field(repr=False)
+
+    @classmethod
+    def create(cls, model: Model) -> Scorer:
+        return cls(
+            model=model,
+            foldin=FoldIn.create(model.item_factors, float(model.params["regularization"])),
+            index={item: n for n, item in enumerate(model.item_ids)},
+            popular_order=np.argsort(-model.item_popularity, kind="stable").astype(np.int64),
+        )
+
+    @property
+    def version(self) -> str:
+        return self.model.version
+
+    def recommend(
+        self, histories: Mapping[str, Mapping[str, float]], n: int, history_max: int = 500
+    ) -> tuple[Ranked, int]:
+        """Top-``n`` lists for every user in ``histories`` (item -> feedback total).
+
+        Every item in a user's history is excluded from their list. At most ``history_max``
+        items per user (the strongest by absolute total) enter the solve.
+
+        Returns the lists and how many history entries named items unknown to the model.
+        """
+        users = list(histories)
+        alpha = float(self.model.params["alpha"])
+        transform = self.model.params["transform"]
+        excl_ptr = np.zeros(len(users) + 1, dtype=np.int64)
+        solve_ptr = np.zeros(len(users) + 1, dtype=np.int64)
+        excl: list[list[int]] = []
+        solve: list[list[tuple[int, float]]] = []
+        unknown = 0
+        for b, user in enumerate(users):
+            known = [(self.index[i], t) for i, t in histories[user].items() if i in self.index]
+            unknown += len(histories[user]) - len(known)
+            excl.append([i for i, _ in known])
+            if len(known) > history_max:
+                known = sorted(known, key=lambda p: -abs(p[1]))[:history_max]
+            solve.append(known)
+            excl_ptr[b + 1] = excl_ptr[b] + len(excl[b])
+            solve_ptr[b + 1] = solve_ptr[b] + len(known)
+        excl_idx = np.fromiter((i for row in excl for i in row), np.int64, int(excl_ptr[-1]))
+        solve_idx = np.fromiter((i for row in solve for i, _ in row), np.int64, int(solve_ptr[-1]))
+        totals = np.fromiter((t for row in solve for _, t in row), np.float64, int(solve_ptr[-1]))
+        conf = (alpha * confidence(totals, transform)).astype(np.float32)
+        vectors = self.foldin.solve(solve_ptr, solve_idx, conf)
+        items, scores = top_n(vectors, self.model.item_factors, n, excl_ptr, excl_idx)
+        ids = self.model.item_ids
+        out: Ranked = []
+        for b, user in enumerate(users):
+            if not (conf[solve_ptr[b] : solve_ptr[b + 1]] > 0).any():
+                seen = set(excl[b])
+                pop = self.model.item_popularity
+                picks = [i for i in self.popular_order[: n + len(seen)] if i not in seen][:n]
+                out.append((user, [(ids[i], float(pop[i])) for i in picks]))
+                continue
+            keep = items[b] >= 0
+            out.append(
+                (
+                    user,
+                    [
+                        (ids[i], float(s))
+                        for i, s in zip(items[b][keep], scores[b][keep], strict=True)
+                    ],
+                )
+            )
+        return out, unknown

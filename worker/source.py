@@ -1,0 +1,112 @@
+"""Source: a Kafka consumer handing out bounded batches and committing what was applied."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from streamrec.settings import Settings
+from worker.errors import WorkerError
+
+log = logging.getLogger(__name__)
+
+
+def where(msg: Message) -> str:
+    """``topic[partition]@offset`` for logs and dead-letter headers."""
+    return f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+
+
+class Source:
+    """Consumes ``settings.topic_events`` in the worker's consumer group.
+
+    Offsets are committed explicitly, only after the batch's results are in Redis, so a crash
+    redelivers rather than loses events.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        on_revoke: Callable[[list[TopicPartition]], None] | None = None,
+        **overrides: Any,
+    ) -> None:
+        conf: dict[str, Any] = {
+            **settings.kafka_common(),
+            "group.id": settings.consumer_group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            # A batch never takes this long; if it does, the worker is stuck and should go.
+            "max.poll.interval.ms": 300_000,
+            **overrides,
+        }
+        self._consumer = Consumer(conf, logger=log)
+        self._batch_max = settings.batch_max
+        self._timeout = settings.poll_timeout_s
+        self._on_revoke = on_revoke
+        self._consumer.subscribe(
+            [settings.topic_events], on_assign=self._assigned, on_revoke=self._revoked
+        )
+
+    def _assigned(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in parts))
+
+    def _revoked(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        log.info("revoked %s", ", ".join(f"{p.topic}[{p.partition}]" for p in parts))
+        if self._on_revoke is not None:
+            self._on_revoke(parts)
+
+    def poll(self) -> list[Message]:
+        """Up to ``batch_max`` messages, waiting at most ``poll_timeout_s``; errors filtered."""
+        msgs = self._consumer.consume(num_messages=self._batch_max, timeout=self._timeout)
+        out = []
+        for m in msgs:
+            err = m.error()
+            if err is None:
+                out.append(m)
+            elif err.code() == KafkaError._PARTITION_EOF:
+                continue
+            elif err.fatal():
+                raise WorkerError(f"fatal consumer error: {err}")
+            else:
+                log.warning("consumer error: %s", err)
+        return out
+
+    def commit(self, msgs: Sequence[Message]) -> None:
+        """Commit, synchronously, the offsets after the last of ``msgs`` per partition."""
+        last: dict[tuple[str, int], int] = {}
+        for m in msgs:
+            topic, part, offset = m.topic(), m.partition(), m.offset()
+            assert topic is not None and part is not None and offset is not None
+            last[(topic, part)] = max(last.get((topic, part), -1), offset)
+        if not last:
+            return
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # Lost partitions after a rebalance: another worker redoes them; results are safe
+            # to repeat, so this is logged, not fatal.
+            if exc.args[0].code() in (
+                KafkaError.REBALANCE_IN_PROGRESS,
+                KafkaError.ILLEGAL_GENERATION,
+                KafkaError.UNKNOWN_MEMBER_ID,
+            ):
+                log.warning("commit refused during rebalance: %s", exc)
+                return
+            raise WorkerError(f"commit failed: {exc}") from None
+
+    def lag(self) -> int:
+        """Messages between the committed position and the end of assigned partitions."""
+        total = 0
+        for tp in self._consumer.assignment():
+            _lo, hi = self._consumer.get_watermark_offsets(tp, cached=True) or (0, 0)
+            pos = self._consumer.position([tp])[0].offset
+            if pos >= 0 and hi >= 0:
+                total += max(0, hi - pos)
+        return total
+
+    def close(self) -> None:
+        self._consumer.close()
