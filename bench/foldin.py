@@ -42,7 +42,9 @@ def _histories(users: int, items: int, rng: np.random.Generator) -> sp.csr_matri
     # Zipf-ish item popularity, log-normal history lengths (median ~30): a realistic batch.
     pop = 1.0 / np.arange(1, items + 1) ** 0.8
     pop /= pop.sum()
-    rows, cols, vals = [], [], []
+    rows: list[int] = []
+    cols: list[int] = []
+    vals: list[float] = []
     for u in range(users):
         n = int(np.clip(rng.lognormal(3.4, 0.8), 1, 500))
         chosen = rng.choice(items, size=n, replace=False, p=pop)

@@ -27,6 +27,10 @@ I64 = npt.NDArray[np.int64]
 #: Rows (users x padded history length) gathered per block; bounds memory at
 #: BLOCK_ROWS * k * 8 bytes (64k rows, k=64: 32 MiB).
 BLOCK_ROWS = 65_536
+#: A block's longest history is at most this factor (plus BLOCK_SLACK) times its shortest, so
+#: padding wastes at most ~30% of the Gram products, whatever the length distribution.
+BLOCK_GROWTH = 1.3
+BLOCK_SLACK = 8
 
 
 @dataclass(frozen=True)
@@ -71,11 +75,13 @@ class FoldIn:
         lengths = np.diff(indptr)
         order = np.argsort(lengths, kind="stable")
         start = 0
+        sorted_lengths = lengths[order]
         while start < n_users:
             # Users sorted by history length: a block pads only to its own longest history.
-            stop = start + 1
-            while stop < n_users and (stop + 1 - start) * lengths[order[stop]] <= BLOCK_ROWS:
-                stop += 1
+            cap = sorted_lengths[start] * BLOCK_GROWTH + BLOCK_SLACK
+            stop = int(np.searchsorted(sorted_lengths, cap, side="right"))  # > start
+            longest = max(1, int(sorted_lengths[stop - 1]))
+            stop = min(stop, start + max(1, BLOCK_ROWS // longest))
             users = order[start:stop]
             out[users] = self._solve_block(indptr, indices, conf, users, lengths)
             start = stop
