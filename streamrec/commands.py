@@ -90,11 +90,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _publish(model: Model, settings: Settings) -> None:
     from model.publish import publish
     from streamrec.connect import redis_client
-    from streamrec.keys import Keys
 
-    keys = Keys(settings.redis_prefix)
-    publish(model, redis_client(settings), keys, settings.top_n)
-    print(f"published: {keys.model} -> {model.version}")
+    publish(model, settings, redis_client(settings))
+    print(f"published: {settings.redis_prefix}:model -> {model.version}")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

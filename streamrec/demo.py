@@ -62,7 +62,7 @@ def run_demo(
     model = train(matrix, Params(), home / "model", extra={"source": "synthetic"})
     keys = Keys(settings.redis_prefix)
     client = redis_client(settings)
-    publish(model, client, keys, settings.top_n)
+    publish(model, settings, client)
     _say(f"    model {model.version}: {model.n_items} items, published to {keys.model}")
 
     log_path = home / "worker.log"

@@ -11,9 +11,14 @@ Public keys (``<p>`` is the configured prefix, default ``streamrec``; ids are us
         {"version": str, "created_at_ms": int, "n_items": int, "factors": int,
          "params": {...}, "path": str, "contract_version": 1}
 
+Operator keys::
+
+    <p>:blocked          SET of item ids kept out of every list (takes effect within seconds)
+
 Internal keys (may change without notice; do not read them from front-ends)::
 
-    <p>:hist:<user_id>   HASH item_id -> accumulated feedback weight
+    <p>:user:<user_id>             STRING, JSON: the user's history (worker/history.py)
+    <p>:applied:<topic>:<partition>  last Kafka offset whose effect is in Redis
 
 Rules for changing this module: adding a field to a JSON value is compatible; renaming or
 removing a field, changing a type or a key's meaning is a breaking change and needs
@@ -47,8 +52,15 @@ class Keys:
     def model(self) -> str:
         return f"{self.prefix}:model"
 
-    def history(self, user_id: str) -> str:
-        return f"{self.prefix}:hist:{user_id}"
+    @property
+    def blocked(self) -> str:
+        return f"{self.prefix}:blocked"
+
+    def user(self, user_id: str) -> str:
+        return f"{self.prefix}:user:{user_id}"
+
+    def applied(self, topic: str, partition: int) -> str:
+        return f"{self.prefix}:applied:{topic}:{partition}"
 
 
 def _items(items: Iterable[tuple[str, float]]) -> list[dict[str, Any]]:

@@ -23,6 +23,8 @@ from pydantic_settings import (
 )
 
 from streamrec.errors import ConfigError
+from streamrec.events import EVENT_TYPES
+from streamrec.feedback import DEFAULT_WEIGHTS
 
 CONFIG_ENV = "STREAMREC_CONFIG"
 
@@ -68,11 +70,27 @@ class Settings(BaseSettings):
         500, ge=1, description="most history items per user in the solve (strongest first)"
     )
 
+    # --- Feedback (shared by worker and trainer) --------------------------------------------
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_WEIGHTS),
+        description="weight per event type, as JSON (play 1, click 0.5, view 0.25, like 2, "
+        "purchase 3, rating 1 x (value - 2.5), skip -0.5 if quick, dislike -2)",
+    )
+    half_life_days: float = Field(
+        60.0, ge=0, description="feedback loses half its weight per this much event time; 0 = off"
+    )
+    dedup_window: int = Field(
+        256, ge=0, description="recent event_ids remembered per user to drop duplicates"
+    )
+
     # --- Worker ----------------------------------------------------------------------------
     batch_max: int = Field(1000, ge=1, description="most events taken per poll")
     poll_timeout_s: float = Field(0.2, gt=0, le=10, description="longest wait of one poll")
     model_path: Path | None = Field(
         None, description="model directory; None = the one the streamrec:model pointer names"
+    )
+    metrics_bind: str = Field(
+        "127.0.0.1:9108", description="host:port of /metrics and /healthz; empty = off"
     )
 
     # --- Local services and files ----------------------------------------------------------
@@ -88,6 +106,23 @@ class Settings(BaseSettings):
         host, _, port = value.split(",")[0].rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"expected host:port, got {value!r}")
+        return value
+
+    @field_validator("event_weights")
+    @classmethod
+    def _check_weights(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = set(value) - set(EVENT_TYPES)
+        if unknown:
+            raise ValueError(f"unknown event type(s) {sorted(unknown)}; known: {EVENT_TYPES}")
+        return {**DEFAULT_WEIGHTS, **value}
+
+    @field_validator("metrics_bind")
+    @classmethod
+    def _check_bind(cls, value: str) -> str:
+        if value:
+            host, _, port = value.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port or empty, got {value!r}")
         return value
 
     @field_validator("redis_url")
@@ -120,6 +155,10 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     # --- Derived values --------------------------------------------------------------------
+    @property
+    def half_life_ms(self) -> float | None:
+        return self.half_life_days * 86_400_000 if self.half_life_days > 0 else None
+
     @property
     def kafka_port(self) -> int:
         return int(self.kafka_bootstrap.split(",")[0].rpartition(":")[2])

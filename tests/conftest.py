@@ -46,6 +46,7 @@ def stack(infra: Settings) -> Callable[..., Settings]:
             "consumer_group": f"g-{tag}",
             "redis_prefix": f"test-{tag}",
             "poll_timeout_s": 0.1,
+            "metrics_bind": "127.0.0.1:0",  # an ephemeral port each: workers run side by side
             **overrides,
         }
         return infra.model_copy(update=values)

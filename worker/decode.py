@@ -26,21 +26,22 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Decoded:
-    """Events that decoded, in message order, and the messages that did not, with reasons."""
+    """One message and what became of it: an event, or the reason it is not one."""
 
-    events: list[Event]
-    failed: list[tuple[Message, str]]
+    msg: Message
+    event: Event | None
+    reason: str | None = None
 
 
-def decode_batch(msgs: Sequence[Message]) -> Decoded:
-    events: list[Event] = []
-    failed: list[tuple[Message, str]] = []
+def decode_batch(msgs: Sequence[Message]) -> list[Decoded]:
+    """Decode every message, in order; failures keep the message for the dead-letter topic."""
+    out: list[Decoded] = []
     for m in msgs:
         try:
-            events.append(decode(m.value()))
+            out.append(Decoded(m, decode(m.value())))
         except EventError as exc:
-            failed.append((m, exc.reason))
-    return Decoded(events, failed)
+            out.append(Decoded(m, None, exc.reason))
+    return out
 
 
 class DeadLetters:

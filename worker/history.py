@@ -1,55 +1,90 @@
-"""History: each user's per-item feedback totals, kept in Redis.
+"""History: each user's recent interactions, as the fold-in needs them.
 
-``<p>:hist:<user_id>`` is a hash ``item_id -> total weight`` (the sum of ``event_weight`` over
-the user's events for that item). One batch does one MULTI/EXEC round trip: the increments of
-every event, then a read of every touched user's whole hash.
+A user's state is one Redis string ``<p>:user:<user_id>`` (internal; JSON)::
+
+    {"v": 1, "items": {item_id: [total, last_ms], ...}, "ids": [recent event_id, ...]}
+
+``total`` is the user's decayed feedback total for the item as of ``last_ms`` (the item's latest
+event time). Applying an event is pure (``UserState.apply``): duplicates by ``event_id`` are
+dropped, the weight is added after decaying the old total to the event's time, and the history
+is cut to the strongest ``history_max`` items. Everything here runs in event time, not wall
+time, so replaying the same events always gives the same state.
 """
 
 from __future__ import annotations
 
-import logging
-from collections import defaultdict
-from collections.abc import Mapping, Sequence
-
-import redis
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from streamrec.events import Event
-from streamrec.feedback import DEFAULT_WEIGHTS, event_weight
-from streamrec.keys import Keys
+from streamrec.feedback import decay, event_weight
 
-log = logging.getLogger(__name__)
-
-
-def coalesce(
-    events: Sequence[Event], weights: Mapping[str, float] = DEFAULT_WEIGHTS
-) -> dict[str, dict[str, float]]:
-    """Per user, per item: the summed weight of the batch's events (users in first-seen order)."""
-    out: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    for e in events:
-        out[e.user_id][e.item_id] += event_weight(e.type, e.value, weights)
-    return {u: dict(items) for u, items in out.items()}
+STATE_VERSION = 1
 
 
-class History:
-    def __init__(self, client: redis.Redis, keys: Keys, ttl_s: int) -> None:
-        self._redis = client
-        self._keys = keys
-        self._ttl = ttl_s
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """How events change a history (from settings)."""
 
-    def apply(self, deltas: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float]]:
-        """Add ``deltas`` (user -> item -> weight) and return each touched user's full history."""
-        pipe = self._redis.pipeline(transaction=True)
-        for user, items in deltas.items():
-            key = self._keys.history(user)
-            for item, delta in items.items():
-                # A zero delta (e.g. a view with weight 0) still records the interaction.
-                pipe.hincrbyfloat(key, item, delta)
-            pipe.expire(key, self._ttl)
-        for user in deltas:
-            pipe.hgetall(self._keys.history(user))
-        replies = pipe.execute()
-        hashes = replies[len(replies) - len(deltas) :]
-        return {
-            user: {k.decode(): float(v) for k, v in h.items()}
-            for user, h in zip(deltas, hashes, strict=True)
-        }
+    weights: Mapping[str, float]
+    half_life_ms: float | None
+    history_max: int
+    dedup_window: int
+
+
+@dataclass(slots=True)
+class UserState:
+    """One user's history: ``items`` maps item_id -> [decayed total, last event ms]."""
+
+    items: dict[str, list[float]] = field(default_factory=dict)
+    ids: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str | None) -> UserState:
+        if raw is None:
+            return cls()
+        obj = json.loads(raw)
+        return cls(items=obj["items"], ids=obj["ids"])
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {"v": STATE_VERSION, "items": self.items, "ids": self.ids}, separators=(",", ":")
+        ).encode()
+
+    @property
+    def last_ms(self) -> float:
+        return max((v[1] for v in self.items.values()), default=0.0)
+
+    def apply(self, event: Event, rules: Rules) -> bool:
+        """Apply one event; False (and no change) when its event_id was already seen."""
+        if rules.dedup_window and event.event_id in self.ids:
+            return False
+        w = event_weight(event.type, event.value, rules.weights)
+        ts = float(event.timestamp)
+        old = self.items.get(event.item_id)
+        if old is None:
+            self.items[event.item_id] = [w, ts]
+        elif ts >= old[1]:
+            self.items[event.item_id] = [decay(old[0], ts - old[1], rules.half_life_ms) + w, ts]
+        else:  # late event: its weight decays to the item's newer time instead
+            old[0] += decay(w, old[1] - ts, rules.half_life_ms)
+        if rules.dedup_window:
+            self.ids.append(event.event_id)
+            del self.ids[: -rules.dedup_window]
+        if len(self.items) > rules.history_max:
+            self._trim(rules)
+        return True
+
+    def _trim(self, rules: Rules) -> None:
+        now = self.last_ms
+        ranked = sorted(
+            self.items.items(),
+            key=lambda kv: (-abs(decay(kv[1][0], now - kv[1][1], rules.half_life_ms)), -kv[1][1]),
+        )
+        self.items = dict(ranked[: rules.history_max])
+
+    def totals(self, half_life_ms: float | None) -> dict[str, float]:
+        """Every item's total decayed to the user's latest event time (what the solve uses)."""
+        now = self.last_ms
+        return {i: decay(t, now - ts, half_life_ms) for i, (t, ts) in self.items.items()}

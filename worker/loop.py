@@ -1,39 +1,43 @@
 """The worker loop, one micro-batch at a time:
 
-    source.poll -> decode (dead letters out) -> history.apply -> scorer (fold-in, top-N)
-    -> sink.write -> source.commit
+    source.poll -> decode -> [WATCH applied offsets + user states] -> skip what is applied
+    -> dead letters out -> history -> scorer (fold-in, top-N)
+    -> MULTI: states, lists, applied offsets EXEC -> source.commit
 
-Offsets are committed only after Redis holds the lists, so a crash means redelivery, never loss.
-Between batches the worker checks the ``<p>:model`` pointer and hot-swaps to a new model once it
-has verified it; a bad artifact is refused and the current model keeps serving.
+Exactly-once effect: the batch's history changes, its lists and each partition's last applied
+offset go to Redis in one MULTI/EXEC; messages at or below a partition's applied offset are
+skipped when they come again (a crash between EXEC and the Kafka commit, or a rebalance). The
+WATCH makes a zombie worker that lost its partitions fail its EXEC instead of applying twice.
+Kafka offsets are committed only after EXEC.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import redis
+from confluent_kafka import Message
 
-from streamrec.artifact import load_model
 from streamrec.connect import ensure_topics, redis_client
-from streamrec.errors import ArtifactError, InfraError
 from streamrec.keys import Keys
 from streamrec.settings import Settings
-from worker.decode import DeadLetters, decode_batch
-from worker.history import History, coalesce
+from worker.decode import DeadLetters, Decoded, decode_batch
+from worker.errors import WorkerError
+from worker.history import Rules, UserState
+from worker.metrics import Metrics, MetricsServer
+from worker.models import ModelWatcher
 from worker.scorer import Scorer
 from worker.sink import Sink
-from worker.source import Source
+from worker.source import Source, last_offsets, position
 
 log = logging.getLogger(__name__)
 
-MODEL_CHECK_S = 2.0
 PROGRESS_S = 10.0
+MAX_ATTEMPTS = 5
 
 
 @dataclass
@@ -41,23 +45,11 @@ class Stats:
     messages: int = 0
     decoded: int = 0
     dead_lettered: int = 0
+    redelivered: int = 0
+    duplicates: int = 0
     users_updated: int = 0
     batches: int = 0
     unknown_items: int = 0
-    model_swaps: int = 0
-
-
-def load_pointed_model(client: redis.Redis, keys: Keys) -> tuple[str, Path] | None:
-    """(version, path) from the ``<p>:model`` pointer, or None when nothing is published."""
-    raw = client.get(keys.model)
-    if raw is None:
-        return None
-    try:
-        pointer = json.loads(raw)
-        return str(pointer["version"]), Path(pointer["path"])
-    except (ValueError, KeyError, TypeError):
-        log.error("ignoring malformed %s: %r", keys.model, raw[:200])
-        return None
 
 
 class Worker:
@@ -67,91 +59,159 @@ class Worker:
         self.settings = settings
         self.stop = stop or threading.Event()
         self.stats = Stats()
+        self.metrics = Metrics()
         self.keys = Keys(settings.redis_prefix)
         self._redis = redis_client(settings)
-        self._refused: set[str] = set()
-        self.scorer = self._initial_model()
+        self.models = ModelWatcher(settings, self._redis, self.keys, self.metrics)
+        self.rules = Rules(
+            weights=settings.event_weights,
+            half_life_ms=settings.half_life_ms,
+            history_max=settings.history_max,
+            dedup_window=settings.dedup_window,
+        )
+        self._sink = Sink(self.keys, settings.recs_ttl_s)
 
-    def _initial_model(self) -> Scorer:
-        if self.settings.model_path is not None:
-            return Scorer.create(load_model(self.settings.model_path))
-        pointed = load_pointed_model(self._redis, self.keys)
-        if pointed is None:
-            raise InfraError(
-                f"no model: {self.keys.model} is not set in Redis and no model path was given; "
-                "run: streamrec train --dataset synthetic --out DIR --publish"
-            )
-        return Scorer.create(load_model(pointed[1]))
-
-    def _maybe_swap(self) -> None:
-        if self.settings.model_path is not None:
-            return
-        pointed = load_pointed_model(self._redis, self.keys)
-        if pointed is None or pointed[0] == self.scorer.version or pointed[0] in self._refused:
-            return
-        version, path = pointed
-        try:
-            scorer = Scorer.create(load_model(path))
-        except ArtifactError as exc:
-            self._refused.add(version)
-            log.error("refusing model %s: %s; still serving %s", version, exc, self.scorer.version)
-            return
-        log.info("model swap %s -> %s", self.scorer.version, scorer.version)
-        self.scorer = scorer
-        self.stats.model_swaps += 1
+    @property
+    def scorer(self) -> Scorer:
+        """The model serving now (it may be swapped between batches)."""
+        return self.models.scorer
 
     def run(self, max_messages: int | None = None, duration_s: float | None = None) -> Stats:
         s = self.settings
         ensure_topics(s)
         source = Source(s)
         dead = DeadLetters(s)
-        history = History(self._redis, self.keys, s.history_ttl_s)
-        sink = Sink(self._redis, self.keys, s.recs_ttl_s)
+        server = MetricsServer(self.metrics, s.metrics_bind) if s.metrics_bind else None
         started = time.monotonic()
-        next_check = started + MODEL_CHECK_S
         next_report = started + PROGRESS_S
-        log.info(
-            "worker up: %s -> %s (model %s, %d items)",
-            s.topic_events,
-            s.redis_url,
-            self.scorer.version,
-            self.scorer.model.n_items,
-        )
+        log.info("worker up: %s -> %s (model %s, %d items)", s.topic_events, s.redis_url,
+                 self.scorer.version, self.scorer.model.n_items)  # fmt: skip
         try:
             while not self.stop.is_set():
                 now = time.monotonic()
+                self.metrics.looped()
                 if duration_s is not None and now - started >= duration_s:
                     break
                 if max_messages is not None and self.stats.messages >= max_messages:
                     break
-                if now >= next_check:
-                    self._maybe_swap()
-                    next_check = now + MODEL_CHECK_S
+                self.models.refresh()
                 if now >= next_report:
-                    log.info("progress: %s lag=%d", self.stats, source.lag())
+                    lag = source.lag()
+                    self.metrics.lag.set(lag)
+                    log.info("progress: %s lag=%d", self.stats, lag)
                     next_report = now + PROGRESS_S
                 msgs = source.poll()
                 if not msgs:
                     continue
-                batch = decode_batch(msgs)
-                dead.send(batch.failed)
-                if batch.events:
-                    histories = history.apply(coalesce(batch.events))
-                    lists, unknown = self.scorer.recommend(
-                        histories, s.top_n, history_max=s.history_max
-                    )
-                    sink.write(lists, self.scorer.version, int(time.time() * 1000))
-                    self.stats.users_updated += len(lists)
-                    self.stats.unknown_items += unknown
-                source.commit(msgs)
-                self.stats.messages += len(msgs)
-                self.stats.decoded += len(batch.events)
-                self.stats.dead_lettered += len(batch.failed)
-                self.stats.batches += 1
+                self._process(msgs, dead)
+                with self.metrics.stage("commit").time():
+                    source.commit(msgs)
         finally:
             try:
                 dead.close()
+                self.models.close()
+                if server is not None:
+                    server.close()
             finally:
                 source.close()
+                self._redis.close()
                 log.info("worker stopped: %s", self.stats)
         return self.stats
+
+    def _process(self, msgs: Sequence[Message], dead: DeadLetters) -> None:
+        m = self.metrics
+        with m.stage("decode").time():
+            decoded = decode_batch(msgs)
+        last = last_offsets(msgs)
+        parts = sorted(last)
+        applied_keys = [self.keys.applied(t, p) for t, p in parts]
+        users = list(dict.fromkeys(d.event.user_id for d in decoded if d.event is not None))
+        state_keys = [self.keys.user(u) for u in users]
+        for _attempt in range(MAX_ATTEMPTS):
+            with self._redis.pipeline(transaction=True) as pipe:
+                try:
+                    self._apply(pipe, decoded, parts, last, applied_keys, users, state_keys, dead)
+                    break
+                except redis.WatchError:
+                    log.warning("batch raced with another writer on %s; retrying", parts)
+        else:
+            raise WorkerError(
+                f"could not apply a batch of {len(msgs)} in {MAX_ATTEMPTS} attempts: its state "
+                "kept changing (another worker writing the same partitions?)"
+            )
+        m.messages.inc(len(msgs))
+        m.batch_size.observe(len(msgs))
+        self.stats.messages += len(msgs)
+        self.stats.batches += 1
+
+    def _apply(
+        self,
+        pipe: redis.client.Pipeline,
+        decoded: list[Decoded],
+        parts: list[tuple[str, int]],
+        last: dict[tuple[str, int], int],
+        applied_keys: list[str],
+        users: list[str],
+        state_keys: list[str],
+        dead: DeadLetters,
+    ) -> None:
+        m, s = self.metrics, self.settings
+        with m.stage("state_read").time():
+            pipe.watch(*applied_keys, *state_keys)
+            applied = {p: int(v) if v is not None else -1
+                       for p, v in zip(parts, pipe.mget(applied_keys), strict=True)}  # fmt: skip
+            raw_states = pipe.mget(state_keys) if state_keys else []
+        fresh = []
+        for d in decoded:
+            part, offset = position(d.msg)
+            if offset > applied[part]:
+                fresh.append(d)
+        redelivered = len(decoded) - len(fresh)
+        failed = [(d.msg, d.reason or "") for d in fresh if d.event is None]
+        dead.send(failed)
+
+        with m.stage("history").time():
+            states = {u: UserState.from_json(r) for u, r in zip(users, raw_states, strict=True)}
+            touched: dict[str, None] = {}
+            duplicates = 0
+            events = [d.event for d in fresh if d.event is not None]
+            for ev in events:
+                if states[ev.user_id].apply(ev, self.rules):
+                    touched[ev.user_id] = None
+                else:
+                    duplicates += 1
+            histories = {u: states[u].totals(self.rules.half_life_ms) for u in touched}
+
+        with m.stage("foldin_topn").time():
+            scorer = self.scorer
+            lists, unknown, cold = scorer.recommend(
+                histories, s.top_n, history_max=s.history_max, blocked=self.models.blocked
+            )
+
+        with m.stage("redis_write").time():
+            now_ms = int(time.time() * 1000)
+            pipe.multi()
+            for u in touched:
+                pipe.set(self.keys.user(u), states[u].to_json(), ex=s.history_ttl_s)
+            self._sink.queue(pipe, lists, scorer.version, now_ms)
+            for part, key in zip(parts, applied_keys, strict=True):
+                pipe.set(key, max(last[part], applied[part]))
+            pipe.execute()
+
+        written = time.time()
+        for ev in events:
+            m.latency.observe(max(0.0, written - ev.timestamp / 1000))
+        m.decoded.inc(len(events))
+        m.dead_lettered.inc(len(failed))
+        m.redelivered.inc(redelivered)
+        m.duplicates.inc(duplicates)
+        m.users_updated.inc(len(lists))
+        m.unknown_items.inc(unknown)
+        m.cold_users.inc(cold)
+        st = self.stats
+        st.decoded += len(events)
+        st.dead_lettered += len(failed)
+        st.redelivered += redelivered
+        st.duplicates += duplicates
+        st.users_updated += len(lists)
+        st.unknown_items += unknown

@@ -6,7 +6,7 @@ Users with no positive history among the model's items get the popularity rankin
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,15 +40,24 @@ class Scorer:
     def version(self) -> str:
         return self.model.version
 
+    def blocked_rows(self, item_ids: Iterable[str]) -> npt.NDArray[np.int64]:
+        """Row indices of the given item ids that the model knows."""
+        return np.fromiter((self.index[i] for i in item_ids if i in self.index), dtype=np.int64)
+
     def recommend(
-        self, histories: Mapping[str, Mapping[str, float]], n: int, history_max: int = 500
-    ) -> tuple[Ranked, int]:
+        self,
+        histories: Mapping[str, Mapping[str, float]],
+        n: int,
+        history_max: int = 500,
+        blocked: npt.NDArray[np.int64] | None = None,
+    ) -> tuple[Ranked, int, int]:
         """Top-``n`` lists for every user in ``histories`` (item -> feedback total).
 
-        Every item in a user's history is excluded from their list. At most ``history_max``
-        items per user (the strongest by absolute total) enter the solve.
+        Every item in a user's history, and every ``blocked`` row, is excluded from their list.
+        At most ``history_max`` items per user (the strongest by absolute total) enter the solve.
 
-        Returns the lists and how many history entries named items unknown to the model.
+        Returns the lists, how many history entries named items unknown to the model, and how
+        many users got the popularity ranking (no positive history among known items).
         """
         users = list(histories)
         alpha = float(self.model.params["alpha"])
@@ -72,15 +81,18 @@ class Scorer:
         totals = np.fromiter((t for row in solve for _, t in row), np.float64, int(solve_ptr[-1]))
         conf = (alpha * confidence(totals, transform)).astype(np.float32)
         vectors = self.foldin.solve(solve_ptr, solve_idx, conf)
-        items, scores = top_n(vectors, self.model.item_factors, n, excl_ptr, excl_idx)
+        items, scores = top_n(vectors, self.model.item_factors, n, excl_ptr, excl_idx, blocked)
+        never = set(blocked.tolist()) if blocked is not None else set()
         ids = self.model.item_ids
         out: Ranked = []
+        cold = 0
         for b, user in enumerate(users):
             if not (conf[solve_ptr[b] : solve_ptr[b + 1]] > 0).any():
-                seen = set(excl[b])
+                seen = set(excl[b]) | never
                 pop = self.model.item_popularity
                 picks = [i for i in self.popular_order[: n + len(seen)] if i not in seen][:n]
                 out.append((user, [(ids[i], float(pop[i])) for i in picks]))
+                cold += 1
                 continue
             keep = items[b] >= 0
             out.append(
@@ -92,4 +104,4 @@ class Scorer:
                     ],
                 )
             )
-        return out, unknown
+        return out, unknown, cold

@@ -1,4 +1,4 @@
-"""Sink: every updated user's list written to Redis in one pipeline (SET with a TTL).
+"""Sink: every updated user's list queued on the batch's Redis transaction (SET with a TTL).
 
 Each write replaces the whole value, so writing the same batch twice leaves the same state.
 """
@@ -7,29 +7,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import redis
+from redis.client import Pipeline
 
 from streamrec.keys import Keys, recs_value
 
 
 class Sink:
-    def __init__(self, client: redis.Redis, keys: Keys, ttl_s: int) -> None:
-        self._redis = client
+    def __init__(self, keys: Keys, ttl_s: int) -> None:
         self._keys = keys
         self._ttl = ttl_s
 
-    def write(
+    def queue(
         self,
+        pipe: Pipeline,
         lists: Sequence[tuple[str, Sequence[tuple[str, float]]]],
         model_version: str,
         now_ms: int,
     ) -> None:
         """``lists``: (user_id, [(item_id, score), ...] best first) per user."""
-        if not lists:
-            return
-        pipe = self._redis.pipeline(transaction=False)
         for user, items in lists:
             pipe.set(
                 self._keys.recs(user), recs_value(user, items, model_version, now_ms), ex=self._ttl
             )
-        pipe.execute()

@@ -14,9 +14,25 @@ from worker.errors import WorkerError
 log = logging.getLogger(__name__)
 
 
+def position(msg: Message) -> tuple[tuple[str, int], int]:
+    """((topic, partition), offset) of a consumed message."""
+    topic, part, offset = msg.topic(), msg.partition(), msg.offset()
+    assert topic is not None and part is not None and offset is not None
+    return (topic, part), offset
+
+
 def where(msg: Message) -> str:
     """``topic[partition]@offset`` for logs and dead-letter headers."""
     return f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+
+
+def last_offsets(msgs: Sequence[Message]) -> dict[tuple[str, int], int]:
+    """The highest offset per (topic, partition) among ``msgs``."""
+    last: dict[tuple[str, int], int] = {}
+    for m in msgs:
+        part, offset = position(m)
+        last[part] = max(last.get(part, -1), offset)
+    return last
 
 
 class Source:
@@ -76,11 +92,7 @@ class Source:
 
     def commit(self, msgs: Sequence[Message]) -> None:
         """Commit, synchronously, the offsets after the last of ``msgs`` per partition."""
-        last: dict[tuple[str, int], int] = {}
-        for m in msgs:
-            topic, part, offset = m.topic(), m.partition(), m.offset()
-            assert topic is not None and part is not None and offset is not None
-            last[(topic, part)] = max(last.get((topic, part), -1), offset)
+        last = last_offsets(msgs)
         if not last:
             return
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]

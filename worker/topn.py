@@ -19,6 +19,7 @@ def top_n(
     n: int,
     exclude_indptr: I64 | None = None,
     exclude_indices: I64 | None = None,
+    exclude_all: I64 | None = None,
 ) -> tuple[I64, F32]:
     """The ``n`` highest-scoring items per user, best first.
 
@@ -27,7 +28,8 @@ def top_n(
         item_factors: (n_items, k) float32.
         n: list length (>= 1).
         exclude_indptr, exclude_indices: CSR rows (B + 1,) / (nnz,) int64 of item indices
-            never to return for each user (their history, blocked items).
+            never to return for each user (their history).
+        exclude_all: (m,) int64 item indices never to return to anyone (blocked items).
 
     Returns:
         ``(items, scores)``, each (B, min(n, n_items)): int64 item indices and float32 scores.
@@ -39,6 +41,8 @@ def top_n(
     if exclude_indptr is not None and exclude_indices is not None:
         rows = np.repeat(np.arange(b), np.diff(exclude_indptr))
         scores[rows, exclude_indices] = -np.inf
+    if exclude_all is not None and len(exclude_all):
+        scores[:, exclude_all] = -np.inf
     m = min(n, n_items)
     if m < n_items:
         # Selecting the m largest directly is ~4x faster than partitioning negated scores.

@@ -30,7 +30,7 @@ def test_train_writes_model_matching_implicit(tmp_path: Path) -> None:
     history = {
         matrix.item_ids[i]: float(np.expm1(c)) for i, c in zip(row.indices, row.data, strict=True)
     }
-    lists, unknown = scorer.recommend({"x": history}, 10)
+    lists, unknown, _ = scorer.recommend({"x": history}, 10)
     ref_items, _ = reference.recommend(
         u, row, N=10, filter_already_liked_items=True, recalculate_user=True
     )

@@ -20,7 +20,9 @@ def test_key_layout() -> None:
     assert k.popular == "streamrec:popular"
     assert k.model == "streamrec:model"
     assert Keys("shop").recs("42") == "shop:recs:42"
-    assert Keys("shop").history("42") == "shop:hist:42"
+    assert Keys("shop").user("42") == "shop:user:42"
+    assert Keys("shop").blocked == "shop:blocked"
+    assert Keys().applied("streamrec.events", 3) == "streamrec:applied:streamrec.events:3"
 
 
 def test_recs_value_shape() -> None:

@@ -56,7 +56,8 @@ def test_new_user_gets_a_list_within_5s_without_own_items(
     assert value["model_version"] == load_model(small_model).version
     assert 0 < client.ttl(keys.recs("alice")) <= s.recs_ttl_s
     # the worker waits for all three plays: history holds every item
-    wait_for(lambda: len(client.hgetall(keys.history("alice"))) == 3, timeout_s=5)
+    state = wait_for(lambda: client.get(keys.user("alice")), timeout_s=5)
+    assert set(json.loads(state)["items"]) == set(items)
 
 
 def test_garbage_goes_to_dlq_with_reason_and_worker_goes_on(
@@ -134,7 +135,7 @@ def test_hot_swap_follows_pointer_and_refuses_a_corrupt_model(
     s = stack()  # no model path: the worker follows <prefix>:model
     keys, client = Keys(s.redis_prefix), redis_client(s)
     first = load_model(small_model)
-    publish(first, client, keys, s.top_n)
+    publish(first, s, client)
     worker = run_worker(s)
     item = first.item_ids[2]
 
@@ -152,7 +153,7 @@ def test_hot_swap_follows_pointer_and_refuses_a_corrupt_model(
     data[-3] ^= 0x40
     (bad_dir / "item_factors.npy").write_bytes(bytes(data))
     client.set(keys.model, json.dumps({"version": "bad-1", "path": str(bad_dir)}))
-    wait_for(lambda: "bad-1" in worker._refused, timeout_s=10)
+    wait_for(lambda: "bad-1" in worker.models.refused, timeout_s=10)
     play("erin")
     assert wait_for(lambda: _recs(client, keys, "erin"), 5)["model_version"] == first.version
 
@@ -165,7 +166,7 @@ def test_hot_swap_follows_pointer_and_refuses_a_corrupt_model(
         Params(factors=8, iterations=3),
         tmp_path / "second",
     )
-    publish(second, client, keys, s.top_n)
+    publish(second, s, client)
     wait_for(lambda: worker.scorer.version == second.version, timeout_s=10)
     play("frank")
     assert wait_for(lambda: _recs(client, keys, "frank"), 5)["model_version"] == second.version

@@ -1,0 +1,180 @@
+"""Helpers shared by the benchmarks: machine description, the closing JSON line, RSS readings,
+unique names for a run and cleanup of what a run left in Redis and Kafka.
+
+Benchmarks import it as ``from _common import ...``: ``python bench/X.py`` puts ``bench/`` first
+on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+MIB = 1024 * 1024
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (or what ``platform`` knows)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def mem_total_gib() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) / MIB
+    except OSError:
+        pass
+    return float("nan")
+
+
+def blas_info() -> list[str]:
+    """BLAS libraries numpy (and anything else loaded) uses, with their thread counts."""
+    from threadpoolctl import threadpool_info
+
+    return [
+        f"{i['internal_api']} {i.get('version')} ({i['num_threads']} thr)"
+        for i in threadpool_info()
+        if i["user_api"] == "blas"
+    ]
+
+
+def machine_line() -> str:
+    """One line: CPU, cores, memory, Python, numpy, BLAS."""
+    import numpy as np
+
+    return (
+        f"machine: {cpu_model()}, {os.cpu_count()} cores, {mem_total_gib():.1f} GiB; "
+        f"Python {platform.python_version()}; numpy {np.__version__}; BLAS {blas_info()}"
+    )
+
+
+def machine_fields() -> dict[str, Any]:
+    """The machine, for the JSON line."""
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "mem_gib": round(mem_total_gib(), 1)}
+
+
+def emit(figures: dict[str, Any]) -> None:
+    """Print the benchmark's closing line: one JSON object, nothing after it."""
+    sys.stdout.flush()
+    print(json.dumps(figures), flush=True)
+
+
+def proc_status(pid: int | str = "self") -> dict[str, int]:
+    """The ``kB`` fields of /proc/<pid>/status (VmRSS, VmHWM, RssAnon, RssFile, ...), in bytes."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            parts = rest.split()
+            if len(parts) == 2 and parts[1] == "kB":
+                out[name] = int(parts[0]) * 1024
+    return out
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    return proc_status(pid).get("VmRSS", 0)
+
+
+def peak_rss_bytes(pid: int | str = "self") -> int:
+    """VmHWM: the highest RSS the process has had."""
+    return proc_status(pid).get("VmHWM", 0)
+
+
+def smaps_rollup(pid: int | str = "self") -> dict[str, int]:
+    """/proc/<pid>/smaps_rollup (Rss, Pss, Shared_Clean, Private_Dirty, ...), in bytes."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                out[parts[0].rstrip(":")] = int(parts[1]) * 1024
+    return out
+
+
+def smaps_for_file(pid: int | str, path: Path) -> dict[str, int]:
+    """Summed /proc/<pid>/smaps fields (Rss, Pss, Shared_Clean, ...) of mappings of ``path``."""
+    target = str(Path(path).resolve())
+    out: dict[str, int] = {}
+    inside = False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            parts = line.split()
+            if not parts:
+                continue
+            if "-" in parts[0] and len(parts) >= 5 and not parts[0].endswith(":"):
+                inside = len(parts) >= 6 and parts[5] == target
+                continue
+            if inside and len(parts) == 3 and parts[2] == "kB":
+                key = parts[0].rstrip(":")
+                out[key] = out.get(key, 0) + int(parts[1]) * 1024
+    return out
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """utime + stime of a process, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs from /proc/stat; diff two readings for a utilisation."""
+    with open("/proc/stat") as f:
+        vals = [int(v) for v in f.readline().split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
+    total = sum(vals[:8])
+    return float(total - idle), float(total)
+
+
+def run_id(name: str) -> str:
+    """A name no other run uses: ``bench-<name>-<time>-<random>`` (no ':' or spaces)."""
+    return f"bench-{name}-{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def delete_redis_prefix(client: Any, prefix: str, max_rounds: int = 100_000) -> int:
+    """UNLINK every key under ``<prefix>:``; returns how many. Bounded by ``max_rounds`` scans."""
+    deleted = 0
+    cursor = 0
+    for _ in range(max_rounds):
+        cursor, keys = client.scan(cursor=cursor, match=f"{prefix}:*", count=5000)
+        if keys:
+            deleted += int(client.unlink(*keys))
+        if cursor == 0:
+            break
+    return deleted
+
+
+def delete_topics(bootstrap: str, topics: Iterable[str], group: str | None = None) -> None:
+    """Delete ``topics`` (and the consumer ``group``) on the broker; errors are printed only."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    names = list(topics)
+    if group is not None:
+        try:
+            for fut in admin.delete_consumer_groups([group], request_timeout=15).values():
+                fut.result(timeout=15)
+        except Exception as exc:  # cleanup must not hide the figures
+            print(f"cleanup: consumer group {group}: {exc}")
+    if names:
+        for topic, fut in admin.delete_topics(names, operation_timeout=15).items():
+            try:
+                fut.result(timeout=15)
+            except Exception as exc:
+                print(f"cleanup: topic {topic}: {exc}")

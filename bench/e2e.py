@@ -1,0 +1,440 @@
+"""End to end: events into the real Kafka broker -> ``streamrec worker`` -> lists in real Redis.
+
+    python bench/e2e.py [--events 200000] [--rate 10000] [--duration 20] [--items 20000]
+
+Needs the local services (``streamrec infra up``); uses its own topics, consumer group and Redis
+prefix, and deletes them at the end. Starts ``streamrec worker`` as its own process with a
+random-factor model of ``--items`` items, then measures:
+
+  (a) throughput: ``--events`` events (Zipf users and items, key = user) are produced as fast as
+      the producer goes (its rate is the baseline), then the worker is started and the time it
+      takes to drain them is measured from its committed offsets -> sustained events/s;
+  (b) latency: events at a paced ``--rate`` for ``--duration`` s; every ``--probe-every``-th
+      event belongs to a brand-new user ``probe-<n>`` and the time from send to the moment
+      ``<prefix>:recs:probe-<n>`` can be read from Redis is taken -> p50/p99 event->Redis.
+
+Also reports the worker's peak RSS (VmHWM) and CPU use. ``--profile FILE`` runs the worker under
+cProfile and prints its top functions. Ends with one JSON line of the figures.
+Targets (issue): 20k events/s on 2 cores; p99 <= 250 ms at 10k events/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import (
+    MIB,
+    cpu_seconds,
+    delete_redis_prefix,
+    delete_topics,
+    emit,
+    machine_busy,
+    machine_fields,
+    machine_line,
+    peak_rss_bytes,
+    rss_bytes,
+    run_id,
+)
+from confluent_kafka import Consumer, TopicPartition
+
+from producer.producer import EventProducer
+from streamrec.artifact import write_model
+from streamrec.connect import ensure_topics, redis_client
+from streamrec.errors import InfraError
+from streamrec.events import new_event
+from streamrec.settings import Settings, load_settings
+
+TARGET_EVENTS_PER_S = 20_000
+TARGET_P99_MS = 250.0
+
+
+def zipf_choice(rng: np.random.Generator, n: int, s: float, size: int) -> np.ndarray:
+    """``size`` draws from ranks 0..n-1 with P(r) ~ 1/(r+1)^s, ranks shuffled."""
+    p = 1.0 / np.arange(1, n + 1) ** s
+    p /= p.sum()
+    return rng.permutation(n)[rng.choice(n, size=size, p=p)]
+
+
+def make_model(out: Path, items: int, factors: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """A model directory with random factors (training would not change the timings)."""
+    rng = np.random.default_rng(seed)
+    y = (rng.standard_normal((items, factors)) * 0.1).astype(np.float32)
+    ids = [f"item-{i:06d}" for i in range(items)]
+    pop = (1000.0 / np.arange(1, items + 1) ** 0.8).astype(np.float32)
+    params = {"factors": factors, "regularization": 1.0, "alpha": 4.0, "iterations": 0,
+              "transform": "log", "seed": seed}  # fmt: skip
+    write_model(out, ids, y, pop, params)
+    return ids, pop
+
+
+class Offsets:
+    """Committed offsets of the worker's group vs the end of the topic (no group join)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._consumer = Consumer(
+            {**settings.kafka_common(), "group.id": settings.consumer_group,
+             "enable.auto.commit": False}  # fmt: skip
+        )
+        meta = self._consumer.list_topics(settings.topic_events, timeout=10)
+        parts = sorted(meta.topics[settings.topic_events].partitions)
+        self._tps = [TopicPartition(settings.topic_events, p) for p in parts]
+
+    def end(self) -> int:
+        return sum(self._consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in self._tps)
+
+    def committed(self) -> int:
+        got = self._consumer.committed(self._tps, timeout=10)
+        return sum(max(0, tp.offset) for tp in got)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class Worker:
+    """``streamrec worker`` as a child process with the run's settings in its environment."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, profile: Path | None) -> None:
+        cmd = [sys.executable]
+        if profile is not None:
+            cmd += ["-m", "cProfile", "-o", str(profile)]
+        cmd += ["-m", "streamrec", "worker"]
+        self.log_path = log_path
+        with log_path.open("wb") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.pid = self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def check(self) -> None:
+        if not self.alive():
+            tail = self.log_path.read_text(errors="replace").splitlines()[-15:]
+            raise RuntimeError(f"worker exited with {self.proc.returncode}:\n" + "\n".join(tail))
+
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        return self.proc.returncode
+
+
+def produce_all(settings: Settings, users: list[str], items: list[str]) -> float:
+    """Send one play event per (user, item) pair as fast as possible; returns seconds."""
+    started = time.perf_counter()
+    with EventProducer(settings) as producer:
+        for u, i in zip(users, items, strict=True):
+            producer.send(new_event(u, i, "play", value=120.0))
+    return time.perf_counter() - started
+
+
+def drain(
+    worker: Worker, offsets: Offsets, total: int, timeout_s: float
+) -> dict[str, Any]:  # fmt: skip
+    """Watch the committed offsets until ``total`` is reached (or ``timeout_s``)."""
+    started = time.perf_counter()
+    first: tuple[float, int, float, tuple[float, float]] | None = None
+    done, now = 0, started
+    while now - started < timeout_s:
+        worker.check()
+        done = offsets.committed()
+        now = time.perf_counter()
+        if first is None and done > 0:
+            first = (now, done, cpu_seconds(worker.pid), machine_busy())
+        if done >= total:
+            break
+        time.sleep(0.1)
+    if first is None:
+        raise RuntimeError(f"the worker committed nothing within {timeout_s:.0f}s")
+    t0, done0, cpu0, (busy0, all0) = first
+    busy1, all1 = machine_busy()
+    wall = max(now - t0, 1e-9)
+    cpu = cpu_seconds(worker.pid) - cpu0
+    return {
+        "drained": done >= total,
+        "events_measured": done - done0,
+        "seconds": wall,
+        "startup_s": t0 - started,
+        "events_per_s": (done - done0) / wall,
+        "worker_cpu_share": cpu / wall,
+        "events_per_worker_cpu_s": (done - done0) / cpu if cpu > 0 else None,
+        "machine_busy": (busy1 - busy0) / max(all1 - all0, 1.0),
+    }
+
+
+class ProbeWatcher(threading.Thread):
+    """Polls Redis for the recs keys of probe users; records when each first appears."""
+
+    def __init__(self, client: Any, prefix: str) -> None:
+        super().__init__(daemon=True)
+        self._redis = client
+        self._prefix = prefix
+        self._lock = threading.Lock()
+        self._pending: dict[str, tuple[float, int]] = {}  # user -> (monotonic, wall ms) sent
+        self.seen: dict[str, tuple[float, float]] = {}  # user -> (latency ms, stamp ms)
+        self.halt = threading.Event()
+
+    def sent(self, user: str, mono: float, wall_ms: int) -> None:
+        with self._lock:
+            self._pending[user] = (mono, wall_ms)
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def run(self) -> None:
+        import json
+
+        while not self.halt.is_set():
+            with self._lock:
+                users = list(self._pending)
+            if not users:
+                time.sleep(0.001)
+                continue
+            pipe = self._redis.pipeline(transaction=False)
+            for u in users:
+                pipe.get(f"{self._prefix}:recs:{u}")
+            values = pipe.execute()
+            now = time.monotonic()
+            with self._lock:
+                for u, v in zip(users, values, strict=True):
+                    if v is not None:
+                        mono, wall_ms = self._pending.pop(u)
+                        stamped = float(json.loads(v)["updated_at_ms"]) - wall_ms
+                        self.seen[u] = ((now - mono) * 1000.0, stamped)
+            time.sleep(0.001)
+
+
+def paced(
+    settings: Settings,
+    client: Any,
+    users: list[str],
+    items: list[str],
+    probe_item: str,
+    rate: float,
+    duration_s: float,
+    probe_every: int,
+    grace_s: float,
+    tag: str,
+) -> dict[str, Any]:
+    """Send at ``rate`` for ``duration_s``; probes are new users ``probe-<tag>-<n>``."""
+    watcher = ProbeWatcher(client, settings.redis_prefix)
+    watcher.start()
+    sent = probes = 0
+    n_total = int(rate * duration_s)
+    started = time.monotonic()
+    with EventProducer(settings) as producer:
+        while sent < n_total and time.monotonic() - started < duration_s + 5:
+            due = min(n_total, int(rate * (time.monotonic() - started)) + 1)
+            while sent < due:
+                if sent % probe_every == 0:
+                    user = f"probe-{tag}-{probes}"
+                    event = new_event(user, probe_item, "play", value=120.0)
+                    watcher.sent(user, time.monotonic(), event.timestamp)
+                    producer.send(event)
+                    probes += 1
+                else:
+                    j = sent % len(users)
+                    producer.send(new_event(users[j], items[j], "play", value=120.0))
+                sent += 1
+            time.sleep(0.001)
+        send_s = time.monotonic() - started
+    deadline = time.monotonic() + grace_s
+    while watcher.pending() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    watcher.halt.set()
+    watcher.join(timeout=5)
+    lat = np.array([v[0] for v in watcher.seen.values()])
+    stamped = np.array([v[1] for v in watcher.seen.values()])
+    missing = probes - len(lat)
+
+    def pct(a: np.ndarray, q: float) -> float | None:
+        # A probe never seen counts as slower than every seen one.
+        if len(a) == 0 or missing > len(a) * (100 - q) / q:
+            return None
+        full = np.concatenate([a, np.full(missing, np.inf)])
+        return round(float(np.percentile(full, q)), 1)
+
+    return {
+        "sent": sent,
+        "send_rate": sent / send_s,
+        "probes": probes,
+        "probes_missing": missing,
+        "p50_ms": pct(lat, 50),
+        "p99_ms": pct(lat, 99),
+        "max_ms": round(float(lat.max()), 1) if len(lat) and not missing else None,
+        "stamped_p50_ms": pct(stamped, 50),
+        "stamped_p99_ms": pct(stamped, 99),
+    }
+
+
+def print_profile(path: Path, top: int) -> None:
+    import pstats
+
+    print(f"--- worker profile ({path}), top {top} by cumulative time ---")
+    stats = pstats.Stats(str(path), stream=sys.stdout)
+    stats.sort_stats("cumulative").print_stats(top)
+    print(f"--- top {top} by own time ---")
+    stats.sort_stats("tottime").print_stats(top)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=200_000, help="throughput phase events")
+    ap.add_argument("--rate", type=float, default=TARGET_EVENTS_PER_S / 2, help="latency phase")
+    ap.add_argument("--duration", type=float, default=20.0, help="latency phase seconds")
+    ap.add_argument("--probe-every", type=int, default=100, help="1 probe per this many events")
+    ap.add_argument("--items", type=int, default=20_000)
+    ap.add_argument("--factors", type=int, default=64)
+    ap.add_argument("--users", type=int, default=100_000, help="user pool the events draw from")
+    ap.add_argument("--user-zipf", type=float, default=0.8)
+    ap.add_argument("--item-zipf", type=float, default=0.8)
+    ap.add_argument("--drain-timeout", type=float, default=120.0)
+    ap.add_argument("--grace", type=float, default=10.0, help="wait for late probes (s)")
+    ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--kafka", default="127.0.0.1:9092")
+    ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    ap.add_argument("--profile", type=Path, help="run the worker under cProfile, write here")
+    ap.add_argument("--profile-top", type=int, default=30)
+    ap.add_argument("--keep", action="store_true", help="keep topics, keys and files")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    rid = run_id("e2e")
+    work = Path(tempfile.mkdtemp(prefix=f"{rid}-"))
+    names = {
+        "topic_events": f"{rid}.events", "topic_dlq": f"{rid}.dlq",
+        "topic_models": f"{rid}.models", "consumer_group": rid, "redis_prefix": rid,
+        "model_path": str(work / "model"), "kafka_bootstrap": args.kafka,
+        "redis_url": args.redis,
+    }  # fmt: skip
+    settings = load_settings(**names)
+    env = {**os.environ, **{f"STREAMREC_{k.upper()}": v for k, v in names.items()}}
+    print(machine_line())
+    print(f"settings: events={args.events} rate={args.rate:g}/s duration={args.duration:g}s "
+          f"items={args.items} k={args.factors} users={args.users} zipf(user)={args.user_zipf} "
+          f"zipf(item)={args.item_zipf} probe 1/{args.probe_every} batch_max="
+          f"{settings.batch_max} poll_timeout={settings.poll_timeout_s}s "
+          f"partitions={settings.topic_events_partitions} run={rid}")  # fmt: skip
+
+    try:
+        client = redis_client(settings)
+        ensure_topics(settings)
+    except InfraError as exc:
+        print(f"skipped: {exc}")
+        shutil.rmtree(work, ignore_errors=True)
+        sys.exit(3)
+
+    figures: dict[str, Any] = {"bench": "e2e", **machine_fields(), "items": args.items,
+                               "factors": args.factors, "events": args.events,
+                               "rate": args.rate, "duration_s": args.duration}  # fmt: skip
+    worker: Worker | None = None
+    offsets: Offsets | None = None
+    try:
+        item_ids, pop = make_model(work / "model", args.items, args.factors, args.seed)
+        rng = np.random.default_rng(args.seed)
+        n_draw = max(args.events, int(args.rate * args.duration))
+        u_idx = zipf_choice(rng, args.users, args.user_zipf, n_draw)
+        i_idx = zipf_choice(rng, args.items, args.item_zipf, n_draw)
+        users = [f"user-{u:07d}" for u in u_idx]
+        items = [item_ids[i] for i in i_idx]
+        offsets = Offsets(settings)
+
+        if not args.skip_throughput:
+            produce_s = produce_all(settings, users[: args.events], items[: args.events])
+            total = offsets.end()
+            distinct = len(set(users[: args.events]))
+            print(f"produced {total} events in {produce_s:.1f}s "
+                  f"({args.events / produce_s:,.0f}/s), {distinct} distinct users")  # fmt: skip
+            worker = Worker(env, work / "worker.log", args.profile)
+            d = drain(worker, offsets, total, args.drain_timeout)
+            print(f"worker drained {d['events_measured']} events in {d['seconds']:.1f}s: "
+                  f"{d['events_per_s']:,.0f} events/s (startup {d['startup_s']:.1f}s; worker "
+                  f"CPU {d['worker_cpu_share']:.0%} of a core, machine busy "
+                  f"{d['machine_busy']:.0%}; {d['events_per_worker_cpu_s'] or 0:,.0f} events "
+                  f"per worker CPU-second)" + ("" if d["drained"] else " NOT DRAINED"))  # fmt: skip
+            figures.update({
+                "producer_events_per_s": round(args.events / produce_s),
+                "distinct_users": distinct,
+                "worker_events_per_s": round(d["events_per_s"]),
+                "drained": d["drained"],
+                "worker_startup_s": round(d["startup_s"], 2),
+                "worker_cpu_share": round(d["worker_cpu_share"], 3),
+                "events_per_worker_cpu_s": round(d["events_per_worker_cpu_s"] or 0),
+                "machine_busy": round(d["machine_busy"], 3),
+                "worker_vs_producer": round(d["events_per_s"] * produce_s / args.events, 3),
+                "throughput_target_met": d["events_per_s"] >= TARGET_EVENTS_PER_S,
+            })  # fmt: skip
+
+        if not args.skip_latency:
+            if worker is None:
+                worker = Worker(env, work / "worker.log", args.profile)
+                # Wait for the worker to join the group: one warm-up probe, bounded.
+                warm = paced(settings, client, users, items, item_ids[0], 10, 1.0, 1, 30, "w")
+                if warm["probes_missing"]:
+                    raise RuntimeError("the worker did not answer a warm-up probe in 30 s")
+            before = offsets.end()
+            lp = paced(settings, client, users, items, item_ids[int(np.argmax(pop))],
+                       args.rate, args.duration, args.probe_every, args.grace, "p")  # fmt: skip
+            worker.check()
+            lag = offsets.end() - offsets.committed()
+            print(f"paced {lp['sent']} events at {lp['send_rate']:,.0f}/s: event->Redis "
+                  f"p50 {lp['p50_ms']} ms, p99 {lp['p99_ms']} ms, max {lp['max_ms']} ms over "
+                  f"{lp['probes']} probes ({lp['probes_missing']} never seen within "
+                  f"{args.grace:g}s); worker-stamped p50 {lp['stamped_p50_ms']} ms, "
+                  f"p99 {lp['stamped_p99_ms']} ms; lag after grace {lag} of "
+                  f"{offsets.end() - before}")  # fmt: skip
+            p99 = lp["p99_ms"]
+            figures.update({
+                "paced_send_rate": round(lp["send_rate"]),
+                "probes": lp["probes"], "probes_missing": lp["probes_missing"],
+                "latency_p50_ms": lp["p50_ms"], "latency_p99_ms": p99,
+                "latency_max_ms": lp["max_ms"],
+                "stamped_p50_ms": lp["stamped_p50_ms"], "stamped_p99_ms": lp["stamped_p99_ms"],
+                "lag_after": lag,
+                "latency_target_met": p99 is not None and p99 <= TARGET_P99_MS,
+            })  # fmt: skip
+
+        if worker is not None:
+            worker.check()
+            peak = peak_rss_bytes(worker.pid)
+            figures["worker_rss_mib"] = round(rss_bytes(worker.pid) / MIB, 1)
+            figures["worker_peak_rss_mib"] = round(peak / MIB, 1)
+            print(f"worker RSS {figures['worker_rss_mib']} MiB, peak (VmHWM) "
+                  f"{figures['worker_peak_rss_mib']} MiB")  # fmt: skip
+    finally:
+        if worker is not None:
+            code = worker.stop()
+            if code not in (0, None):
+                print(f"worker exited {code}; log: {worker.log_path}")
+        if offsets is not None:
+            offsets.close()
+        if not args.keep:
+            gone = delete_redis_prefix(client, rid)
+            delete_topics(args.kafka, [names["topic_events"], names["topic_dlq"],
+                                       names["topic_models"]], group=rid)  # fmt: skip
+            print(f"cleanup: {gone} Redis keys, 3 topics and group {rid} deleted")
+    if args.profile is not None and args.profile.exists():
+        print_profile(args.profile, args.profile_top)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    emit(figures)
+
+
+if __name__ == "__main__":
+    main()

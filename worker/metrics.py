@@ -1,0 +1,142 @@
+"""Worker metrics (Prometheus) and the /metrics + /healthz HTTP endpoint.
+
+Each ``Metrics`` owns its registry, so several workers in one process (tests) never collide.
+``/healthz`` answers 200 while the loop has completed an iteration within ``stale_after_s``
+and 503 otherwise (stuck on Kafka or Redis, or stopped).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
+
+log = logging.getLogger(__name__)
+
+STAGES = ("decode", "state_read", "history", "foldin_topn", "redis_write", "commit")
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.messages = Counter("streamrec_messages", "Kafka messages consumed", registry=r)
+        self.decoded = Counter("streamrec_events_decoded", "events decoded", registry=r)
+        self.dead_lettered = Counter(
+            "streamrec_events_dead_lettered", "messages sent to the DLQ", registry=r
+        )
+        self.redelivered = Counter(
+            "streamrec_messages_redelivered",
+            "messages skipped because their effect was already in Redis",
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "streamrec_events_duplicate", "events dropped as duplicate event_id", registry=r
+        )
+        self.users_updated = Counter("streamrec_users_updated", "lists written", registry=r)
+        self.unknown_items = Counter(
+            "streamrec_unknown_items",
+            "history entries skipped in the solve: item unknown to the model",
+            registry=r,
+        )
+        self.cold_users = Counter(
+            "streamrec_cold_users", "lists served from popularity (no usable history)", registry=r
+        )
+        self.models_refused = Counter(
+            "streamrec_models_refused", "published models that failed verification", registry=r
+        )
+        self.model_swaps = Counter("streamrec_model_swaps", "models loaded", registry=r)
+        self.batch_size = Histogram(
+            "streamrec_batch_messages",
+            "messages per batch",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "streamrec_stage_seconds",
+            "time per batch in each stage",
+            ["stage"],
+            buckets=_FAST,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "streamrec_event_to_redis_seconds",
+            "event timestamp to its list written in Redis",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.lag = Gauge("streamrec_consumer_lag", "messages not yet consumed", registry=r)
+        self.model_version = Gauge(
+            "streamrec_model_info", "1 for the serving model's version", ["version"], registry=r
+        )
+        self.last_loop = Gauge(
+            "streamrec_last_loop_timestamp_seconds", "unix time of the last loop", registry=r
+        )
+        self._current_version: str | None = None
+        self._last_loop_mono = time.monotonic()
+
+    def stage(self, name: str) -> Histogram:
+        return self.stage_seconds.labels(stage=name)
+
+    def model_loaded(self, version: str) -> None:
+        if self._current_version is not None:
+            self.model_version.remove(self._current_version)
+        self.model_version.labels(version=version).set(1)
+        self._current_version = version
+        self.model_swaps.inc()
+
+    def looped(self) -> None:
+        self._last_loop_mono = time.monotonic()
+        self.last_loop.set(time.time())
+
+    def healthy(self, stale_after_s: float) -> bool:
+        return time.monotonic() - self._last_loop_mono <= stale_after_s
+
+
+class MetricsServer:
+    """Serves ``/metrics`` and ``/healthz`` from a daemon thread; ``close()`` stops it."""
+
+    def __init__(self, metrics: Metrics, bind: str, stale_after_s: float = 30.0) -> None:
+        host, _, port = bind.rpartition(":")
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/metrics":
+                    body, ctype, code = generate_latest(metrics.registry), CONTENT_TYPE_LATEST, 200
+                elif self.path == "/healthz":
+                    ok = outer.running and metrics.healthy(stale_after_s)
+                    body, ctype = (b"ok\n" if ok else b"stale\n"), "text/plain"
+                    code = 200 if ok else 503
+                else:
+                    body, ctype, code = b"not found\n", "text/plain", 404
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                log.debug("http: " + format, *args)
+
+        self.running = True
+        self._server = ThreadingHTTPServer((host, int(port)), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics",
+                                        daemon=True)  # fmt: skip
+        self._thread.start()
+        log.info("metrics on http://%s:%d/metrics and /healthz", host, self.port)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def close(self) -> None:
+        self.running = False
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,135 @@
+"""Which model serves, and which items are blocked: checked between batches.
+
+A new model is noticed two ways: an announcement on ``settings.topic_models`` (at once) or the
+``<p>:model`` pointer moving (polled every ``CHECK_S``). Either way the pointer is the truth:
+the worker loads the directory it names, verifies it (checksums, shapes, dtypes) and only then
+swaps one reference. A model that fails verification is refused, logged and remembered, and the
+current one keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import redis
+from confluent_kafka import Consumer
+
+from streamrec.artifact import load_model
+from streamrec.errors import ArtifactError, InfraError
+from streamrec.keys import Keys
+from streamrec.settings import Settings
+from worker.metrics import Metrics
+from worker.scorer import Scorer
+
+log = logging.getLogger(__name__)
+
+CHECK_S = 2.0
+
+
+def read_pointer(client: redis.Redis, keys: Keys) -> tuple[str, Path] | None:
+    """(version, path) from the ``<p>:model`` pointer, or None when nothing is published."""
+    raw = client.get(keys.model)
+    if raw is None:
+        return None
+    try:
+        pointer = json.loads(raw)
+        return str(pointer["version"]), Path(pointer["path"])
+    except (ValueError, KeyError, TypeError):
+        log.error("ignoring malformed %s: %r", keys.model, raw[:200])
+        return None
+
+
+class ModelWatcher:
+    """Holds the serving ``Scorer`` and the blocked rows; ``refresh()`` between batches."""
+
+    def __init__(
+        self, settings: Settings, client: redis.Redis, keys: Keys, metrics: Metrics
+    ) -> None:
+        self._settings = settings
+        self._redis = client
+        self._keys = keys
+        self._metrics = metrics
+        self.refused: set[str] = set()
+        self._pinned = settings.model_path is not None
+        self.scorer = self._initial()
+        self._blocked_ids: set[str] = set()
+        self.blocked: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        self._next_check = 0.0
+        self._announcements: Consumer | None = None
+        if not self._pinned:
+            self._announcements = Consumer(
+                {
+                    **settings.kafka_common(),
+                    # Every worker must see every announcement: a group of its own, no commits.
+                    "group.id": f"{settings.consumer_group}.models.{uuid.uuid4().hex[:12]}",
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "latest",
+                },
+                logger=log,
+            )
+            self._announcements.subscribe([settings.topic_models])
+        metrics.model_loaded(self.scorer.version)
+
+    def _initial(self) -> Scorer:
+        if self._settings.model_path is not None:
+            return Scorer.create(load_model(self._settings.model_path))
+        pointed = read_pointer(self._redis, self._keys)
+        if pointed is None:
+            raise InfraError(
+                f"no model: {self._keys.model} is not set in Redis and no model path was given; "
+                "run: streamrec train --dataset synthetic --out DIR --publish"
+            )
+        return Scorer.create(load_model(pointed[1]))
+
+    def refresh(self) -> None:
+        """Swap to a newly published model and reload the blocked set, when due."""
+        announced = False
+        if self._announcements is not None:
+            msg = self._announcements.poll(0)
+            announced = msg is not None and msg.error() is None
+            if msg is not None and announced:
+                log.info("model announcement: %r", (msg.value() or b"")[:200])
+        now = time.monotonic()
+        if not announced and now < self._next_check:
+            return
+        self._next_check = now + CHECK_S
+        if not self._pinned:
+            self._maybe_swap()
+        self._reload_blocked()
+
+    def _maybe_swap(self) -> None:
+        pointed = read_pointer(self._redis, self._keys)
+        if pointed is None or pointed[0] == self.scorer.version or pointed[0] in self.refused:
+            return
+        version, path = pointed
+        try:
+            scorer = Scorer.create(load_model(path))
+        except ArtifactError as exc:
+            self.refused.add(version)
+            self._metrics.models_refused.inc()
+            log.error("refusing model %s: %s; still serving %s", version, exc, self.scorer.version)
+            return
+        log.info("model swap %s -> %s", self.scorer.version, scorer.version)
+        self.scorer = scorer
+        # Re-map the blocked ids onto the new model's rows on the reload just below.
+        self._blocked_ids = set()
+        self.blocked = np.zeros(0, dtype=np.int64)
+        self._metrics.model_loaded(scorer.version)
+
+    def _reload_blocked(self) -> None:
+        ids = {b.decode() if isinstance(b, bytes) else b
+               for b in self._redis.smembers(self._keys.blocked)}  # fmt: skip
+        if ids != self._blocked_ids:
+            self._blocked_ids = ids
+            self.blocked = self.scorer.blocked_rows(ids)
+            log.info("blocked items: %d (%d known to the model)", len(ids), len(self.blocked))
+
+    def close(self) -> None:
+        if self._announcements is not None:
+            self._announcements.close()
