@@ -54,11 +54,12 @@ class EventProducer:
         value = self._encode(event)
         while True:
             try:
+                # The message keeps the broker-side CreateTime (now), not the event's own time:
+                # replayed history (years old) would otherwise fall to time-based retention.
                 self._producer.produce(
                     self.topic,
                     key=event.user_id.encode(),
                     value=value,
-                    timestamp=event.timestamp,
                     on_delivery=self._on_delivery,
                 )
                 break

@@ -70,6 +70,7 @@ class Worker:
             dedup_window=settings.dedup_window,
         )
         self._sink = Sink(self.keys, settings.recs_ttl_s)
+        self.assigned: set[tuple[str, int]] = set()  # the partitions this worker owns now
 
     @property
     def scorer(self) -> Scorer:
@@ -80,12 +81,18 @@ class Worker:
         s = self.settings
         ensure_topics(s)
         source = Source(s)
+        self.assigned = source.assigned
         dead = DeadLetters(s)
         server = MetricsServer(self.metrics, s.metrics_bind) if s.metrics_bind else None
         started = time.monotonic()
         next_report = started + PROGRESS_S
-        log.info("worker up: %s -> %s (model %s, %d items)", s.topic_events, s.redis_url,
-                 self.scorer.version, self.scorer.model.n_items)  # fmt: skip
+        log.info(
+            "worker up: %s -> %s (model %s, %d items)",
+            s.topic_events,
+            s.redis_url,
+            self.scorer.version,
+            self.scorer.model.n_items,
+        )
         try:
             while not self.stop.is_set():
                 now = time.monotonic()
@@ -158,8 +165,10 @@ class Worker:
         m, s = self.metrics, self.settings
         with m.stage("state_read").time():
             pipe.watch(*applied_keys, *state_keys)
-            applied = {p: int(v) if v is not None else -1
-                       for p, v in zip(parts, pipe.mget(applied_keys), strict=True)}  # fmt: skip
+            applied = {
+                p: int(v) if v is not None else -1
+                for p, v in zip(parts, pipe.mget(applied_keys), strict=True)
+            }
             raw_states = pipe.mget(state_keys) if state_keys else []
         fresh = []
         for d in decoded:

@@ -127,8 +127,9 @@ class MetricsServer:
         self.running = True
         self._server = ThreadingHTTPServer((host, int(port)), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics",
-                                        daemon=True)  # fmt: skip
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics", daemon=True
+        )
         self._thread.start()
         log.info("metrics on http://%s:%d/metrics and /healthz", host, self.port)
 

@@ -123,8 +123,10 @@ class ModelWatcher:
         self._metrics.model_loaded(scorer.version)
 
     def _reload_blocked(self) -> None:
-        ids = {b.decode() if isinstance(b, bytes) else b
-               for b in self._redis.smembers(self._keys.blocked)}  # fmt: skip
+        ids = {
+            b.decode() if isinstance(b, bytes) else b
+            for b in self._redis.smembers(self._keys.blocked)
+        }
         if ids != self._blocked_ids:
             self._blocked_ids = ids
             self.blocked = self.scorer.blocked_rows(ids)

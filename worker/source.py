@@ -62,15 +62,18 @@ class Source:
         self._batch_max = settings.batch_max
         self._timeout = settings.poll_timeout_s
         self._on_revoke = on_revoke
+        self.assigned: set[tuple[str, int]] = set()
         self._consumer.subscribe(
             [settings.topic_events], on_assign=self._assigned, on_revoke=self._revoked
         )
 
     def _assigned(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in parts))
+        self.assigned |= {(p.topic, p.partition) for p in parts}
 
     def _revoked(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         log.info("revoked %s", ", ".join(f"{p.topic}[{p.partition}]" for p in parts))
+        self.assigned -= {(p.topic, p.partition) for p in parts}
         if self._on_revoke is not None:
             self._on_revoke(parts)
 

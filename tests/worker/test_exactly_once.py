@@ -1,0 +1,230 @@
+"""Exactly-once effect, scale-out and filters, against the real broker and Redis.
+
+The reference for "correct" is always a clean pass: a fresh worker (own consumer group, own
+key prefix) reading the same topic from the start, once, without interruption.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+
+from producer.producer import EventProducer
+from streamrec.artifact import load_model
+from streamrec.connect import ensure_topics, redis_client
+from streamrec.events import new_event
+from streamrec.keys import Keys
+from streamrec.settings import Settings
+from tests.conftest import wait_for
+from worker.loop import Worker
+from worker.source import Source
+
+pytestmark = pytest.mark.integration
+
+
+def _produce(
+    s: Settings, model: Path, n: int, users: int, seed: int, start_ms: int = 1_700_000_000_000
+) -> None:
+    """``n`` events: Zipf-ish users and items, a mix of types, some duplicate event_ids."""
+    rng = np.random.default_rng(seed)
+    items = load_model(model).item_ids
+    types = ["play", "play", "play", "click", "like", "skip", "dislike", "view"]
+    with EventProducer(s) as p:
+        for k in range(n):
+            u = min(int(rng.zipf(1.3)) - 1, users - 1)
+            e = new_event(
+                f"u{u}",
+                items[int(rng.integers(len(items)))],
+                types[k % len(types)],
+                value=float(rng.integers(1, 300)),
+                timestamp=start_ms + k * 1000,
+                event_id=f"ev-{seed}-{k}" if k % 17 else f"ev-{seed}-{k - 1}",
+            )
+            p.send(e)
+
+
+def _snapshot(client: redis.Redis, keys: Keys) -> dict[str, Any]:
+    """Every user's state and list under ``keys.prefix`` (list timestamps dropped)."""
+    out: dict[str, Any] = {}
+    for key in client.scan_iter(match=f"{keys.prefix}:*", count=1000):
+        k = key.decode()
+        kind = k.split(":")[1]
+        if kind == "user":
+            out[k.split(":", 2)[2] + "/state"] = json.loads(client.get(key) or b"null")
+        elif kind == "recs":
+            v = json.loads(client.get(key) or b"null")
+            out[k.split(":", 2)[2] + "/recs"] = [(i["item_id"], i["score"]) for i in v["items"]]
+    return out
+
+
+def _assert_same(got: dict[str, Any], want: dict[str, Any]) -> None:
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        if key.endswith("/state"):
+            assert got[key] == value, key  # exact: same events, same order, same arithmetic
+        else:
+            assert [i for i, _ in got[key]] == [i for i, _ in value], key
+            np.testing.assert_allclose(
+                [s for _, s in got[key]], [s for _, s in value], rtol=1e-4, err_msg=key
+            )
+
+
+def _clean_pass(s: Settings, stack: Callable[..., Settings], total: int) -> dict[str, Any]:
+    ref = stack(
+        topic_events=s.topic_events, topic_dlq=s.topic_dlq, model_path=s.model_path, batch_max=500
+    )
+    w = Worker(ref)
+    w.run(max_messages=total, duration_s=60)
+    assert w.stats.messages == total
+    return _snapshot(redis_client(ref), Keys(ref.redis_prefix))
+
+
+def _env(s: Settings, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
+    for name in (
+        "kafka_bootstrap",
+        "redis_url",
+        "topic_events",
+        "topic_dlq",
+        "topic_models",
+        "consumer_group",
+        "redis_prefix",
+        "model_path",
+        "batch_max",
+        "poll_timeout_s",
+    ):
+        env[f"STREAMREC_{name.upper()}"] = str(getattr(s, name))
+    return {**env, **extra}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _applied(client: redis.Redis, keys: Keys, s: Settings) -> int:
+    vals = [client.get(keys.applied(s.topic_events, p)) for p in range(s.topic_events_partitions)]
+    return sum(int(v) + 1 for v in vals if v is not None)
+
+
+def test_sigkill_mid_stream_then_restart_equals_one_clean_pass(
+    stack: Callable[..., Settings], small_model: Path, tmp_path: Path
+) -> None:
+    total = 3000
+    s = stack(model_path=small_model, batch_max=25)
+    ensure_topics(s)
+    _produce(s, small_model, total, users=300, seed=1)
+    keys, client = Keys(s.redis_prefix), redis_client(s)
+    log = (tmp_path / "worker.log").open("wb")
+    cmd = [sys.executable, "-m", "streamrec", "worker"]
+    first = subprocess.Popen(cmd, env=_env(s, STREAMREC_METRICS_BIND=""), stdout=log, stderr=log)
+    try:
+        wait_for(lambda: _applied(client, keys, s) >= total // 4 or first.poll() is not None, 60)
+        assert first.poll() is None, "worker exited early; see worker.log"
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    assert _applied(client, keys, s) < total, "the kill must land mid-stream"
+
+    port = _free_port()
+    env = _env(s, STREAMREC_METRICS_BIND=f"127.0.0.1:{port}")
+    second = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
+    try:
+        wait_for(lambda: _applied(client, keys, s) == total or second.poll() is not None, 90)
+        assert second.poll() is None
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        health = urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert health.status == 200
+        assert b"streamrec_event_to_redis_seconds_bucket" in metrics
+    finally:
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0, "SIGTERM must stop the worker cleanly"
+        log.close()
+    _assert_same(_snapshot(client, keys), _clean_pass(s, stack, total))
+
+
+def test_redelivered_batches_are_skipped(
+    stack: Callable[..., Settings], small_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis has the effect but Kafka never got the commit (a crash between the two)."""
+    total = 400
+    s = stack(model_path=small_model, batch_max=50)
+    ensure_topics(s)
+    _produce(s, small_model, total, users=40, seed=2)
+    keys, client = Keys(s.redis_prefix), redis_client(s)
+    with monkeypatch.context() as mp:
+        mp.setattr(Source, "commit", lambda self, msgs: None)
+        w = Worker(s)
+        w.run(max_messages=total, duration_s=60)
+    before = _snapshot(client, keys)
+    assert w.stats.redelivered == 0 and w.stats.duplicates > 0
+
+    again = Worker(s)  # same group: everything is redelivered
+    again.run(max_messages=total, duration_s=60)
+    assert again.stats.messages == total
+    assert again.stats.redelivered == total
+    assert again.stats.users_updated == 0
+    _assert_same(_snapshot(client, keys), before)
+
+
+def test_two_workers_then_one_lose_nothing_and_count_nothing_twice(
+    stack: Callable[..., Settings], small_model: Path, run_worker: Callable[..., Worker]
+) -> None:
+    s = stack(model_path=small_model, topic_events_partitions=6, batch_max=50)
+    ensure_topics(s)
+    a, b = run_worker(s), run_worker(s)
+    wait_for(lambda: len(a.assigned) + len(b.assigned) == 6 and a.assigned and b.assigned, 60)
+    _produce(s, small_model, 1500, users=200, seed=3)
+    wait_for(lambda: a.stats.messages > 0 and b.stats.messages > 0, 60)
+    a.stop.set()
+    _produce(s, small_model, 1500, users=200, seed=4, start_ms=1_700_010_000_000)
+    wait_for(
+        lambda: (
+            a.stats.messages + b.stats.messages - b.stats.redelivered - a.stats.redelivered >= 3000
+        ),
+        90,
+    )
+    keys = Keys(s.redis_prefix)
+    wait_for(lambda: _applied(redis_client(s), keys, s) == 3000, 30)
+    b.stop.set()
+    _assert_same(_snapshot(redis_client(s), keys), _clean_pass(s, stack, 3000))
+
+
+def test_blocked_items_never_appear(
+    stack: Callable[..., Settings], small_model: Path, run_worker: Callable[..., Worker]
+) -> None:
+    s = stack(model_path=small_model)
+    keys, client = Keys(s.redis_prefix), redis_client(s)
+    model = load_model(small_model)
+    worker = run_worker(s)
+    with EventProducer(s) as p:
+        p.send(new_event("gina", model.item_ids[0], "play"))
+    first = json.loads(wait_for(lambda: client.get(keys.recs("gina")), 5))
+    top = first["items"][0]["item_id"]
+    client.sadd(keys.blocked, top)
+    wait_for(lambda: len(worker.models.blocked) == 1, 10)
+    with EventProducer(s) as p:
+        p.send(new_event("gina", model.item_ids[1], "play"))
+    wait_for(
+        lambda: (
+            (v := client.get(keys.recs("gina")))
+            and json.loads(v)["updated_at_ms"] > first["updated_at_ms"]
+        ),
+        5,
+    )
+    again = json.loads(client.get(keys.recs("gina")) or b"{}")
+    assert top not in {i["item_id"] for i in again["items"]}
+    assert len(again["items"]) == s.top_n

@@ -1,0 +1,75 @@
+"""History rules: duplicates, decay in event time, late events, the cap, negative feedback."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamrec.events import Event
+from streamrec.feedback import DEFAULT_WEIGHTS
+from worker.history import Rules, UserState
+
+DAY = 86_400_000
+RULES = Rules(weights=DEFAULT_WEIGHTS, half_life_ms=10 * DAY, history_max=3, dedup_window=4)
+
+
+def ev(n: int, item: str, type: str = "play", ts: int = 0, value: float | None = None) -> Event:
+    return Event(f"e{n}", "u", item, type, ts, value)
+
+
+def test_duplicate_event_ids_are_ignored() -> None:
+    s = UserState()
+    assert s.apply(ev(1, "a"), RULES)
+    assert not s.apply(ev(1, "a"), RULES)
+    assert s.items["a"][0] == 1.0
+
+
+def test_dedup_window_is_bounded() -> None:
+    s = UserState()
+    for n in range(10):
+        s.apply(ev(n, "a", ts=n), RULES)
+    assert s.ids == ["e6", "e7", "e8", "e9"]
+
+
+def test_decay_halves_per_half_life_in_event_time() -> None:
+    s = UserState()
+    s.apply(ev(1, "a", ts=0), RULES)
+    s.apply(ev(2, "b", ts=10 * DAY), RULES)
+    totals = s.totals(RULES.half_life_ms)
+    assert totals["a"] == pytest.approx(0.5)  # one half-life older than the newest event
+    assert totals["b"] == pytest.approx(1.0)
+    s.apply(ev(3, "a", ts=20 * DAY), RULES)
+    assert s.items["a"] == [pytest.approx(0.25 + 1.0), 20 * DAY]
+
+
+def test_late_event_decays_to_the_newer_time_and_order_does_not_matter() -> None:
+    a, b = UserState(), UserState()
+    for e in (ev(1, "x", ts=0), ev(2, "x", ts=10 * DAY)):
+        a.apply(e, RULES)
+    for e in (ev(2, "x", ts=10 * DAY), ev(1, "x", ts=0)):
+        b.apply(e, RULES)
+    assert a.items["x"][0] == pytest.approx(b.items["x"][0]) == pytest.approx(1.5)
+
+
+def test_cap_keeps_the_strongest() -> None:
+    s = UserState()
+    s.apply(ev(1, "weak", "view", ts=5), RULES)
+    s.apply(ev(2, "liked", "like", ts=5), RULES)
+    s.apply(ev(3, "played", "play", ts=5), RULES)
+    s.apply(ev(4, "bought", "purchase", ts=5), RULES)
+    assert set(s.items) == {"liked", "played", "bought"}
+
+
+def test_negative_feedback_and_value_transforms() -> None:
+    s = UserState()
+    s.apply(ev(1, "a", "dislike"), RULES)
+    s.apply(ev(2, "b", "skip", value=5.0), RULES)  # quick skip
+    s.apply(ev(3, "c", "skip", value=200.0), RULES)  # listened, then skipped: neutral
+    assert s.items["a"][0] == -2.0 and s.items["b"][0] == -0.5 and s.items["c"][0] == 0.0
+
+
+def test_json_round_trip() -> None:
+    s = UserState()
+    s.apply(ev(1, "a", ts=1_700_000_000_000, value=90.0), RULES)
+    again = UserState.from_json(s.to_json())
+    assert again.items == s.items and again.ids == s.ids
+    assert UserState.from_json(None).items == {}
