@@ -56,6 +56,15 @@ class Settings(BaseSettings):
     topic_dlq: str = Field("streamrec.events.dlq", description="undecodable events + reason header")
     topic_models: str = Field("streamrec.models", description="model announcements")
     consumer_group: str = Field("streamrec-worker", description="worker consumer group id")
+    instance_id: str | None = Field(
+        None,
+        description="static group membership (e.g. the pod name): a restarted worker gets its "
+        "partitions back at once instead of after the session timeout",
+    )
+    session_timeout_ms: int = Field(
+        45_000, ge=6_000, description="consumer session timeout: how soon a dead worker's "
+        "partitions move to the others",
+    )
 
     # --- Redis -----------------------------------------------------------------------------
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis server URL")

@@ -56,6 +56,8 @@ class Source:
             "partition.assignment.strategy": "cooperative-sticky",
             # A batch never takes this long; if it does, the worker is stuck and should go.
             "max.poll.interval.ms": 300_000,
+            "session.timeout.ms": settings.session_timeout_ms,
+            **({"group.instance.id": settings.instance_id} if settings.instance_id else {}),
             **overrides,
         }
         self._consumer = Consumer(conf, logger=log)

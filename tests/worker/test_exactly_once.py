@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -104,8 +105,10 @@ def _env(s: Settings, **extra: str) -> dict[str, str]:
         "model_path",
         "batch_max",
         "poll_timeout_s",
+        "instance_id",
     ):
-        env[f"STREAMREC_{name.upper()}"] = str(getattr(s, name))
+        if getattr(s, name) is not None:
+            env[f"STREAMREC_{name.upper()}"] = str(getattr(s, name))
     return {**env, **extra}
 
 
@@ -124,7 +127,9 @@ def test_sigkill_mid_stream_then_restart_equals_one_clean_pass(
     stack: Callable[..., Settings], small_model: Path, tmp_path: Path
 ) -> None:
     total = 3000
-    s = stack(model_path=small_model, batch_max=25)
+    # Static membership: the restarted worker takes its partitions back without waiting for
+    # the killed one's session to time out.
+    s = stack(model_path=small_model, batch_max=25, instance_id=f"w-{uuid.uuid4().hex[:8]}")
     ensure_topics(s)
     _produce(s, small_model, total, users=300, seed=1)
     keys, client = Keys(s.redis_prefix), redis_client(s)
