@@ -98,11 +98,13 @@ class FoldIn:
         valid = pos < lengths[users][:, None]
         flat = (indptr[users][:, None] + pos)[valid]
         idx = np.zeros((b, h), dtype=np.int64)
-        c = np.zeros((b, h), dtype=np.float64)
+        c = np.zeros((b, h), dtype=np.float32)
         idx[valid] = indices[flat]
         c[valid] = conf[flat]
-        g = self.item_factors[idx].astype(np.float64)  # (b, h, k)
-        w = np.where(valid, np.abs(c) - 1.0, 0.0)
+        g = self.item_factors[idx]  # (b, h, k) float32
+        w = np.where(valid, np.abs(c) - 1.0, 0.0).astype(np.float32)
+        # The per-user corrections in float32 (3x faster; they are small next to YᵀY), the
+        # system itself in float64.
         a = np.matmul(g.transpose(0, 2, 1) * w[:, None, :], g) + self.regularized_gram
-        rhs = np.einsum("bhk,bh->bk", g, np.where(c > 0, c, 0.0))
-        return np.linalg.solve(a, rhs[:, :, None])[:, :, 0].astype(np.float32)
+        rhs = np.matmul(g.transpose(0, 2, 1), np.where(c > 0, c, 0.0)[:, :, None])
+        return np.linalg.solve(a, rhs.astype(np.float64))[:, :, 0].astype(np.float32)
