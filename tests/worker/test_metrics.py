@@ -5,7 +5,6 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
-
 from worker.metrics import Metrics, MetricsServer
 
 
