@@ -7,9 +7,16 @@ implicit-feedback ALS user step (Hu, Koren, Volinsky 2008) is::
     (YᵀY + Σ_i (|c_ui| - 1) y_i y_iᵀ + λI) x_u = Σ_{i: c_ui > 0} c_ui y_i
 
 which is what ``implicit``'s ``recalculate_user`` solves. Here it is solved for a batch of users
-at once: histories are bucketed by length, gathered into padded blocks, the per-user Gram
-corrections come from one batched matrix product per block, and all systems are solved with
-one stacked LAPACK call. ``YᵀY + λI`` is computed once per model (``FoldIn``).
+at once: histories are bucketed by length and gathered into padded blocks, and each block is
+solved with stacked LAPACK calls. ``P⁻¹ = YᵀY + λI`` is computed once per model (``FoldIn``).
+
+Short histories (h items, h well below k) use the Woodbury identity instead of the k x k
+system: with ``G`` the history's factors (h x k), ``W = diag(|c| - 1)``, ``H = G P`` and
+``c⁺ = max(c, 0)``::
+
+    x = Hᵀ s,   where   (I + W H Gᵀ) s = c⁺        (an h x h system)
+
+which is exact (same solution, different algebra) and several times cheaper when h << k.
 
 Pure numpy: arrays in, arrays out.
 """
@@ -31,6 +38,8 @@ BLOCK_ROWS = 65_536
 #: padding wastes at most ~30% of the Gram products, whatever the length distribution.
 BLOCK_GROWTH = 1.3
 BLOCK_SLACK = 8
+#: Woodbury (an h x h system) when h * WOODBURY_RATIO <= k; measured faster below ~k/1.5.
+WOODBURY_RATIO = 1.5
 
 
 @dataclass(frozen=True)
@@ -38,7 +47,8 @@ class FoldIn:
     """Solver state for one model: the item factors and ``YᵀY + λI`` (float64)."""
 
     item_factors: F32  # (n_items, k) float32
-    regularized_gram: npt.NDArray[np.float64]  # (k, k) float64
+    regularized_gram: npt.NDArray[np.float64]  # (k, k) float64: P⁻¹ = YᵀY + λI
+    inverse: npt.NDArray[np.float32]  # (k, k) float32: P = (YᵀY + λI)⁻¹
 
     @classmethod
     def create(cls, item_factors: F32, regularization: float) -> FoldIn:
@@ -49,7 +59,8 @@ class FoldIn:
         y64 = y.astype(np.float64)
         gram = y64.T @ y64
         gram[np.diag_indices_from(gram)] += regularization
-        return cls(item_factors=y, regularized_gram=gram)
+        inverse = np.linalg.inv(gram).astype(np.float32)
+        return cls(item_factors=y, regularized_gram=gram, inverse=inverse)
 
     @property
     def factors(self) -> int:
@@ -103,8 +114,23 @@ class FoldIn:
         c[valid] = conf[flat]
         g = self.item_factors[idx]  # (b, h, k) float32
         w = np.where(valid, np.abs(c) - 1.0, 0.0).astype(np.float32)
+        if h * WOODBURY_RATIO <= k:
+            return self._solve_woodbury(g, w, np.where(c > 0, c, 0.0))
         # The per-user corrections in float32 (3x faster; they are small next to YᵀY), the
         # system itself in float64.
         a = np.matmul(g.transpose(0, 2, 1) * w[:, None, :], g) + self.regularized_gram
         rhs = np.matmul(g.transpose(0, 2, 1), np.where(c > 0, c, 0.0)[:, :, None])
         return np.linalg.solve(a, rhs.astype(np.float64))[:, :, 0].astype(np.float32)
+
+    def _solve_woodbury(
+        self, g: npt.NDArray[np.float32], w: npt.NDArray[np.float32], cpos: F32
+    ) -> F32:
+        """``g``: (b, h, k) history factors; ``w``: (b, h) |c| - 1 (0 on padding);
+        ``cpos``: (b, h) max(c, 0)."""
+        b, h, k = g.shape
+        hp = (g.reshape(b * h, k) @ self.inverse).reshape(b, h, k).astype(np.float64)
+        m = np.matmul(hp, g.transpose(0, 2, 1).astype(np.float64))  # (b, h, h) = H Gᵀ
+        m *= w[:, :, None]
+        m[:, np.arange(h), np.arange(h)] += 1.0
+        s = np.linalg.solve(m, cpos.astype(np.float64)[:, :, None])  # (b, h, 1)
+        return np.matmul(hp.transpose(0, 2, 1), s)[:, :, 0].astype(np.float32)

@@ -26,6 +26,8 @@ class Scorer:
     foldin: FoldIn
     index: Mapping[str, int] = field(repr=False)
     popular_order: npt.NDArray[np.int64] = field(repr=False)
+    # Scratch reused across batches (one worker thread uses a Scorer at a time).
+    buffers: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def create(cls, model: Model) -> Scorer:
@@ -35,6 +37,14 @@ class Scorer:
             index={item: n for n, item in enumerate(model.item_ids)},
             popular_order=np.argsort(-model.item_popularity, kind="stable").astype(np.int64),
         )
+
+    def _scratch(self, rows: int) -> npt.NDArray[np.float32]:
+        """A reused (rows, n_items) float32 buffer for the batch's scores."""
+        buf = self.buffers.get("scores")
+        if buf is None or buf.shape[0] < rows:
+            buf = np.empty((max(rows, 256), self.model.n_items), dtype=np.float32)
+            self.buffers["scores"] = buf
+        return buf
 
     @property
     def version(self) -> str:
@@ -81,7 +91,15 @@ class Scorer:
         totals = np.fromiter((t for row in solve for _, t in row), np.float64, int(solve_ptr[-1]))
         conf = (alpha * confidence(totals, transform)).astype(np.float32)
         vectors = self.foldin.solve(solve_ptr, solve_idx, conf)
-        items, scores = top_n(vectors, self.model.item_factors, n, excl_ptr, excl_idx, blocked)
+        items, scores = top_n(
+            vectors,
+            self.model.item_factors,
+            n,
+            excl_ptr,
+            excl_idx,
+            blocked,
+            out=self._scratch(len(users)),
+        )
         never = set(blocked.tolist()) if blocked is not None else set()
         ids = self.model.item_ids
         out: Ranked = []

@@ -30,6 +30,7 @@ def top_n(
     exclude_indptr: I64 | None = None,
     exclude_indices: I64 | None = None,
     exclude_all: I64 | None = None,
+    out: F32 | None = None,
 ) -> tuple[I64, F32]:
     """The ``n`` highest-scoring items per user, best first.
 
@@ -40,14 +41,21 @@ def top_n(
         exclude_indptr, exclude_indices: CSR rows (B + 1,) / (nnz,) int64 of item indices
             never to return for each user (their history).
         exclude_all: (m,) int64 item indices never to return to anyone (blocked items).
+        out: optional float32 scratch of at least (B, n_items), C-contiguous, for the scores;
+            reusing one saves a fresh allocation (and its page faults) per batch.
 
     Returns:
         ``(items, scores)``, each (B, min(n, n_items)): int64 item indices and float32 scores.
         Where fewer than that many items are allowed, the tail is padded with index -1 and
         score -inf.
     """
-    scores = np.asarray(user_factors, dtype=np.float32) @ np.asarray(item_factors).T
-    b, n_items = scores.shape
+    u = np.asarray(user_factors, dtype=np.float32)
+    y = np.asarray(item_factors)
+    b, n_items = u.shape[0], y.shape[0]
+    if out is not None and out.shape[0] >= b and out.shape[1] == n_items:
+        scores = np.matmul(u, y.T, out=out[:b])
+    else:
+        scores = u @ y.T
     if exclude_indptr is not None and exclude_indices is not None:
         rows = np.repeat(np.arange(b), np.diff(exclude_indptr))
         scores[rows, exclude_indices] = -np.inf
@@ -56,7 +64,7 @@ def top_n(
     m = min(n, n_items)
     if b == 0:
         return np.zeros((0, m), np.int64), np.zeros((0, m), np.float32)
-    if n_items >= CHUNKED_MIN_ITEMS and m * 8 <= n_items:
+    if n_items >= CHUNKED_MIN_ITEMS and m * 16 * 2 <= n_items:
         items, top = _select_chunked(scores, m)
     else:
         items, top = _select_partition(scores, m)
@@ -82,8 +90,8 @@ def _select_partition(scores: F32, m: int) -> tuple[I64, F32]:
 def _select_chunked(scores: F32, m: int) -> tuple[I64, F32]:
     b, n_items = scores.shape
     # Column j belongs to chunk j % chunks (a strided view, so the maxima are one fast
-    # reduction); about 8m chunks put the threshold near the m-th score.
-    chunks = 8 * m
+    # reduction); 16m chunks put the threshold near the m-th score (measured best of 8m-32m).
+    chunks = 16 * m
     width = n_items // chunks
     full = width * chunks
     grid = scores[:, :full].reshape(b, width, chunks)

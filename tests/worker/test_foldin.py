@@ -135,3 +135,18 @@ def test_chunked_selection_equals_full_sort(n_items: int, n: int, rng: np.random
     want = np.argsort(-full, axis=1, kind="stable")[:, :n]
     np.testing.assert_array_equal(items, want)
     np.testing.assert_array_equal(scores, np.take_along_axis(full, want, axis=1))
+
+
+def test_woodbury_and_direct_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    als, user_items = _fitted(80, 300, 64, 0.3, 6.0, seed=21)
+    signed = user_items.copy()
+    signed.data[::4] *= -1
+    signed.data[1::9] = 0.1  # |c| < 1: a negative weight in W
+    fi = FoldIn.create(als.item_factors, 0.3)
+    monkeypatch.setattr(foldin_module, "WOODBURY_RATIO", 1e9)  # never: k x k systems
+    direct = _solve(fi, signed, 6.0)
+    monkeypatch.setattr(foldin_module, "WOODBURY_RATIO", 1e-9)  # always: h x h systems
+    woodbury = _solve(fi, signed, 6.0)
+    np.testing.assert_allclose(woodbury, direct, rtol=1e-4, atol=1e-5 * np.abs(direct).max())
+    theirs = als.recalculate_user(np.arange(80), signed)
+    np.testing.assert_allclose(woodbury, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
