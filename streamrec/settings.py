@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -62,7 +62,9 @@ class Settings(BaseSettings):
         "partitions back at once instead of after the session timeout",
     )
     session_timeout_ms: int = Field(
-        45_000, ge=6_000, description="consumer session timeout: how soon a dead worker's "
+        45_000,
+        ge=6_000,
+        description="consumer session timeout: how soon a dead worker's "
         "partitions move to the others",
     )
 
@@ -100,6 +102,10 @@ class Settings(BaseSettings):
     )
     metrics_bind: str = Field(
         "127.0.0.1:9108", description="host:port of /metrics and /healthz; empty = off"
+    )
+
+    log_format: Literal["text", "json"] = Field(
+        "text", description="stderr log lines: text, or one JSON object per line"
     )
 
     # --- Local services and files ----------------------------------------------------------

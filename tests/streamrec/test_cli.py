@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +55,33 @@ def test_bad_setting_is_one_line_exit_2(
     assert main(["train", "--dataset", "synthetic", "--out", "/nonexistent/x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "top_n" in err[0]
+
+
+def test_json_logs(tmp_path: Path) -> None:
+    env = {**os.environ, "STREAMREC_LOG_FORMAT": "json"}
+    csv = tmp_path / "d.csv"
+    csv.write_text("user_id,item_id\n" + "".join(f"u{i % 7},i{i % 11}\n" for i in range(60)))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streamrec",
+            "train",
+            "--csv",
+            str(csv),
+            "--out",
+            str(tmp_path / "m"),
+            "--factors",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert any(rec["logger"] == "model.train" and rec["level"] == "INFO" for rec in lines)
 
 
 def test_missing_data_file_is_a_clear_error(
