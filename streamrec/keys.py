@@ -7,6 +7,8 @@ Public keys (``<p>`` is the configured prefix, default ``streamrec``; ids are us
          "model_version": str, "updated_at_ms": int}
         items are best first; none of them is an item the user already interacted with.
     <p>:popular          STRING, JSON: the same shape without "user_id"
+    <p>:similar:<item_id>  STRING, JSON: {"item_id": str, "items": [...], "model_version": str,
+                         "updated_at_ms": int}: items most like this one (cosine of factors)
     <p>:model            STRING, JSON: the live model
         {"version": str, "created_at_ms": int, "n_items": int, "factors": int,
          "params": {...}, "path": str, "contract_version": 1}
@@ -51,6 +53,9 @@ class Keys:
     @property
     def model(self) -> str:
         return f"{self.prefix}:model"
+
+    def similar(self, item_id: str) -> str:
+        return f"{self.prefix}:similar:{item_id}"
 
     @property
     def blocked(self) -> str:

@@ -32,7 +32,7 @@ from worker.metrics import Metrics, MetricsServer
 from worker.models import ModelWatcher
 from worker.scorer import Scorer
 from worker.sink import Sink
-from worker.source import Source, last_offsets, position
+from worker.source import Source, last_offsets, position, read_keys
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,8 @@ class Worker:
                     break
                 if max_messages is not None and self.stats.messages >= max_messages:
                     break
-                self.models.refresh()
+                if self.models.refresh():
+                    self._refold()
                 if now >= next_report:
                     lag = source.lag()
                     self.metrics.lag.set(lag)
@@ -124,6 +125,37 @@ class Worker:
                 self._redis.close()
                 log.info("worker stopped: %s", self.stats)
         return self.stats
+
+    def _refold(self) -> None:
+        """After a swap: re-fold the users whose events came after the new model's snapshot.
+
+        The publisher wrote every known user's list from the data up to the snapshot; events
+        this worker applied since then (offsets from the snapshot to the applied offset of
+        each partition it owns) would be missing from those lists.
+        """
+        snap = self.scorer.model.manifest.get("kafka_snapshot")
+        if not isinstance(snap, dict) or snap.get("topic") != self.settings.topic_events:
+            return
+        start = {int(p): int(o) for p, o in snap.get("offsets", {}).items()}
+        ranges = {}
+        for topic, part in sorted(self.assigned):
+            applied = self._redis.get(self.keys.applied(topic, part))
+            if topic == self.settings.topic_events and applied is not None:
+                ranges[part] = (start.get(part, 0), int(applied))
+        users = sorted(read_keys(self.settings, self.settings.topic_events, ranges))
+        if not users:
+            return
+        raw = self._redis.mget([self.keys.user(u) for u in users])
+        histories = {u: UserState.from_json(r).totals(self.rules.half_life_ms)
+                     for u, r in zip(users, raw, strict=True) if r is not None}  # fmt: skip
+        lists, _unknown, _cold = self.scorer.recommend(
+            histories, self.settings.top_n, self.settings.history_max, self.models.blocked
+        )
+        pipe = self._redis.pipeline(transaction=False)
+        self._sink.queue(pipe, lists, self.scorer.version, int(time.time() * 1000))
+        pipe.execute()
+        self.metrics.users_updated.inc(len(lists))
+        log.info("re-folded %d users with events after the snapshot %s", len(lists), ranges)
 
     def _process(self, msgs: Sequence[Message], dead: DeadLetters) -> None:
         m = self.metrics

@@ -87,8 +87,11 @@ class ModelWatcher:
             )
         return Scorer.create(load_model(pointed[1]))
 
-    def refresh(self) -> None:
-        """Swap to a newly published model and reload the blocked set, when due."""
+    def refresh(self) -> bool:
+        """Swap to a newly published model and reload the blocked set, when due.
+
+        Returns True when the serving model changed.
+        """
         announced = False
         if self._announcements is not None:
             msg = self._announcements.poll(0)
@@ -97,16 +100,16 @@ class ModelWatcher:
                 log.info("model announcement: %r", (msg.value() or b"")[:200])
         now = time.monotonic()
         if not announced and now < self._next_check:
-            return
+            return False
         self._next_check = now + CHECK_S
-        if not self._pinned:
-            self._maybe_swap()
+        swapped = not self._pinned and self._maybe_swap()
         self._reload_blocked()
+        return swapped
 
-    def _maybe_swap(self) -> None:
+    def _maybe_swap(self) -> bool:
         pointed = read_pointer(self._redis, self._keys)
         if pointed is None or pointed[0] == self.scorer.version or pointed[0] in self.refused:
-            return
+            return False
         version, path = pointed
         try:
             scorer = Scorer.create(load_model(path))
@@ -114,13 +117,14 @@ class ModelWatcher:
             self.refused.add(version)
             self._metrics.models_refused.inc()
             log.error("refusing model %s: %s; still serving %s", version, exc, self.scorer.version)
-            return
+            return False
         log.info("model swap %s -> %s", self.scorer.version, scorer.version)
         self.scorer = scorer
         # Re-map the blocked ids onto the new model's rows on the reload just below.
         self._blocked_ids = set()
         self.blocked = np.zeros(0, dtype=np.int64)
         self._metrics.model_loaded(scorer.version)
+        return True
 
     def _reload_blocked(self) -> None:
         ids = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -127,3 +128,44 @@ class Source:
 
     def close(self) -> None:
         self._consumer.close()
+
+
+def read_keys(
+    settings: Settings, topic: str, ranges: dict[int, tuple[int, int]], timeout_s: float = 60.0
+) -> set[str]:
+    """Message keys (user ids) at offsets ``[first, last]`` of each partition in ``ranges``.
+
+    A throwaway consumer outside any group: it assigns, reads and closes, committing nothing.
+    """
+    todo = {p: r for p, r in ranges.items() if r[1] >= r[0]}
+    if not todo:
+        return set()
+    consumer = Consumer(
+        {**settings.kafka_common(), "group.id": f"{settings.consumer_group}.refold",
+         "enable.auto.commit": False, "enable.partition.eof": True},
+        logger=log,
+    )  # fmt: skip
+    keys: set[str] = set()
+    try:
+        consumer.assign([TopicPartition(topic, p, first) for p, (first, _) in todo.items()])
+        deadline = time.monotonic() + timeout_s
+        while todo:
+            if time.monotonic() > deadline:
+                raise WorkerError(f"re-reading {topic} {todo} took longer than {timeout_s:.0f}s")
+            for m in consumer.consume(num_messages=5000, timeout=0.5):
+                p = m.partition()
+                if p not in todo:
+                    continue
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        todo.pop(p, None)
+                    continue
+                offset, key = m.offset() or 0, m.key()
+                if offset <= todo[p][1] and key is not None:
+                    keys.add(key.decode("utf-8", "replace"))
+                if offset >= todo[p][1]:
+                    todo.pop(p, None)
+    finally:
+        consumer.close()
+    return keys

@@ -22,6 +22,7 @@ def test_key_layout() -> None:
     assert Keys("shop").recs("42") == "shop:recs:42"
     assert Keys("shop").user("42") == "shop:user:42"
     assert Keys("shop").blocked == "shop:blocked"
+    assert Keys().similar("i:9") == "streamrec:similar:i:9"
     assert Keys().applied("streamrec.events", 3) == "streamrec:applied:streamrec.events:3"
 
 

@@ -1,0 +1,95 @@
+"""Read a time window of the events topic (the source of truth) up to a fixed snapshot.
+
+The snapshot is the end offset of every partition when reading starts: everything before it
+is in the training data, everything at or after it is what workers must re-fold once the new
+model is live. Undecodable messages are counted and skipped (the worker dead-letters them).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from streamrec.errors import EventError, InfraError
+from streamrec.events import Event, decode
+from streamrec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Snapshot:
+    """Events in the window and the per-partition end offsets they stop at."""
+
+    topic: str
+    since_ms: int
+    offsets: dict[int, int]
+    events: list[Event] = field(default_factory=list)
+    undecodable: int = 0
+
+
+def read_window(settings: Settings, since_ms: int, timeout_s: float = 300.0) -> Snapshot:
+    """All decodable events published at or after ``since_ms`` (message time) up to now."""
+    topic = settings.topic_events
+    consumer = Consumer(
+        {
+            **settings.kafka_common(),
+            "group.id": f"streamrec-retrain-{uuid.uuid4().hex[:12]}",  # reads, never commits
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        try:
+            meta = consumer.list_topics(topic, timeout=30)
+        except KafkaException as exc:
+            raise InfraError(f"Kafka at {settings.kafka_bootstrap}: {exc}") from None
+        if topic not in meta.topics or meta.topics[topic].error is not None:
+            raise InfraError(f"topic {topic} does not exist")
+        parts = sorted(meta.topics[topic].partitions)
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1]
+                for p in parts}  # fmt: skip
+        starts = consumer.offsets_for_times(
+            [TopicPartition(topic, p, since_ms) for p in parts], timeout=30
+        )
+        snap = Snapshot(topic=topic, since_ms=since_ms, offsets=dict(ends))
+        todo = {}
+        for tp in starts:
+            # offset -1: no message at or after since_ms in this partition.
+            start = tp.offset if tp.offset >= 0 else ends[tp.partition]
+            if start < ends[tp.partition]:
+                todo[tp.partition] = start
+        if not todo:
+            return snap
+        consumer.assign([TopicPartition(topic, p, o) for p, o in todo.items()])
+        deadline = time.monotonic() + timeout_s
+        while todo:
+            if time.monotonic() > deadline:
+                raise InfraError(f"reading {topic} took longer than {timeout_s:.0f}s")
+            for msg in consumer.consume(num_messages=5000, timeout=1.0):
+                p = msg.partition()
+                if p not in todo:
+                    continue
+                if msg.error() is not None:
+                    continue  # partition EOF; the offset check below decides
+                offset = msg.offset()
+                assert p is not None and offset is not None
+                if offset >= ends[p]:
+                    todo.pop(p, None)
+                    continue
+                try:
+                    snap.events.append(decode(msg.value()))
+                except EventError:
+                    snap.undecodable += 1
+                if offset + 1 >= ends[p]:
+                    todo.pop(p, None)
+        log.info("read %d events (%d undecodable) from %s since %d, snapshot %s",
+                 len(snap.events), snap.undecodable, topic, since_ms, snap.offsets)  # fmt: skip
+        return snap
+    finally:
+        consumer.close()
