@@ -50,6 +50,7 @@ class Stats:
     users_updated: int = 0
     batches: int = 0
     unknown_items: int = 0
+    refolded: int = 0
 
 
 class Worker:
@@ -155,6 +156,7 @@ class Worker:
         self._sink.queue(pipe, lists, self.scorer.version, int(time.time() * 1000))
         pipe.execute()
         self.metrics.users_updated.inc(len(lists))
+        self.stats.refolded += len(lists)
         log.info("re-folded %d users with events after the snapshot %s", len(lists), ranges)
 
     def _process(self, msgs: Sequence[Message], dead: DeadLetters) -> None:

@@ -1,0 +1,281 @@
+"""The nightly retrain: read, evaluate, gate, write, publish, prune, report.
+
+1. **Read** the events topic over a time window (the source of truth) up to a snapshot of its
+   end offsets, plus optional dataset rows; the same feedback score as the worker.
+2. **Evaluate** on a per-user holdout: the candidate ALS (default or tuned parameters, tuned
+   on a validation split carved from training data), popularity, and the live model.
+3. **Gate**: promote only if the candidate is at least as good as the live model (within
+   ``tolerance``) and clearly better than popularity (``min_lift``); else keep the live model
+   and exit ``EXIT_KEPT``.
+4. **Write** the final model, fitted on all the data, as a new versioned directory whose
+   manifest records the data window, the Kafka snapshot offsets, parameters and metrics.
+5. **Publish** without a gap (``model/publish.py``): every known user's list, popular and
+   similar items under the new version, then the pointer and the announcement; workers
+   re-fold users whose events came after the snapshot.
+6. **Prune** to the last ``keep`` versions (never the live one) and write the report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+import scipy.sparse as sp
+
+from model.data import Interactions, build_matrix, interactions_from_events
+from model.errors import ModelError
+from model.evaluate import EvalReport, evaluate, split_interactions
+from model.publish import live_histories, publish
+from model.snapshot import Snapshot, read_window
+from model.store import prune, write_version
+from model.train import Params, fit
+from model.tune import TuneResult, tune
+from streamrec.artifact import Model, load_model
+from streamrec.keys import Keys
+from streamrec.settings import Settings
+from worker.models import read_pointer
+
+log = logging.getLogger(__name__)
+
+EXIT_KEPT = 5
+METRIC = "ndcg@10"
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    models_dir: Path
+    since_days: float = 30.0
+    base: Interactions | None = None  # dataset rows trained on with the events
+    base_name: str | None = None
+    params: Params = field(default_factory=Params)
+    tune_s: float = 0.0
+    tolerance: float = 0.02  # the candidate may trail the live model by this fraction
+    min_lift: float = 0.10  # ... and must beat popularity by at least this fraction
+    keep: int = 5
+    report_dir: Path | None = None
+    read_kafka: bool = True
+    max_eval_users: int | None = 5000
+    seed: int = 0
+
+
+@dataclass
+class RetrainResult:
+    promoted: bool
+    reason: str
+    version: str | None
+    live_version: str | None
+    evaluation: EvalReport | None
+    tuning: TuneResult | None
+    timings: dict[str, float]
+    counts: dict[str, Any]
+    snapshot: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "promoted": self.promoted,
+            "reason": self.reason,
+            "version": self.version,
+            "live_version": self.live_version,
+            "evaluation": self.evaluation.to_dict() if self.evaluation else None,
+            "tuning": self.tuning.to_dict() if self.tuning else None,
+            "timings": self.timings,
+            "counts": self.counts,
+            "snapshot": self.snapshot,
+        }
+
+
+def concat(a: Interactions | None, b: Interactions | None) -> Interactions:
+    """Rows of both (timestamps kept only when both have them)."""
+    parts = [x for x in (a, b) if x is not None and len(x)]
+    if not parts:
+        raise ModelError("no training data: the window holds no events and no dataset was given")
+    if len(parts) == 1:
+        return parts[0]
+    x, y = parts
+    ts = (
+        np.concatenate([x.timestamps, y.timestamps])
+        if x.timestamps is not None and y.timestamps is not None
+        else None
+    )
+    return Interactions(
+        np.concatenate([x.users, y.users]),
+        np.concatenate([x.items, y.items]),
+        np.concatenate([x.weights, y.weights]),
+        ts,
+    )
+
+
+def gate(report: EvalReport, live: bool, tolerance: float, min_lift: float) -> tuple[bool, str]:
+    """(promote?, why) from the candidate ("als"), "popularity" and, if any, "live" rows."""
+    cand = report.result("als").metrics[METRIC]
+    pop = report.result("popularity").metrics[METRIC]
+    if cand < pop * (1 + min_lift):
+        return False, (
+            f"candidate {METRIC} {cand:.4f} is not {min_lift:.0%} above popularity's {pop:.4f}"
+        )
+    if live:
+        cur = report.result("live").metrics[METRIC]
+        if cand < cur * (1 - tolerance):
+            return False, (
+                f"candidate {METRIC} {cand:.4f} is more than {tolerance:.0%} below "
+                f"the live model's {cur:.4f}"
+            )
+        return True, f"candidate {METRIC} {cand:.4f} vs live {cur:.4f}, popularity {pop:.4f}"
+    return True, f"candidate {METRIC} {cand:.4f} vs popularity {pop:.4f} (no live model)"
+
+
+def _totals(data: Interactions) -> tuple[dict[str, dict[str, float]], int]:
+    """Per user, per item: summed weights (what the worker's history would hold)."""
+    users, u = np.unique(data.users.astype(str), return_inverse=True)
+    items, i = np.unique(data.items.astype(str), return_inverse=True)
+    m = sp.coo_matrix(
+        (data.weights.astype(np.float64), (u, i)), shape=(len(users), len(items))
+    ).tocsr()
+    m.sum_duplicates()
+    out = {}
+    for r, user in enumerate(users):
+        lo, hi = m.indptr[r], m.indptr[r + 1]
+        out[str(user)] = {
+            str(items[c]): float(v) for c, v in zip(m.indices[lo:hi], m.data[lo:hi], strict=True)
+        }
+    return out, m.nnz
+
+
+def retrain(
+    settings: Settings,
+    cfg: RetrainConfig,
+    client: redis.Redis,
+    echo: Callable[[str], None] = print,
+) -> RetrainResult:
+    timings: dict[str, float] = {}
+    started = t = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal t
+        now = time.perf_counter()
+        timings[name] = round(now - t, 3)
+        t = now
+
+    keys = Keys(settings.redis_prefix)
+    since_ms = int((time.time() - cfg.since_days * 86_400) * 1000)
+    snap = Snapshot(settings.topic_events, since_ms, {})
+    if cfg.read_kafka:
+        since = time.strftime("%Y-%m-%d %H:%M", time.gmtime(since_ms / 1000))
+        echo(f"reading {settings.topic_events} since {since} UTC ...")
+        snap = read_window(settings, since_ms)
+        echo(
+            f"  {len(snap.events)} events ({snap.undecodable} undecodable), snapshot {snap.offsets}"
+        )
+    events = interactions_from_events(snap.events, settings.event_weights, settings.half_life_ms)
+    data = concat(cfg.base, events)
+    lap("read")
+
+    pointed = read_pointer(client, keys)
+    live: Model | None = None
+    if pointed is not None:
+        try:
+            live = load_model(pointed[1])
+        except Exception as exc:  # a live model we cannot load is no reason not to retrain
+            log.warning(
+                "live model %s unreadable (%s); gating against popularity only", pointed, exc
+            )
+    echo(f"evaluating on a per-user holdout ({len(data)} rows) ...")
+    split = split_interactions(data, seed=cfg.seed)
+    tuning = None
+    params = cfg.params
+    if cfg.tune_s > 0:
+        echo(f"  tuning for up to {cfg.tune_s:g} s on a validation split of the training data ...")
+        tuning = tune(split, cfg.tune_s, seed=cfg.seed, base=cfg.params)
+        params = tuning.best
+        echo(f"  best: {asdict(params)}")
+    lap("tune")
+    report = evaluate(
+        split,
+        models=("popularity", "als"),
+        params=params,
+        model_dir=live.path if live else None,
+        max_users=cfg.max_eval_users,
+        seed=cfg.seed,
+    )
+    echo(report.table())
+    lap("evaluate")
+    promote, reason = gate(report, live is not None, cfg.tolerance, cfg.min_lift)
+    snapshot = {
+        "topic": snap.topic,
+        "since_ms": snap.since_ms,
+        "offsets": {str(p): o for p, o in snap.offsets.items()},
+    }
+    result = RetrainResult(
+        promote,
+        reason,
+        None,
+        live.version if live else None,
+        report,
+        tuning,
+        timings,
+        {"rows": len(data), "events": len(snap.events)},
+        snapshot,
+    )
+    if not promote:
+        echo(f"kept the live model: {reason}")
+        _report(cfg, result, None)
+        return result
+
+    echo("fitting the final model on all the data ...")
+    matrix = build_matrix(data, params.transform)
+    als = fit(matrix, params, show_progress=True)
+    lap("fit")
+    popularity = np.asarray(matrix.confidence.maximum(0).sum(axis=0), dtype=np.float32).ravel()
+    model = write_version(
+        cfg.models_dir,
+        matrix.item_ids,
+        np.asarray(als.item_factors, dtype=np.float32),
+        popularity,
+        asdict(params),
+        extra={
+            "n_users": len(matrix.user_ids),
+            "n_entries": int(matrix.confidence.nnz),
+            "data": {
+                "since_ms": since_ms,
+                "base": cfg.base_name,
+                "rows": len(data),
+                "events": len(snap.events),
+            },
+            "kafka_snapshot": snapshot if cfg.read_kafka else None,
+            "metrics": {r.name: r.metrics for r in report.results if not r.skipped},
+        },
+    )
+    lap("write")
+    echo(f"publishing {model.version}: lists for every known user, popular, similar items ...")
+    histories, _ = _totals(data)
+    histories.update(live_histories(client, keys, list(histories), settings.half_life_ms))
+    counts = publish(model, settings, client, histories=histories)
+    lap("publish")
+    pruned = prune(cfg.models_dir, cfg.keep, protect=[model.path])
+    result = replace(
+        result,
+        version=model.version,
+        reason=reason,
+        counts={**result.counts, **counts, "pruned": len(pruned)},
+    )
+    timings["total"] = round(time.perf_counter() - started, 3)
+    echo(f"promoted {model.version} ({reason})")
+    _report(cfg, result, model)
+    return result
+
+
+def _report(cfg: RetrainConfig, result: RetrainResult, model: Model | None) -> None:
+    if cfg.report_dir is None:
+        return
+    from model.report import write_report
+
+    cfg.report_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.report_dir / "report.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    write_report(cfg.report_dir / "report.html", result, model)
