@@ -1,5 +1,10 @@
-"""Training data: loaders for CSV files, HetRec Last.fm 2k and a generated default dataset,
-and the user x item confidence matrix built from them with the shared feedback score.
+"""Training data: loaders for CSV files, HetRec Last.fm 2k, MovieLens (ml-latest-small, ml-100k,
+ml-1m), Parquet, Kafka events and a generated default dataset, and the user x item confidence
+matrix built from them with the shared feedback score.
+
+Every loader returns :class:`Interactions`. Ratings become feedback weights through
+``streamrec.feedback.event_weight("rating", value)``, the same score the worker gives a rating
+event (5 -> +2.5, 1 -> -1.5), so a model trained on ratings sees what the stream will send it.
 """
 
 from __future__ import annotations
@@ -7,17 +12,20 @@ from __future__ import annotations
 import csv
 import gzip
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
 from model.errors import DataError
-from streamrec.feedback import Transform, confidence
+from streamrec.feedback import DEFAULT_WEIGHTS, Transform, confidence, event_weight
+
+if TYPE_CHECKING:
+    from streamrec.events import Event
 
 log = logging.getLogger(__name__)
 
@@ -207,3 +215,322 @@ def iter_rows(data: Interactions) -> Iterator[tuple[str, str, float, int | None]
     for n in range(len(data)):
         ts = int(data.timestamps[n]) if data.timestamps is not None else None
         yield str(data.users[n]), str(data.items[n]), float(data.weights[n]), ts
+
+
+# --- MovieLens, Parquet, events, and one entry point per dataset name -------------------------
+
+#: Names ``load_dataset`` knows; every one but ``synthetic`` reads files from a data directory.
+DATASETS: tuple[str, ...] = ("synthetic", "lastfm-2k", "ml-latest-small", "ml-100k", "ml-1m")
+#: The folder each dataset unpacks to; ``load_dataset`` looks in ``data_dir`` and in this one.
+DATASET_FOLDERS: Mapping[str, str] = {
+    "lastfm-2k": "hetrec2011-lastfm-2k",
+    "ml-latest-small": "ml-latest-small",
+    "ml-100k": "ml-100k",
+    "ml-1m": "ml-1m",
+}
+
+
+def rating_weights(
+    ratings: npt.NDArray[np.floating], weights: Mapping[str, float] = DEFAULT_WEIGHTS
+) -> npt.NDArray[np.float32]:
+    """(n,) ratings -> (n,) float32 feedback weights, ``event_weight("rating", r)`` each.
+
+    The shared score is applied once per distinct rating value (a rating scale has few), so
+    the result is exactly what the worker adds for the same rating events.
+    """
+    values, inverse = np.unique(np.asarray(ratings, dtype=np.float64), return_inverse=True)
+    table = np.asarray([event_weight("rating", float(v), weights) for v in values], np.float64)
+    return table[inverse.ravel()].astype(np.float32)
+
+
+def _find_line(lines: list[str], start: int, ok: Any) -> int:
+    """1-based number of the first line from ``start`` that ``ok`` rejects (for messages)."""
+    for n in range(start, len(lines)):
+        if lines[n].strip() and not ok(lines[n]):
+            return n + 1
+    return len(lines)
+
+
+def _read_columns(
+    path: Path, sep: str, n_cols: int, header: bool, encoding: str = "utf-8"
+) -> tuple[list[str], npt.NDArray[np.str_]]:
+    """Split a delimited text file into a (rows, n_cols) str array, vectorised.
+
+    Returns the header fields ([] without one) and the body. Blank lines are skipped; a row
+    with the wrong number of fields raises DataError naming its line.
+    """
+    with _open_text(path, encoding) as f:
+        lines = f.read().splitlines()
+    head: list[str] = []
+    start = 0
+    if header:
+        if not lines:
+            raise DataError(f"{path}: empty file")
+        head = [h.strip() for h in lines[0].split(sep)]
+        start = 1
+    body = [ln for ln in lines[start:] if ln.strip()]
+    if not body:
+        raise DataError(f"{path}: no rows")
+    # One flat field list for the whole file; it has n_cols fields per row only when every
+    # row does, so a bad row is looked for (line by line) only when the count is off.
+    fields = "\n".join(body).replace(sep, "\n").split("\n")
+    if len(fields) != n_cols * len(body):
+        n = _find_line(lines, start, lambda ln: len(ln.split(sep)) == n_cols)
+        raise DataError(f"{path}:{n}: expected {n_cols} fields separated by {sep!r}")
+    table = np.asarray(fields, dtype=np.str_).reshape(len(body), n_cols)
+    return head, np.char.strip(table)
+
+
+def _numbers(column: npt.NDArray[np.str_], dtype: type, path: Path, what: str) -> npt.NDArray[Any]:
+    try:
+        return column.astype(np.float64).astype(dtype)
+    except ValueError:
+        for n, v in enumerate(column):
+            try:
+                float(v)
+            except ValueError:
+                raise DataError(f"{path}: data row {n + 1}: bad {what} {str(v)!r}") from None
+        raise
+
+
+def _ratings_table(
+    table: npt.NDArray[np.str_], path: Path, weights: Mapping[str, float]
+) -> Interactions:
+    """Columns user, item, rating, timestamp (epoch seconds) -> Interactions."""
+    users, items = table[:, 0], table[:, 1]
+    if (np.char.str_len(users) == 0).any() or (np.char.str_len(items) == 0).any():
+        raise DataError(f"{path}: empty user or item id")
+    ratings = _numbers(table[:, 2], np.float64, path, "rating")
+    seconds = _numbers(table[:, 3], np.int64, path, "timestamp")
+    return Interactions(
+        users.astype(np.object_),
+        items.astype(np.object_),
+        rating_weights(ratings, weights),
+        seconds.astype(np.int64) * 1000,
+    )
+
+
+def load_movielens_csv(path: Path, weights: Mapping[str, float] = DEFAULT_WEIGHTS) -> Interactions:
+    """MovieLens ``ratings.csv[.gz]`` (ml-latest, ml-latest-small, ml-20m, ml-25m).
+
+    Header ``userId,movieId,rating,timestamp``; timestamp in epoch seconds (stored as ms);
+    weight = ``event_weight("rating", rating)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    head, table = _read_columns(path, ",", 4, header=True)
+    if [h.lower() for h in head] != ["userid", "movieid", "rating", "timestamp"]:
+        raise DataError(f"{path}: expected header userId,movieId,rating,timestamp, got {head!r}")
+    data = _ratings_table(table, path, weights)
+    log.info("%s: %d ratings", path, len(data))
+    return data
+
+
+def load_ml100k(path: Path, weights: Mapping[str, float] = DEFAULT_WEIGHTS) -> Interactions:
+    """MovieLens 100k ``u.data[.gz]``: tab-separated ``user item rating timestamp``, no header."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    _, table = _read_columns(path, "\t", 4, header=False, encoding="latin-1")
+    data = _ratings_table(table, path, weights)
+    log.info("%s: %d ratings", path, len(data))
+    return data
+
+
+def load_ml1m(path: Path, weights: Mapping[str, float] = DEFAULT_WEIGHTS) -> Interactions:
+    """MovieLens 1M ``ratings.dat[.gz]``: ``UserID::MovieID::Rating::Timestamp``, no header."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    _, table = _read_columns(path, "::", 4, header=False, encoding="latin-1")
+    data = _ratings_table(table, path, weights)
+    log.info("%s: %d ratings", path, len(data))
+    return data
+
+
+def load_parquet(
+    path: Path,
+    user_col: str = "user_id",
+    item_col: str = "item_id",
+    weights: Mapping[str, float] = DEFAULT_WEIGHTS,
+) -> Interactions:
+    """A Parquet file of interactions (needs ``pyarrow``, which is not a dependency).
+
+    Columns: ``user_id``, ``item_id`` (any type; read as strings), then the weight from the
+    first of ``weight`` (used as is), ``rating`` (``event_weight("rating", r)``) or
+    ``type`` [+ ``value``] (``event_weight(type, value)`` per row, as the worker scores
+    events), else 1 per row; optional ``timestamp`` (a timestamp type, or epoch ms, or epoch
+    seconds when every value is below 1e11).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    names = set(table.column_names)
+    for col in (user_col, item_col):
+        if col not in names:
+            raise DataError(f"{path}: no column {col!r} (columns: {sorted(names)})")
+
+    def ids(col: str) -> npt.NDArray[np.object_]:
+        column = table.column(col)
+        if column.null_count:
+            raise DataError(f"{path}: {column.null_count} null value(s) in {col!r}")
+        out = np.asarray(column.cast(pa.string()).to_pylist(), dtype=np.object_)
+        if any(not v for v in out):
+            raise DataError(f"{path}: empty id in {col!r}")
+        return out
+
+    def floats(col: str) -> npt.NDArray[np.float64]:
+        column = table.column(col)
+        if column.null_count:
+            raise DataError(f"{path}: {column.null_count} null value(s) in {col!r}")
+        return np.asarray(column.cast(pa.float64()).to_numpy(), dtype=np.float64)
+
+    users, items = ids(user_col), ids(item_col)
+    if "weight" in names:
+        w = floats("weight").astype(np.float32)
+    elif "rating" in names:
+        w = rating_weights(floats("rating"), weights)
+    elif "type" in names:
+        types = table.column("type").cast(pa.string()).to_pylist()
+        values = table.column("value").to_pylist() if "value" in names else [None] * len(types)
+        w = np.asarray(
+            [event_weight(t, v, weights) for t, v in zip(types, values, strict=True)], np.float32
+        )
+    else:
+        w = np.ones(len(users), dtype=np.float32)
+    ts = None
+    if "timestamp" in names:
+        column = table.column("timestamp")
+        if column.null_count:
+            raise DataError(f"{path}: null timestamps")
+        if pa.types.is_timestamp(column.type):
+            ts = np.asarray(column.cast(pa.timestamp("ms")).cast(pa.int64()).to_numpy(), np.int64)
+        else:
+            ts = floats("timestamp").astype(np.int64)
+            if len(ts) and ts.max() < 100_000_000_000:
+                ts = ts * 1000
+    if not len(users):
+        raise DataError(f"{path}: no rows")
+    return Interactions(users, items, w, ts)
+
+
+def interactions_from_events(
+    events: Iterable[Event],
+    weights: Mapping[str, float] = DEFAULT_WEIGHTS,
+    half_life_ms: float | None = None,
+    dedup: bool = True,
+) -> Interactions:
+    """Events (e.g. read back from Kafka) -> one row per event, weighted as the worker weighs it.
+
+    ``weight = event_weight(type, value, weights)`` (pass ``settings.event_weights``). With
+    ``half_life_ms`` each weight is decayed to its user's latest event time, which is how
+    ``worker.history.UserState.totals`` decays a history (pass ``settings.half_life_ms``); the
+    summed totals then equal the worker's, before its ``history_max`` cut. With ``dedup`` a
+    repeated ``event_id`` counts once, as in the worker. Timestamps are kept (epoch ms).
+    """
+    users: list[str] = []
+    items: list[str] = []
+    ws: list[float] = []
+    stamps: list[int] = []
+    seen: set[str] = set()
+    for e in events:
+        if dedup:
+            if e.event_id in seen:
+                continue
+            seen.add(e.event_id)
+        users.append(e.user_id)
+        items.append(e.item_id)
+        ws.append(event_weight(e.type, e.value, weights))
+        stamps.append(int(e.timestamp))
+    user_arr = np.asarray(users, dtype=np.object_)
+    ts = np.asarray(stamps, dtype=np.int64)
+    w = np.asarray(ws, dtype=np.float64)
+    if half_life_ms and len(users):
+        _, u = np.unique(user_arr.astype(str), return_inverse=True)
+        latest = np.full(int(u.max()) + 1, np.iinfo(np.int64).min, dtype=np.int64)
+        np.maximum.at(latest, u, ts)
+        w = w * 0.5 ** ((latest[u] - ts) / half_life_ms)
+    return Interactions(user_arr, np.asarray(items, dtype=np.object_), w.astype(np.float32), ts)
+
+
+def _first_file(dirs: Iterable[Path], names: Iterable[str]) -> Path | None:
+    names = list(names)
+    for d in dirs:
+        for name in names:
+            if (d / name).is_file():
+                return d / name
+    return None
+
+
+def load_dataset(
+    name: str, data_dir: Path | None = None, weights: Mapping[str, float] = DEFAULT_WEIGHTS
+) -> Interactions:
+    """Load a dataset by name (one of ``DATASETS``).
+
+    ``data_dir`` is the dataset's own folder (holding ``ratings.csv``, ``u.data``, ...) or a
+    folder holding that folder under its usual name (``ml-1m/``, ``hetrec2011-lastfm-2k/``, ...),
+    so ``../shared/data`` works for every dataset there. ``synthetic`` needs no files.
+    """
+    if name == "synthetic":
+        return synthetic()
+    if name not in DATASET_FOLDERS:
+        raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    if data_dir is None:
+        raise DataError(f"dataset {name} needs a data directory")
+    base = Path(data_dir)
+    dirs = [base, base / DATASET_FOLDERS[name]]
+    files = {
+        "lastfm-2k": ("user_artists.dat", "user_artists.dat.gz"),
+        "ml-latest-small": ("ratings.csv", "ratings.csv.gz"),
+        "ml-100k": ("u.data", "u.data.gz"),
+        "ml-1m": ("ratings.dat", "ratings.dat.gz"),
+    }[name]
+    path = _first_file(dirs, files)
+    if path is None:
+        raise DataError(
+            f"{base}: no {' or '.join(files)} for dataset {name} (here or in "
+            f"{DATASET_FOLDERS[name]}/)"
+        )
+    if name == "lastfm-2k":
+        return load_lastfm(path.parent)
+    if name == "ml-latest-small":
+        return load_movielens_csv(path, weights)
+    if name == "ml-100k":
+        return load_ml100k(path, weights)
+    return load_ml1m(path, weights)
+
+
+def load_file(path: Path, weights: Mapping[str, float] = DEFAULT_WEIGHTS) -> Interactions:
+    """Any supported file, told apart by name and header.
+
+    ``*.parquet`` -> ``load_parquet``; ``u.data*`` -> ml-100k; ``ratings.dat*`` -> ml-1m;
+    ``user_artists.dat*`` -> HetRec Last.fm; a CSV whose header starts ``userId,movieId`` ->
+    MovieLens ratings; any other CSV -> ``load_csv`` (``user_id,item_id[,weight][,timestamp]``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        return load_parquet(path, weights=weights)
+    if name.startswith("u.data"):
+        return load_ml100k(path, weights)
+    if name.startswith("ratings.dat"):
+        return load_ml1m(path, weights)
+    if name.startswith("user_artists.dat"):
+        return load_lastfm(path.parent)
+    with _open_text(path) as f:
+        first = f.readline().strip().lower()
+    if first.startswith("userid,movieid"):
+        return load_movielens_csv(path, weights)
+    return load_csv(path)

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 EXIT_USAGE = 2
 EXIT_INFRA = 3
 EXIT_DATA = 4
-DATASETS = ("synthetic", "lastfm-2k")
+DATASETS = ("synthetic", "lastfm-2k", "ml-latest-small", "ml-100k", "ml-1m")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,6 +65,30 @@ def _nonneg_float(text: str) -> float:
     return value
 
 
+def _speed(text: str) -> float | None:
+    """``60x`` / ``60`` -> 60.0; ``max`` -> None (no sleeping between events)."""
+    t = text.strip().lower()
+    if t == "max":
+        return None
+    try:
+        value = float(t.removesuffix("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a speed: {text!r} (e.g. 60x, 1x or max)") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used by tests to check deploy files' commands)."""
     p = _Parser(prog="streamrec", description="Real-time recommendations: Kafka -> ALS -> Redis.")
@@ -97,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset",
         choices=DATASETS,
         help="synthetic: generated, needs nothing; lastfm-2k: HetRec "
-        "user_artists.dat[.gz] from --data-dir",
+        "user_artists.dat[.gz]; ml-latest-small, ml-100k, ml-1m: MovieLens ratings "
+        "(from --data-dir)",
     )
     train.add_argument("--data-dir", type=Path, metavar="DIR", help="folder of --dataset files")
     train.add_argument("--out", type=Path, required=True, metavar="DIR", help="model directory")
@@ -113,10 +138,75 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--seed", type=int, default=0, help="random seed (0)")
     train.add_argument(
+        "--tune",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="search factors, regularization, alpha, iterations and transform for about "
+        "this long on a validation split of the data (the flags above are the first "
+        "trial), then fit on all of it with the best",
+    )
+    train.add_argument(
         "--publish",
         action="store_true",
         help="point Redis' <prefix>:model at the new model (workers hot-swap) "
         "and write <prefix>:popular",
+    )
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="compare ALS with baselines on a held-out split",
+        description="Hold out each user's latest 20% of items (random 20% without "
+        "timestamps), then report precision, recall, NDCG, MAP and coverage at K and 2K "
+        "for popularity, item-kNN, EASE and ALS (lists from the worker's fold-in), "
+        "optionally a tuned ALS and an existing model directory.",
+    )
+    esrc = evaluate.add_mutually_exclusive_group(required=True)
+    esrc.add_argument(
+        "--csv", type=Path, metavar="PATH", help="user_id,item_id[,weight][,timestamp] CSV"
+    )
+    esrc.add_argument("--dataset", choices=DATASETS, help="a named dataset (see train)")
+    evaluate.add_argument("--data-dir", type=Path, metavar="DIR", help="folder of --dataset files")
+    evaluate.add_argument(
+        "--model", type=Path, metavar="DIR", help="also evaluate this model directory ('live')"
+    )
+    evaluate.add_argument("--k", type=_positive_int, default=10, help="list length K (10)")
+    evaluate.add_argument(
+        "--tune",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="also tune ALS for about this long (and EASE's λ) on a validation split "
+        "carved from the training part; adds an als-tuned row",
+    )
+    evaluate.add_argument(
+        "--ease-max-items",
+        type=_positive_int,
+        default=20_000,
+        metavar="N",
+        help="skip EASE above this many items (20000)",
+    )
+    evaluate.add_argument("--seed", type=int, default=0, help="split and search seed (0)")
+    evaluate.add_argument("--out", type=Path, metavar="FILE", help="also write the report as JSON")
+
+    recommend = sub.add_parser(
+        "recommend",
+        help="offline lists for every user of a history file",
+        description="For every user in a history file, fold the user's item totals in "
+        "against a model and write their top-N list as one JSON line "
+        '{"user_id", "items": [{"item_id", "score"}]}, exactly as the worker computes it.',
+    )
+    recommend.add_argument("--model", type=Path, required=True, metavar="DIR", help="model dir")
+    recommend.add_argument(
+        "--history",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="CSV user_id,item_id[,weight][,timestamp], or a MovieLens/HetRec/Parquet file",
+    )
+    recommend.add_argument(
+        "--n", type=_positive_int, metavar="N", help="items per list (default: STREAMREC_TOP_N)"
+    )
+    recommend.add_argument(
+        "--out", type=Path, metavar="FILE", help="JSON lines file (default: stdout)"
     )
 
     worker = sub.add_parser(
@@ -162,6 +252,86 @@ def build_parser() -> argparse.ArgumentParser:
     )
     produce.add_argument("--limit", type=_positive_int, metavar="N", help="CSV: first N rows")
 
+    replay = sub.add_parser(
+        "replay",
+        help="replay timestamped interactions in time order",
+        description="Publish every row of a file as an event, in timestamp order, keeping "
+        "the original timestamps and sleeping the gaps (scaled by --speed). Files: MovieLens "
+        "ratings.csv (userId,movieId,rating,timestamp -> rating events) or CSV "
+        "user_id,item_id[,type][,value][,timestamp]; .gz allowed.",
+    )
+    replay.add_argument("path", type=Path, metavar="PATH", help="the file to replay")
+    replay.add_argument(
+        "--speed",
+        type=_speed,
+        default=None,
+        metavar="FACTOR",
+        help="60x = sixty times faster than real time; max = no sleeping (default)",
+    )
+    replay.add_argument(
+        "--max-gap",
+        type=_nonneg_float,
+        metavar="SECONDS",
+        help="longest sleep between two events, after --speed (quiet periods pass quickly)",
+    )
+    replay.add_argument(
+        "--limit", type=_positive_int, metavar="N", help="the earliest N events only"
+    )
+    replay.add_argument(
+        "--progress", type=_positive_int, default=10_000, metavar="N", help="report every N"
+    )
+    replay.add_argument(
+        "--format", choices=("avro", "json"), default="avro", help="wire encoding (avro)"
+    )
+
+    loadgen = sub.add_parser(
+        "loadgen",
+        help="publish synthetic load: Zipf users and items, session bursts",
+        description="Publish events at a steady rate: users and items drawn from Zipf "
+        "distributions, each user active in short bursts (sessions). Items come from the "
+        "live model (most popular first) when one is published, else item-000000...",
+    )
+    loadgen.add_argument(
+        "--rate", type=_positive_float, default=100.0, metavar="EVENTS_PER_S", help="(100)"
+    )
+    loadgen.add_argument("--users", type=_positive_int, default=10_000, help="users (10000)")
+    loadgen.add_argument(
+        "--items", type=_positive_int, default=1_000, help="distinct items drawn from (1000)"
+    )
+    loadgen.add_argument(
+        "--duration",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="stop after this long (default: until Ctrl-C or --max-events)",
+    )
+    loadgen.add_argument("--max-events", type=_positive_int, metavar="N", help="stop after N")
+    loadgen.add_argument(
+        "--burst", type=_positive_float, default=8.0, help="mean events per session (8)"
+    )
+    loadgen.add_argument(
+        "--sessions", type=_positive_int, default=32, help="users active at once (32)"
+    )
+    loadgen.add_argument(
+        "--zipf", type=_nonneg_float, default=1.1, help="item popularity exponent (1.1)"
+    )
+    loadgen.add_argument(
+        "--zipf-users", type=_nonneg_float, default=1.0, help="user activity exponent (1.0)"
+    )
+    loadgen.add_argument(
+        "--catalog",
+        choices=("auto", "model", "generated"),
+        default="auto",
+        help="item ids: the live model's (model), item-NNNNNN (generated), or model when "
+        "one is published (auto)",
+    )
+    loadgen.add_argument(
+        "--user-prefix", default="loadgen-user-", help="user ids are PREFIX + number"
+    )
+    loadgen.add_argument("--seed", type=int, help="random seed (default: random)")
+    loadgen.add_argument(
+        "--format", choices=("avro", "json"), default="avro", help="wire encoding (avro)"
+    )
+
     demo = sub.add_parser(
         "demo",
         help="the whole pipeline on this machine, live",
@@ -184,6 +354,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--dir", type=Path, metavar="DIR", help="where the demo model goes (default: <home>/demo)"
+    )
+    demo.add_argument(
+        "--port",
+        type=_port,
+        default=8000,
+        help="the demo page's port on 127.0.0.1 (8000; 0 = any free port)",
+    )
+    demo.add_argument("--no-browser", action="store_true", help="do not open the page in a browser")
+    demo.add_argument("--no-web", action="store_true", help="console only: no demo page")
+    demo.add_argument(
+        "--names",
+        type=Path,
+        metavar="PATH",
+        help="item display names: JSON {id: name}, or CSV/TSV with id and name/title columns",
     )
     return p
 

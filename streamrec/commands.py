@@ -12,12 +12,14 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from streamrec.errors import ConfigError
 from streamrec.settings import Settings, load_settings
 
 if TYPE_CHECKING:
+    from model.data import Interactions
+    from producer.replay import Report
     from streamrec.artifact import Model
     from streamrec.events import Event
 
@@ -28,8 +30,12 @@ def run(args: argparse.Namespace) -> int:
     handler: Callable[[argparse.Namespace], int] = {
         "infra": cmd_infra,
         "train": cmd_train,
+        "evaluate": cmd_evaluate,
+        "recommend": cmd_recommend,
         "worker": cmd_worker,
         "produce": cmd_produce,
+        "replay": cmd_replay,
+        "loadgen": cmd_loadgen,
         "demo": cmd_demo,
     }[args.command]
     return handler(args)
@@ -58,7 +64,7 @@ def cmd_infra(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from model.data import build_matrix, load_csv, load_lastfm, synthetic
+    from model.data import build_matrix
     from model.train import Params, train
 
     params = Params(
@@ -70,20 +76,126 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     settings = load_settings()  # before the fit: a bad setting should fail fast
-    if args.csv is not None:
-        data, source = load_csv(args.csv), str(args.csv)
-    elif args.dataset == "lastfm-2k":
-        if args.data_dir is None:
-            raise ConfigError("--dataset lastfm-2k needs --data-dir DIR")
-        data, source = load_lastfm(args.data_dir), f"lastfm-2k:{args.data_dir}"
-    else:
-        data, source = synthetic(), "synthetic"
+    data, source = _load_source(args)
     print(f"loaded {len(data)} rows from {source}")
+    extra: dict[str, Any] = {"source": source}
+    if args.tune is not None:
+        from model.evaluate import split_interactions
+        from model.tune import tune
+
+        result = tune(
+            split_interactions(data, 0.0),
+            args.tune,
+            seed=args.seed,
+            base=params,
+            history_max=settings.history_max,
+        )
+        print(result.table(10))
+        params = result.best
+        print(
+            f"tuned: {len(result.trials)} trials in {result.elapsed_s:.0f}s, validation "
+            f"{result.metric} {result.best_score:.4f} (flags: {result.base.score:.4f})"
+        )
+        extra["tuning"] = {
+            k: v for k, v in result.to_dict().items() if k not in ("trials", "best")
+        } | {"trials": len(result.trials)}
     matrix = build_matrix(data, params.transform)
-    model = train(matrix, params, args.out, extra={"source": source})
+    model = train(matrix, params, args.out, extra=extra)
     print(f"model {model.version}: {model.n_items} items x {model.factors} factors -> {args.out}")
     if args.publish:
         _publish(model, settings)
+    return 0
+
+
+def _load_source(args: argparse.Namespace) -> tuple[Interactions, str]:
+    """The rows ``--csv`` or ``--dataset`` (+ ``--data-dir``) name, and a label for them."""
+    from model.data import load_csv, load_dataset
+
+    if args.csv is not None:
+        return load_csv(args.csv), str(args.csv)  # a missing file is a DataError (exit 4)
+    if args.dataset == "synthetic":
+        return load_dataset("synthetic"), "synthetic"
+    if args.data_dir is None:
+        raise ConfigError(f"--dataset {args.dataset} needs --data-dir DIR")
+    return load_dataset(args.dataset, args.data_dir), f"{args.dataset}:{args.data_dir}"
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import replace
+
+    from model.evaluate import EASE_LAMBDA, evaluate, split_interactions
+    from model.train import Params
+    from model.tune import tune, tune_ease
+    from streamrec.errors import ArtifactError
+
+    if args.model is not None and not args.model.is_dir():
+        raise ArtifactError(f"--model {args.model}: no such model directory")
+    settings = load_settings()
+    data, source = _load_source(args)
+    print(f"loaded {len(data)} rows from {source}")
+    split = split_interactions(data, seed=args.seed)
+    extra: dict[str, Any] = {"source": source}
+    tuned, ease_lambda = None, EASE_LAMBDA
+    if args.tune is not None:
+        result = tune(split, args.tune, seed=args.seed, history_max=settings.history_max)
+        print(result.table(5))
+        tuned = result.best
+        ease = tune_ease(split, seed=args.seed, max_items=args.ease_max_items)
+        if ease.skipped is None:
+            ease_lambda = ease.best
+        extra["tuning"] = result.to_dict()
+        extra["ease_tuning"] = {
+            "best": ease.best,
+            "scores": {str(k): v for k, v in ease.scores.items()},
+            "skipped": ease.skipped,
+        }
+    report = evaluate(
+        split,
+        params=Params(seed=args.seed),
+        tuned=tuned,
+        model_dir=args.model,
+        ks=(args.k, 2 * args.k),
+        ease_lambda=ease_lambda,
+        ease_max_items=args.ease_max_items,
+        history_max=settings.history_max,
+        seed=args.seed,
+    )
+    report = replace(report, extra=extra)
+    s = report.split
+    print(
+        f"split ({s['method']}): {s['eval_users']} test users, {s['train_pairs']} train / "
+        f"{s['test_pairs']} held-out pairs"
+    )
+    print(report.table())
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report.to_dict(), indent=2) + "\n", "utf-8")
+        print(f"report -> {args.out}")
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    import sys
+
+    from model.errors import DataError
+    from model.recommend import recommend_file
+    from streamrec.errors import ArtifactError
+
+    # Like train's --csv: a missing input is bad data (exit 4), not a bad flag.
+    if not args.model.is_dir():
+        raise ArtifactError(f"--model {args.model}: no such model directory")
+    if not args.history.is_file():
+        raise DataError(f"--history {args.history}: no such file")
+    settings = load_settings()
+    stats = recommend_file(
+        args.model, args.history, args.out, args.n or settings.top_n, settings.history_max
+    )
+    print(
+        f"{stats.users} lists ({stats.cold} from popularity, {stats.unknown} history entries "
+        f"unknown to the model) -> {args.out or 'stdout'}",
+        file=sys.stderr if args.out is None else sys.stdout,
+    )
     return 0
 
 
@@ -157,7 +269,130 @@ def _csv_events(path: Path, limit: int | None) -> list[Event]:
     return events
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from producer.producer import EventProducer
+    from producer.replay import read_rows, replay
+    from streamrec.cli import install_stop_handlers
+    from streamrec.connect import ensure_topics
+
+    settings = load_settings()
+    rows = read_rows(args.path, args.limit)  # bad file: fail before connecting
+    span = ""
+    if rows.timestamps is not None:
+        secs = (rows.timestamps[-1] - rows.timestamps[0]) / 1000
+        amount = (
+            f"{secs:,.0f} s"
+            if secs < 600
+            else f"{secs / 3600:,.1f} hours"
+            if secs < 2 * 86_400
+            else f"{secs / 86_400:,.1f} days"
+        )
+        span = f" spanning {amount} of event time"
+    pace = "no sleeping" if args.speed is None else f"{args.speed:g}x real time"
+    print(f"replaying {len(rows)} {rows.kind} events{span} from {args.path} ({pace})")
+    ensure_topics(settings)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    with EventProducer(settings, fmt=args.format) as producer:
+        report = replay(
+            producer,
+            rows,
+            args.speed,
+            max_gap_s=args.max_gap,
+            progress_every=args.progress,
+            stop=stop,
+        )
+        return _report(report, producer.topic, interrupted=stop.is_set())
+
+
+def cmd_loadgen(args: argparse.Namespace) -> int:
+    from producer.loadgen import LoadSpec, generated_items, run_load
+    from producer.producer import EventProducer
+    from streamrec.cli import install_stop_handlers
+    from streamrec.connect import ensure_topics
+
+    settings = load_settings()
+    spec = LoadSpec(
+        rate=args.rate,
+        users=args.users,
+        items=args.items,
+        duration_s=args.duration,
+        max_events=args.max_events,
+        burst=args.burst,
+        sessions=args.sessions,
+        zipf_users=args.zipf_users,
+        zipf_items=args.zipf,
+        user_prefix=args.user_prefix,
+        seed=args.seed,
+    )
+    ensure_topics(settings)
+    items, catalog = _loadgen_items(settings, args.catalog, args.items)
+    if items is None:
+        items, catalog = generated_items(args.items), "generated ids item-NNNNNN"
+    bound = " until Ctrl-C" if args.duration is None and args.max_events is None else ""
+    print(
+        f"loadgen: {args.rate:g} events/s, {args.users} users, {len(items)} items "
+        f"({catalog}), Zipf {args.zipf:g}/{args.zipf_users:g}, bursts of ~{args.burst:g}{bound}"
+    )
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    with EventProducer(settings, fmt=args.format) as producer:
+        report = run_load(producer, spec, items, stop=stop)
+        return _report(report, producer.topic, interrupted=False)
+
+
+def _loadgen_items(settings: Settings, catalog: str, n: int) -> tuple[list[str] | None, str]:
+    """The live model's items, most popular first (``catalog`` model/auto), or None."""
+    if catalog == "generated":
+        return None, ""
+    import json
+
+    import numpy as np
+
+    from streamrec.artifact import load_model
+    from streamrec.connect import redis_client
+    from streamrec.errors import InfraError
+    from streamrec.keys import Keys
+
+    try:
+        raw = redis_client(settings).get(Keys(settings.redis_prefix).model)
+    except InfraError:
+        if catalog == "model":
+            raise
+        raw = None
+    if raw is None:
+        if catalog == "model":
+            raise ConfigError(
+                f"--catalog model: no model published at {settings.redis_prefix}:model"
+            )
+        return None, ""
+    try:
+        path = Path(json.loads(raw)["path"])
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{settings.redis_prefix}:model is malformed") from None
+    model = load_model(path)
+    order = np.argsort(-model.item_popularity, kind="stable")[:n]
+    return [model.item_ids[i] for i in order], f"model {model.version}, most popular first"
+
+
+def _report(report: Report, topic: str, interrupted: bool) -> int:
+    print(f"done: {report.line()} -> {topic}" + (" (interrupted)" if interrupted else ""))
+    if report.failed:
+        from producer.errors import DeliveryError
+
+        raise DeliveryError(f"{report.failed} of {report.sent} event(s) not delivered")
+    return 130 if interrupted else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from streamrec.demo import run_demo
 
-    return run_demo(load_settings(), args.duration, args.rate, args.dir)
+    return run_demo(
+        load_settings(),
+        args.duration,
+        args.rate,
+        args.dir,
+        port=None if args.no_web else args.port,
+        open_browser=not args.no_browser,
+        names_path=args.names,
+    )

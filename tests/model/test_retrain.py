@@ -13,6 +13,7 @@ import model.retrain as retrain_module
 from model.data import synthetic
 from model.publish import publish
 from model.retrain import RetrainConfig, retrain
+from model.snapshot import Snapshot
 from model.store import versions
 from model.train import Params
 from producer.producer import EventProducer
@@ -133,7 +134,7 @@ def test_events_during_a_retrain_all_show_up_afterwards(
     late_users = [f"late-{u}" for u in range(15)]
     real_read = retrain_module.read_window
 
-    def read_then_more_events(settings: Settings, since_ms: int):  # type: ignore[no-untyped-def]
+    def read_then_more_events(settings: Settings, since_ms: int) -> Snapshot:
         snap = real_read(settings, since_ms)
         with EventProducer(s) as p:  # after the snapshot, before the publish
             for n, u in enumerate(late_users):
@@ -154,17 +155,18 @@ def test_events_during_a_retrain_all_show_up_afterwards(
     wait_for(lambda: worker.scorer.version == new, 15)
     wait_for(lambda: worker.stats.refolded >= len(late_users), 10)
     scorer = Scorer.create(load_model(tmp_path / "models" / str(new)))
-    for n, u in enumerate(late_users):
-        value = json.loads(
-            wait_for(
-                lambda u=u: (
-                    (v := client.get(keys.recs(u))) and json.loads(v)["model_version"] == new and v
-                ),
-                10,
-            )
-        )
+
+    def fresh_list(user: str) -> Callable[[], bytes | str | None]:
+        def check() -> bytes | str | None:
+            raw = client.get(keys.recs(user))
+            return raw if raw and json.loads(raw)["model_version"] == new else None
+
+        return check
+
+    for n, user in enumerate(late_users):
+        value = json.loads(wait_for(fresh_list(user), 10))
         got = [i["item_id"] for i in value["items"]]
         assert items[40 + n] not in got
-        state = UserState.from_json(client.get(keys.user(u)))
-        want, _, _ = scorer.recommend({u: state.totals(s.half_life_ms)}, s.top_n)
+        state = UserState.from_json(client.get(keys.user(user)))
+        want, _, _ = scorer.recommend({user: state.totals(s.half_life_ms)}, s.top_n)
         assert got == [i for i, _ in want[0][1]]
