@@ -209,6 +209,56 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, metavar="FILE", help="JSON lines file (default: stdout)"
     )
 
+    retrain = sub.add_parser(
+        "retrain",
+        help="the nightly job: retrain, evaluate, gate, publish",
+        description="Read the events topic over a time window (plus optional dataset rows), "
+        "evaluate a candidate against the live model and popularity on a per-user holdout, and "
+        "promote it only if it passes the gate: write a versioned model, publish every known "
+        "user's list, popular and similar items, move the pointer, announce, keep the last K. "
+        "Exits 5 when the live model is kept.",
+    )
+    rsrc = retrain.add_mutually_exclusive_group()
+    rsrc.add_argument("--csv", type=Path, metavar="PATH", help="dataset rows to train on too")
+    rsrc.add_argument("--dataset", choices=DATASETS, help="a named dataset to train on too")
+    retrain.add_argument("--data-dir", type=Path, metavar="DIR", help="folder of --dataset files")
+    retrain.add_argument(
+        "--since-days",
+        type=_positive_float,
+        default=30.0,
+        metavar="DAYS",
+        help="window of events read from Kafka (30)",
+    )
+    retrain.add_argument("--no-kafka", action="store_true", help="train on the dataset only")
+    retrain.add_argument(
+        "--models-dir",
+        type=Path,
+        metavar="DIR",
+        help="root of the versioned model directories (default: <home>/models)",
+    )
+    retrain.add_argument("--keep", type=_positive_int, default=5, help="versions kept (5)")
+    retrain.add_argument(
+        "--tune", type=_positive_float, metavar="SECONDS", help="search parameters first"
+    )
+    retrain.add_argument(
+        "--tolerance",
+        type=_nonneg_float,
+        default=0.02,
+        help="how far (fraction) the candidate may trail the live model's NDCG@10 (0.02)",
+    )
+    retrain.add_argument(
+        "--min-lift",
+        type=_nonneg_float,
+        default=0.10,
+        help="how far (fraction) the candidate must beat popularity's NDCG@10 (0.10)",
+    )
+    retrain.add_argument("--report", type=Path, metavar="DIR", help="write report.json + .html")
+    retrain.add_argument("--factors", type=_positive_int, default=64, help="latent factors (64)")
+    retrain.add_argument("--regularization", type=_nonneg_float, default=0.5, help="λ (0.5)")
+    retrain.add_argument("--alpha", type=_positive_float, default=4.0, help="confidence scale")
+    retrain.add_argument("--iterations", type=_positive_int, default=15, help="ALS sweeps (15)")
+    retrain.add_argument("--seed", type=int, default=0, help="split, search and fit seed (0)")
+
     worker = sub.add_parser(
         "worker",
         help="consume events and keep lists fresh in Redis",

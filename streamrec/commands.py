@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
         "train": cmd_train,
         "evaluate": cmd_evaluate,
         "recommend": cmd_recommend,
+        "retrain": cmd_retrain,
         "worker": cmd_worker,
         "produce": cmd_produce,
         "replay": cmd_replay,
@@ -118,6 +119,43 @@ def _load_source(args: argparse.Namespace) -> tuple[Interactions, str]:
     if args.data_dir is None:
         raise ConfigError(f"--dataset {args.dataset} needs --data-dir DIR")
     return load_dataset(args.dataset, args.data_dir), f"{args.dataset}:{args.data_dir}"
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from model.retrain import EXIT_KEPT, RetrainConfig, retrain
+    from model.train import Params
+    from streamrec.connect import redis_client
+
+    settings = load_settings()
+    base, name = (None, None)
+    if args.csv is not None or args.dataset is not None:
+        base, name = _load_source(args)
+    elif args.no_kafka:
+        raise ConfigError("--no-kafka needs --csv or --dataset")
+    cfg = RetrainConfig(
+        models_dir=args.models_dir or settings.home / "models",
+        since_days=args.since_days,
+        base=base,
+        base_name=name,
+        params=Params(
+            factors=args.factors,
+            regularization=args.regularization,
+            alpha=args.alpha,
+            iterations=args.iterations,
+            seed=args.seed,
+        ),
+        tune_s=args.tune or 0.0,
+        tolerance=args.tolerance,
+        min_lift=args.min_lift,
+        keep=args.keep,
+        report_dir=args.report,
+        read_kafka=not args.no_kafka,
+        seed=args.seed,
+    )
+    result = retrain(settings, cfg, redis_client(settings))
+    if args.report:
+        print(f"report: {args.report / 'report.html'}")
+    return 0 if result.promoted else EXIT_KEPT
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
