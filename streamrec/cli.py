@@ -79,6 +79,13 @@ def _speed(text: str) -> float | None:
     return value
 
 
+def _hhmm(text: str) -> tuple[int, int]:
+    hh, _, mm = text.partition(":")
+    if not (hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60):
+        raise argparse.ArgumentTypeError(f"expected HH:MM (UTC), got {text!r}")
+    return int(hh), int(mm)
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -258,6 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--alpha", type=_positive_float, default=4.0, help="confidence scale")
     retrain.add_argument("--iterations", type=_positive_int, default=15, help="ALS sweeps (15)")
     retrain.add_argument("--seed", type=int, default=0, help="split, search and fit seed (0)")
+    retrain.add_argument(
+        "--at",
+        type=_hhmm,
+        metavar="HH:MM",
+        help="stay up and run every day at this UTC time (for a scheduler-less container); "
+        "without it, run once and exit",
+    )
 
     worker = sub.add_parser(
         "worker",

@@ -152,10 +152,35 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         read_kafka=not args.no_kafka,
         seed=args.seed,
     )
-    result = retrain(settings, cfg, redis_client(settings))
-    if args.report:
-        print(f"report: {args.report / 'report.html'}")
-    return 0 if result.promoted else EXIT_KEPT
+    if args.at is None:
+        result = retrain(settings, cfg, redis_client(settings))
+        if args.report:
+            print(f"report: {args.report / 'report.html'}")
+        return 0 if result.promoted else EXIT_KEPT
+    return _daily(args.at, lambda: retrain(settings, cfg, redis_client(settings)).promoted)
+
+
+def _daily(at: tuple[int, int], job: Callable[[], object]) -> int:
+    """Run ``job`` every day at ``at`` (UTC) until SIGTERM/SIGINT; a failed run is logged and
+    the schedule goes on (the live model keeps serving)."""
+    import time
+
+    from streamrec.cli import install_stop_handlers
+
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    while not stop.is_set():
+        now = time.time()
+        today = now - now % 86_400 + at[0] * 3600 + at[1] * 60
+        due = today if today > now else today + 86_400
+        log.info("next retrain at %s UTC", time.strftime("%Y-%m-%d %H:%M", time.gmtime(due)))
+        if stop.wait(due - now):
+            break
+        try:
+            job()
+        except Exception:
+            log.exception("retrain failed; the live model keeps serving")
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ K8S_FILES = sorted(K8S_DIR.glob("*.yaml"))
 # Every file that may name a setting, as text (comments included: they must not lie either).
 SETTINGS_FILES = [COMPOSE_FILE, DOCKERFILE, *K8S_FILES]
 ENV_NAME = re.compile(r"\bSTREAMREC_[A-Z0-9_]+\b")
-STREAMREC_SERVICES = ("trainer", "worker")
+STREAMREC_SERVICES = ("trainer", "worker", "retrain")
 
 
 def _allowed_env_names() -> set[str]:
@@ -233,7 +233,7 @@ def test_configmap_settings_values_validate(monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.mark.parametrize("service", STREAMREC_SERVICES)
 def test_compose_commands_parse(service: str) -> None:
     argv = _argv(_compose()["services"][service]["command"])
-    assert argv[0] == {"trainer": "train", "worker": "worker"}[service]
+    assert argv[0] == {"trainer": "train", "worker": "worker", "retrain": "retrain"}[service]
     _parse(argv, f"docker-compose.yml {service}")
 
 
@@ -301,3 +301,20 @@ def test_secret_example_has_no_placeholders() -> None:
     assert values
     for key, value in values.items():
         assert value and not re.search(r"[<>{}$]|change.?me|todo|xxx", str(value), re.I), key
+
+
+def test_retrain_is_scheduled_in_k8s_and_compose() -> None:
+    jobs = [d for d in _k8s_docs() if d["kind"] == "CronJob"]
+    assert len(jobs) == 1
+    spec = jobs[0]["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid"
+    containers = spec["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    for container in containers:
+        argv = [str(a) for a in container["args"]]
+        assert argv[0] == "retrain"
+        _parse(argv, f"deploy/k8s cronjob {container['name']}")
+    # exit 5 means "kept the live model": a verdict the job must not retry
+    rules = spec["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]
+    assert any(5 in r["onExitCodes"]["values"] and r["action"] == "Ignore" for r in rules)
+    compose = _compose()["services"]["retrain"]
+    assert "--at" in _argv(compose["command"])
