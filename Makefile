@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install clean chromium
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,18 @@ install: $(BIN)/.installed
 demo: install
 	$(BIN)/streamrec demo $(ARGS)
 
+# The browser test drives Debian's Chromium (never a downloaded one): installed once, when
+# /usr/bin/chromium is missing and STREAMREC_ALLOW_APT is not false; without it that test skips.
+chromium:
+	@test -x /usr/bin/chromium || [ "$${STREAMREC_ALLOW_APT:-true}" = false ] || { \
+	  S=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  echo "installing Debian's chromium for the browser test ..."; \
+	  { $$S apt-get update -qq && \
+	    $$S env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null \
+	  || echo "warning: could not install chromium; the browser test will be skipped"; }
+
 # The test session starts (or reuses) the real Kafka broker and Redis itself, once.
-test: install
+test: install chromium
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: install

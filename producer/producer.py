@@ -40,7 +40,8 @@ class EventProducer:
         )
         self.sent = 0
         self.delivered = 0
-        self.failed: list[str] = []
+        self.failed: list[str] = []  # every failure so far (for the delivery report)
+        self._reported = 0  # failures already raised by an earlier flush()
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
@@ -78,10 +79,12 @@ class EventProducer:
     def flush(self, timeout_s: float = 30.0) -> None:
         """Wait for every queued event; raises DeliveryError if any failed or timed out."""
         left = self._producer.flush(timeout_s)
-        if left or self.failed:
+        new = self.failed[self._reported :]
+        self._reported = len(self.failed)
+        if left or new:
             raise DeliveryError(
-                f"{len(self.failed)} failed, {left} undelivered after {timeout_s:.0f}s"
-                + (f"; first: {self.failed[0]}" if self.failed else "")
+                f"{len(new)} failed, {left} undelivered after {timeout_s:.0f}s"
+                + (f"; first: {new[0]}" if new else "")
             )
 
     def __enter__(self) -> EventProducer:

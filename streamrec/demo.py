@@ -5,8 +5,11 @@
 3. start ``streamrec worker`` as its own process,
 4. publish play events: a few brand-new listeners, each hooked on one genre, and some
    existing users, and print their lists as read back from Redis, with how fresh they are,
-5. until Ctrl-C or ``--duration``; then stop the worker (the services keep running:
-   ``streamrec infra down`` stops them).
+5. serve the demo page on http://127.0.0.1:8000 (``--port``; streamrec/web.py): a person picks
+   a user or starts as a new one, plays / likes / skips items (real events, through the
+   server, to Kafka) and watches their list in Redis change,
+6. until Ctrl-C or ``--duration``; then stop the page and the worker (the services keep
+   running: ``streamrec infra down`` stops them).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import webbrowser
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +37,7 @@ from streamrec.errors import InfraError
 from streamrec.events import new_event
 from streamrec.keys import Keys
 from streamrec.settings import Settings
+from streamrec.web import DemoApp, WebServer, load_names
 
 SHOW_EVERY_S = 3.0
 NEW_LISTENERS = 3
@@ -43,7 +48,33 @@ def _say(text: str) -> None:
 
 
 def run_demo(
-    settings: Settings, duration_s: float | None, rate: float, out_dir: Path | None
+    settings: Settings,
+    duration_s: float | None,
+    rate: float,
+    out_dir: Path | None,
+    port: int | None = 8000,
+    open_browser: bool = True,
+    names_path: Path | None = None,
+) -> int:
+    """The demo; ``port`` None = console only. Returns the exit status."""
+    names = load_names(names_path) if names_path is not None else None
+    # Bind the page's port first: a busy port fails in a second, not after the training.
+    server = WebServer(port) if port is not None else None
+    try:
+        return _run(settings, duration_s, rate, out_dir, server, open_browser, names)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _run(
+    settings: Settings,
+    duration_s: float | None,
+    rate: float,
+    out_dir: Path | None,
+    server: WebServer | None,
+    open_browser: bool,
+    names: dict[str, str] | None,
 ) -> int:
     stop = threading.Event()
     install_stop_handlers(stop)
@@ -81,6 +112,11 @@ def run_demo(
             env=env,
         )
     try:
+        if server is not None:
+            server.start(DemoApp(settings, names=names, on_event=_say))
+            _say(f"the demo page: {server.url}  (play, like or skip items; watch your list)")
+            if open_browser:
+                _open_browser(server.url)
         _say(f"4/4 publishing ~{rate:g} play events/s; lists below are read back from Redis")
         _say("    (Ctrl-C to stop)" if duration_s is None else f"    (for {duration_s:g} s)")
         _stream(settings, client, keys, model.item_ids, rate, duration_s, stop, worker)
@@ -96,6 +132,17 @@ def run_demo(
             "'streamrec infra down' stops them"
         )
     return 0
+
+
+def _open_browser(url: str) -> None:
+    """Open ``url`` in the desktop's browser, only where there is a desktop (a text-mode
+    browser taking over this terminal would be worse than nothing)."""
+    if (
+        sys.platform in ("darwin", "win32")
+        or os.environ.get("DISPLAY")
+        or (os.environ.get("WAYLAND_DISPLAY"))
+    ):
+        threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
 
 
 def _stream(

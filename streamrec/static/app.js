@@ -1,0 +1,394 @@
+// streamrec demo page: plain JS, no build step. Talks only to this page's own server:
+// POST /api/events publishes to Kafka; GET /api/recs/<user> reads the user's list from Redis.
+"use strict";
+
+(function () {
+  const POLL_MS = 500; // normal poll of the user's list
+  const FAST_POLL_MS = 150; // for a few seconds after an event, to show the update promptly
+  const FAST_FOR_MS = 4000;
+  const LIST_N = 20;
+  const VERBS = { play: "played", like: "liked", click: "opened", purchase: "bought", view: "viewed" };
+  const POSITIVE = new Set(["play", "like", "click", "purchase", "view"]);
+
+  const state = {
+    user: null,
+    isNew: false,
+    session: new Map(), // item_id -> last event type sent from this page
+    lastUpdated: null, // updated_at_ms of the list on screen
+    lastVersion: null,
+    shown: [], // item ids on screen
+    pending: [], // events waiting for a list written after them: {ts, li}
+    fastUntil: 0,
+    timer: null,
+    polling: false,
+    received: 0, // Date.now() when the list was received
+    serverSkew: 0,
+    generation: 0, // bumps when the user changes: late answers for the old user are dropped
+  };
+
+  const $ = (id) => document.getElementById(id);
+
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined && text !== null) e.textContent = text;
+    return e;
+  }
+
+  async function api(path, opts) {
+    const res = await fetch(path, { cache: "no-store", ...(opts || {}) });
+    let body = null;
+    try {
+      body = await res.json();
+    } catch (_) {
+      body = { error: `HTTP ${res.status}` };
+    }
+    $("conn").className = "dot ok";
+    return { status: res.status, body };
+  }
+
+  function toast(text, bad) {
+    const t = $("toast");
+    t.textContent = text;
+    t.className = bad ? "bad" : "";
+    t.hidden = false;
+    clearTimeout(toast.timer);
+    toast.timer = setTimeout(() => (t.hidden = true), 3500);
+  }
+
+  function fmtTime(ms) {
+    return new Date(ms).toLocaleTimeString([], { hour12: false });
+  }
+
+  function fmtAge(ms) {
+    if (ms < 1000) return `${Math.max(0, Math.round(ms))} ms ago`;
+    if (ms < 120000) return `${(ms / 1000).toFixed(1)} s ago`;
+    return `${Math.round(ms / 60000)} min ago`;
+  }
+
+  // --- items -------------------------------------------------------------------------------
+
+  function itemRow(item, opts) {
+    const li = el("li", "item");
+    li.dataset.itemId = item.item_id;
+    const main = el("div", "item-main");
+    const name = el("button", "name link", item.name || item.item_id);
+    name.type = "button";
+    name.title = `${item.item_id}: open it (a click event) and show similar items`;
+    name.addEventListener("click", () => act("click", item));
+    main.appendChild(name);
+    if (item.name && item.name !== item.item_id) main.appendChild(el("span", "id", item.item_id));
+    if (opts.score && typeof item.score === "number") {
+      main.appendChild(el("span", "score", item.score.toFixed(3)));
+    }
+    li.appendChild(main);
+    if (opts.because) {
+      const b = item.because;
+      const why = el("div", "because");
+      if (b) {
+        const verb = VERBS[state.session.get(b.item_id)] || "played";
+        why.textContent = `because you ${verb} ${b.name || b.item_id}`;
+      } else {
+        why.textContent = "popular right now";
+      }
+      li.appendChild(why);
+    }
+    if (opts.actions) {
+      const acts = el("div", "actions");
+      for (const [type, label, title] of [
+        ["play", "▶ Play", "play it (a play event)"],
+        ["like", "♥ Like", "like it"],
+        ["skip", "Skip", "skip it (negative feedback)"],
+      ]) {
+        const b = el("button", `act act-${type}`, label);
+        b.type = "button";
+        b.title = title;
+        b.addEventListener("click", () => act(type, item, li));
+        acts.appendChild(b);
+      }
+      li.appendChild(acts);
+    }
+    const done = state.session.get(item.item_id);
+    if (done) li.classList.add(`did-${done}`);
+    return li;
+  }
+
+  function fill(list, items, opts) {
+    list.replaceChildren(...items.map((i) => itemRow(i, opts)));
+  }
+
+  // --- users -------------------------------------------------------------------------------
+
+  function setUser(user, isNew) {
+    user = (user || "").trim();
+    if (!user) return;
+    state.user = user;
+    state.isNew = !!isNew;
+    state.generation += 1;
+    state.session = new Map();
+    state.lastUpdated = null;
+    state.lastVersion = null;
+    state.shown = [];
+    state.pending = [];
+    $("recs").replaceChildren();
+    $("activity").replaceChildren();
+    $("history").replaceChildren();
+    $("history-empty").hidden = false;
+    $("current-user").textContent = "";
+    $("current-user").append(
+      isNew ? "You are a new user: " : "Listening as ",
+      el("strong", "user-id", user),
+      isNew ? " (no history yet)." : "."
+    );
+    $("recs-meta").textContent = "";
+    $("recs-empty").textContent = isNew
+      ? "No list yet: play, like or skip a few items above."
+      : "Loading…";
+    $("recs-empty").hidden = false;
+    $("onboarding").hidden = !isNew;
+    if (isNew) loadOnboarding();
+    history.replaceState(null, "", `#user=${encodeURIComponent(user)}`);
+    poll(true);
+  }
+
+  function newUserId() {
+    const rnd = Math.random().toString(36).slice(2, 7);
+    return `web-${Date.now().toString(36).slice(-4)}${rnd}`;
+  }
+
+  async function loadUsers() {
+    try {
+      const { status, body } = await api("/api/users?limit=50");
+      if (status !== 200) return;
+      const sel = $("user-select");
+      const keep = sel.value;
+      sel.replaceChildren(el("option", null, "an existing user…"));
+      sel.firstChild.value = "";
+      for (const u of body.users) {
+        const o = el("option", null, u);
+        o.value = u;
+        sel.appendChild(o);
+      }
+      sel.value = keep;
+    } catch (_) {
+      /* the next refresh retries */
+    }
+  }
+
+  async function loadOnboarding() {
+    const { status, body } = await api("/api/popular?n=12");
+    const list = $("onboarding-items");
+    if (status !== 200) {
+      list.replaceChildren(el("li", "muted", body.error || "no popular items yet"));
+      return;
+    }
+    fill(list, body.items, { actions: true });
+  }
+
+  // --- events ------------------------------------------------------------------------------
+
+  async function act(type, item, li) {
+    if (!state.user) setUser(newUserId(), true);
+    const gen = state.generation;
+    const value = type === "play" ? 180 : type === "skip" ? 5 : null;
+    const entry = el("li", "pending", `${VERBS[type] || type} ${item.name || item.item_id} …`);
+    $("activity").prepend(entry);
+    while ($("activity").children.length > 12) $("activity").lastChild.remove();
+    let res;
+    try {
+      res = await api("/api/events", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ user_id: state.user, item_id: item.item_id, type, value }),
+      });
+    } catch (err) {
+      entry.textContent = `not sent: ${err}`;
+      entry.className = "bad";
+      $("conn").className = "dot bad";
+      return;
+    }
+    if (gen !== state.generation) return;
+    if (res.status !== 202) {
+      entry.textContent = `not sent: ${res.body.error}`;
+      entry.className = "bad";
+      toast(res.body.error, true);
+      return;
+    }
+    state.session.set(item.item_id, type);
+    for (const row of document.querySelectorAll(`li[data-item-id="${CSS.escape(item.item_id)}"]`)) {
+      row.classList.add(`did-${type}`);
+    }
+    entry.textContent = `${VERBS[type] || type} ${item.name || item.item_id}: in Kafka, waiting for your list…`;
+    state.pending.push({ ts: res.body.timestamp, li: entry, label: entry.textContent });
+    state.fastUntil = Date.now() + FAST_FOR_MS;
+    if (type !== "skip") showSimilar(item.item_id);
+    poll(true);
+  }
+
+  // --- the user's list ---------------------------------------------------------------------
+
+  function sessionParam() {
+    const pos = [...state.session].filter(([, t]) => POSITIVE.has(t)).map(([i]) => i);
+    return pos.slice(-20).map(encodeURIComponent).join(",");
+  }
+
+  async function poll(now) {
+    clearTimeout(state.timer);
+    if (!state.user) return;
+    if (state.isNew && !state.session.size) return; // no list before the first event
+    if (state.polling) {
+      state.again = true;
+      return;
+    }
+    state.polling = true;
+    const gen = state.generation;
+    try {
+      const sess = sessionParam();
+      const path = `/api/recs/${encodeURIComponent(state.user)}?n=${LIST_N}` + (sess ? `&session=${sess}` : "");
+      const { status, body } = await api(path);
+      if (gen === state.generation) {
+        if (status === 200) showList(body);
+        else if (status === 404) showNoList(body);
+        else $("recs-meta").textContent = body.error || `HTTP ${status}`;
+      }
+    } catch (_) {
+      $("conn").className = "dot bad";
+    } finally {
+      state.polling = false;
+    }
+    const fast = Date.now() < state.fastUntil || state.again;
+    state.again = false;
+    state.timer = setTimeout(() => poll(false), fast ? FAST_POLL_MS : POLL_MS);
+  }
+
+  function showNoList(body) {
+    $("recs-empty").hidden = false;
+    if (!state.isNew && !state.session.size) {
+      $("recs-empty").textContent = `${body.error} Try an item below.`;
+      $("onboarding").hidden = false;
+      if (!$("onboarding-items").children.length) loadOnboarding();
+    }
+  }
+
+  function showList(v) {
+    state.received = Date.now();
+    state.serverSkew = v.server_time_ms - state.received;
+    const changed = v.updated_at_ms !== state.lastUpdated || v.model_version !== state.lastVersion;
+    renderMeta(v);
+    if (!changed) return;
+    const before = new Set(state.shown);
+    state.lastUpdated = v.updated_at_ms;
+    state.lastVersion = v.model_version;
+    state.shown = v.items.map((i) => i.item_id);
+    $("recs-empty").hidden = v.items.length > 0;
+    if (!v.items.length) $("recs-empty").textContent = "The list is empty.";
+    fill($("recs"), v.items, { actions: true, because: true, score: true });
+    if (before.size) {
+      for (const li of $("recs").children) if (!before.has(li.dataset.itemId)) li.classList.add("fresh");
+    }
+    $("recs").dataset.updatedAtMs = String(v.updated_at_ms);
+    $("recs").dataset.modelVersion = v.model_version;
+    renderHistory(v.history || []);
+    // events the list now reflects: show how long they took to reach the list
+    state.pending = state.pending.filter((p) => {
+      if (v.updated_at_ms >= p.ts) {
+        p.li.textContent = p.label.replace(/: in Kafka, waiting for your list…$/, "") +
+          `: list updated ${Math.max(0, v.updated_at_ms - p.ts)} ms later`;
+        p.li.className = "ok";
+        return false;
+      }
+      return true;
+    });
+    const m = $("model-version");
+    if (m.dataset.version && m.dataset.version !== v.model_version) toast(`new model ${v.model_version}`);
+  }
+
+  function renderMeta(v) {
+    const age = Date.now() + state.serverSkew - v.updated_at_ms;
+    const meta = $("recs-meta");
+    meta.replaceChildren(
+      "model ",
+      el("code", "model-version", v.model_version),
+      " · updated ",
+      el("time", "updated", `${fmtTime(v.updated_at_ms)} (${fmtAge(age)})`),
+      ` · ${v.items.length} items`
+    );
+  }
+
+  function renderHistory(hist) {
+    const ul = $("history");
+    ul.replaceChildren(
+      ...hist.slice(0, 12).map((h) => {
+        const li = el("li", h.total > 0 ? "chip" : "chip neg", h.name || h.item_id);
+        li.title = `${h.item_id} · weight ${h.total.toFixed(2)}`;
+        return li;
+      })
+    );
+    $("history-empty").hidden = hist.length > 0;
+  }
+
+  // --- side panels -------------------------------------------------------------------------
+
+  async function showSimilar(itemId) {
+    const { status, body } = await api(`/api/similar/${encodeURIComponent(itemId)}?n=8`);
+    if (status !== 200) {
+      $("similar-empty").textContent = body.error;
+      $("similar-empty").hidden = false;
+      $("similar").replaceChildren();
+      return;
+    }
+    $("similar-of").textContent = body.name || itemId;
+    $("similar-empty").hidden = true;
+    fill($("similar"), body.items, { actions: true });
+  }
+
+  async function loadPopular() {
+    try {
+      const { status, body } = await api("/api/popular?n=10");
+      if (status === 200) fill($("popular"), body.items, { actions: true });
+      else $("popular").replaceChildren(el("li", "muted", body.error));
+    } catch (_) {
+      $("conn").className = "dot bad";
+    }
+  }
+
+  async function loadModel() {
+    try {
+      const { status, body } = await api("/api/model");
+      const m = $("model-version");
+      if (status === 200) {
+        if (m.dataset.version && m.dataset.version !== body.version) {
+          toast(`the worker now serves model ${body.version}`);
+        }
+        m.dataset.version = body.version;
+        m.textContent = `model ${body.version} · ${body.n_items} items`;
+      } else {
+        m.textContent = body.error;
+      }
+    } catch (_) {
+      $("conn").className = "dot bad";
+    }
+  }
+
+  // --- wiring ------------------------------------------------------------------------------
+
+  function init() {
+    $("new-user").addEventListener("click", () => setUser(newUserId(), true));
+    $("user-select").addEventListener("change", (e) => setUser(e.target.value, false));
+    $("user-select").addEventListener("focus", loadUsers);
+    $("user-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      setUser($("user-input").value, false);
+    });
+    loadModel();
+    loadPopular();
+    loadUsers();
+    setInterval(loadModel, 5000);
+    setInterval(loadPopular, 10000);
+    const m = /^#user=(.+)$/.exec(location.hash);
+    if (m) setUser(decodeURIComponent(m[1]), false);
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
+  else init();
+})();

@@ -1,0 +1,127 @@
+"""The demo page in a real browser: Debian's Chromium, headless, driven by Playwright.
+
+Against the real stack: Kafka, Redis, a worker thread and the page's server. A new user plays
+three items on the page; their list must appear within 10 s without those items. The page's
+screenshot is kept as a test artifact (``artifacts/browser/``, or ``$STREAMREC_ARTIFACTS``).
+
+Chromium comes from the distribution (``apt-get install chromium``; the Makefile and CI install
+it), never from Playwright's download. Without it, or without the ``playwright`` package, the
+test is skipped saying so, unless ``STREAMREC_REQUIRE_BROWSER=1`` (CI), where it fails.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from model.publish import publish
+from streamrec.artifact import load_model
+from streamrec.connect import redis_client
+from streamrec.settings import Settings
+from streamrec.web import serve
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = Path(os.environ.get("STREAMREC_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(
+    os.environ.get("STREAMREC_ARTIFACTS", Path(__file__).resolve().parents[2] / "artifacts")
+)
+
+
+def _need_browser() -> None:
+    missing = []
+    if importlib.util.find_spec("playwright") is None:
+        missing.append("the playwright package (pip install -e '.[dev]')")
+    if not CHROMIUM.is_file():
+        missing.append(f"{CHROMIUM} (apt-get install chromium)")
+    if missing:
+        reason = "no " + " and no ".join(missing)
+        if os.environ.get("STREAMREC_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"STREAMREC_REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(reason)
+
+
+def test_new_user_clicks_three_items_and_gets_a_list_without_them(
+    stack: Callable[..., Settings], run_worker: Callable[..., Any], small_model: Path
+) -> None:
+    _need_browser()
+    from playwright.sync_api import sync_playwright
+
+    s = stack()
+    model = load_model(small_model)
+    publish(model, s, redis_client(s))
+    run_worker(s)
+    server = serve(s, port=0)
+    shot = ARTIFACTS / "browser" / "demo-page.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    problems: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+
+        def console(msg: Any) -> None:
+            # a user without a list yet is a 404 by contract; the browser logs it, that's fine
+            if msg.type == "error" and "/api/recs/" not in msg.location.get("url", ""):
+                problems.append(f"console: {msg.text} ({msg.location.get('url')})")
+
+        page.on("console", console)
+        try:
+            page.goto(server.url, wait_until="domcontentloaded")
+            page.click("#new-user")
+            user = page.locator("#current-user .user-id").inner_text()
+            assert user.startswith("web-")
+            cards = page.locator("#onboarding-items li[data-item-id]")
+            cards.nth(2).wait_for(timeout=5_000)
+            clicked = [cards.nth(n).get_attribute("data-item-id") for n in range(3)]
+            assert len(set(clicked)) == 3 and None not in clicked
+            for n in range(3):
+                cards.nth(n).locator("button.act-play").click()
+            started = time.monotonic()
+            page.wait_for_function(
+                """(ids) => {
+                    const rows = [...document.querySelectorAll("#recs li[data-item-id]")];
+                    return rows.length > 0 && !rows.some((r) => ids.includes(r.dataset.itemId));
+                }""",
+                arg=clicked,
+                timeout=10_000,
+            )
+            assert time.monotonic() - started < 10
+            shown = page.locator("#recs li[data-item-id]")
+            ids = [shown.nth(n).get_attribute("data-item-id") for n in range(shown.count())]
+            assert ids and not set(clicked) & set(ids)
+            assert page.locator("#recs-meta .model-version").inner_text() == model.version
+            assert "updated" in page.locator("#recs-meta").inner_text()
+            because = page.locator("#recs .because").first.inner_text()
+            assert because.startswith("because you played Track ")
+            # the page's events went through Kafka and the worker: Redis has the same list
+            stored = redis_client(s).get(f"{s.redis_prefix}:recs:{user}")
+            assert stored is not None
+            # every play is acknowledged and, once the list has caught up, marked as such
+            page.wait_for_function(
+                "document.querySelectorAll('#activity li.ok').length === 3", timeout=5_000
+            )
+        finally:
+            page.screenshot(path=str(shot), full_page=True)
+            browser.close()
+            server.close()
+    assert shot.stat().st_size > 10_000
+    assert not problems, problems
