@@ -180,8 +180,10 @@ def _stream(
                 break
             if worker.poll() is not None:
                 raise InfraError(f"the worker exited with {worker.returncode}; see its log")
-            if n % 3 == 0:
-                user = list(listeners)[(n // 3) % NEW_LISTENERS]
+            # A new listener plays about one track every couple of seconds, as a person would
+            # (a genre has ~125 tracks; played faster, they would soon have heard them all).
+            if n % 25 == 0:
+                user = list(listeners)[(n // 25) % NEW_LISTENERS]
                 item = str(rng.choice(by_genre[listeners[user]]))
             else:
                 user = str(rng.choice(regulars))
