@@ -54,19 +54,64 @@ def blas_info() -> list[str]:
     ]
 
 
+def load_average() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
 def machine_line() -> str:
-    """One line: CPU, cores, memory, Python, numpy, BLAS."""
+    """One line: CPU, cores, memory, load, Python, numpy, BLAS."""
     import numpy as np
 
     return (
-        f"machine: {cpu_model()}, {os.cpu_count()} cores, {mem_total_gib():.1f} GiB; "
-        f"Python {platform.python_version()}; numpy {np.__version__}; BLAS {blas_info()}"
+        f"machine: {cpu_model()}, {os.cpu_count()} cores, {mem_total_gib():.1f} GiB, "
+        f"load {load_average()}; Python {platform.python_version()}; numpy {np.__version__}; "
+        f"BLAS {blas_info()}; code {code_revision()}"
     )
 
 
+def code_revision() -> str:
+    """The commit measured (``git rev-parse --short HEAD``), ``+dirty`` when the code the
+    benchmarks run (streamrec, worker, producer, model) differs from it."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(repo),
+                "status",
+                "--porcelain",
+                "--",
+                "streamrec",
+                "worker",
+                "producer",
+                "model",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (rev or "unknown") + ("+dirty" if dirty else "")  # fmt: skip
+
+
 def machine_fields() -> dict[str, Any]:
-    """The machine, for the JSON line."""
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "mem_gib": round(mem_total_gib(), 1)}
+    """The machine and the code revision, for the JSON line."""
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "mem_gib": round(mem_total_gib(), 1),
+            "rev": code_revision()}  # fmt: skip
 
 
 def emit(figures: dict[str, Any]) -> None:
@@ -131,6 +176,33 @@ def cpu_seconds(pid: int | str = "self") -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """Per thread of ``pid``: (name, utime + stime seconds); the main thread is named "main"."""
+    out: dict[int, tuple[str, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        name = "main" if int(tid) == pid else raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw.rpartition(")")[2].split()
+        out[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def thread_cpu_delta(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds spent between two ``thread_cpu`` readings, summed per thread name."""
+    out: dict[str, float] = {}
+    for tid, (name, sec) in after.items():
+        d = sec - before.get(tid, (name, 0.0))[1]
+        out[name] = out.get(name, 0.0) + d
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def machine_busy() -> tuple[float, float]:

@@ -24,6 +24,7 @@ import argparse
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -45,8 +46,11 @@ from _common import (
     peak_rss_bytes,
     rss_bytes,
     run_id,
+    thread_cpu,
+    thread_cpu_delta,
 )
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from producer.producer import EventProducer
 from streamrec.artifact import write_model
@@ -72,10 +76,22 @@ def make_model(out: Path, items: int, factors: int, seed: int) -> tuple[list[str
     y = (rng.standard_normal((items, factors)) * 0.1).astype(np.float32)
     ids = [f"item-{i:06d}" for i in range(items)]
     pop = (1000.0 / np.arange(1, items + 1) ** 0.8).astype(np.float32)
-    params = {"factors": factors, "regularization": 1.0, "alpha": 4.0, "iterations": 0,
-              "transform": "log", "seed": seed}  # fmt: skip
+    params = {
+        "factors": factors,
+        "regularization": 1.0,
+        "alpha": 4.0,
+        "iterations": 0,
+        "transform": "log",
+        "seed": seed,
+    }
     write_model(out, ids, y, pop, params)
     return ids, pop
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class Offsets:
@@ -83,12 +99,27 @@ class Offsets:
 
     def __init__(self, settings: Settings) -> None:
         self._consumer = Consumer(
-            {**settings.kafka_common(), "group.id": settings.consumer_group,
-             "enable.auto.commit": False}  # fmt: skip
+            {
+                **settings.kafka_common(),
+                "group.id": settings.consumer_group,
+                "enable.auto.commit": False,
+            }
         )
         meta = self._consumer.list_topics(settings.topic_events, timeout=10)
         parts = sorted(meta.topics[settings.topic_events].partitions)
         self._tps = [TopicPartition(settings.topic_events, p) for p in parts]
+        self._admin = AdminClient(settings.kafka_common())
+        self._group = settings.consumer_group
+
+    def members_assigned(self) -> int:
+        """Members of the worker group holding partitions, once the group is stable (else 0)."""
+        try:
+            desc = self._admin.describe_consumer_groups([self._group])[self._group].result(5)
+        except Exception:
+            return 0
+        if desc.state != ConsumerGroupState.STABLE:
+            return 0
+        return sum(1 for m in desc.members if m.assignment and m.assignment.topic_partitions)
 
     def end(self) -> int:
         return sum(self._consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in self._tps)
@@ -101,36 +132,66 @@ class Offsets:
         self._consumer.close()
 
 
-class Worker:
-    """``streamrec worker`` as a child process with the run's settings in its environment."""
+class Workers:
+    """``count`` ``streamrec worker`` processes (one consumer group) with the run's settings in
+    their environment; each logs to ``<dir>/worker-<n>.log``."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, profile: Path | None) -> None:
-        cmd = [sys.executable]
-        if profile is not None:
-            cmd += ["-m", "cProfile", "-o", str(profile)]
-        cmd += ["-m", "streamrec", "worker"]
-        self.log_path = log_path
-        with log_path.open("wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        self.pid = self.proc.pid
+    def __init__(
+        self,
+        env: dict[str, str],
+        extra: dict[str, str],
+        log_dir: Path,
+        profile: Path | None,
+        count: int,
+    ) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.logs: list[Path] = []
+        for n in range(count):
+            cmd = [sys.executable]
+            if profile is not None:
+                out = profile if count == 1 else profile.with_name(f"{profile.name}.{n + 1}")
+                cmd += ["-m", "cProfile", "-o", str(out)]
+            cmd += ["-m", "streamrec", "worker"]
+            self.logs.append(log_dir / f"worker-{n + 1}.log")
+            # The metrics endpoint (if this version has one) on a free port of its own, so
+            # workers beside this one (tests, a demo, each other) do not collide with it.
+            own = {**env, "STREAMREC_METRICS_BIND": f"127.0.0.1:{free_port()}", **extra}
+            with self.logs[-1].open("wb") as log:
+                self.procs.append(
+                    subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=own)
+                )
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
 
     def check(self) -> None:
-        if not self.alive():
-            tail = self.log_path.read_text(errors="replace").splitlines()[-15:]
-            raise RuntimeError(f"worker exited with {self.proc.returncode}:\n" + "\n".join(tail))
+        for proc, log in zip(self.procs, self.logs, strict=True):
+            if proc.poll() is not None:
+                tail = log.read_text(errors="replace").splitlines()[-15:]
+                raise RuntimeError(f"worker exited with {proc.returncode}:\n" + "\n".join(tail))
 
-    def stop(self, timeout_s: float = 60.0) -> int | None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids)
+
+    def threads(self) -> dict[int, tuple[str, float]]:
+        out: dict[int, tuple[str, float]] = {}
+        for pid in self.pids:
+            out.update(thread_cpu(pid))
+        return out
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, log in zip(self.procs, self.logs, strict=True):
             try:
-                self.proc.wait(timeout=timeout_s)
+                proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        return self.proc.returncode
+                proc.kill()
+                proc.wait(timeout=10)
+            if proc.returncode not in (0, None):
+                print(f"worker exited {proc.returncode}; log: {log}")
 
 
 def produce_all(settings: Settings, users: list[str], items: list[str]) -> float:
@@ -142,19 +203,23 @@ def produce_all(settings: Settings, users: list[str], items: list[str]) -> float
     return time.perf_counter() - started
 
 
-def drain(
-    worker: Worker, offsets: Offsets, total: int, timeout_s: float
-) -> dict[str, Any]:  # fmt: skip
-    """Watch the committed offsets until ``total`` is reached (or ``timeout_s``)."""
+def drain(workers: Workers, offsets: Offsets, total: int, timeout_s: float) -> dict[str, Any]:
+    """Watch the committed offsets until ``total`` is reached (or ``timeout_s``).
+
+    The clock starts once every worker holds partitions in a stable group and a first commit
+    is seen (start-up and rebalances are not throughput); events committed before that do not
+    count."""
     started = time.perf_counter()
     first: tuple[float, int, float, tuple[float, float]] | None = None
+    threads0: dict[int, tuple[str, float]] = {}
     done, now = 0, started
     while now - started < timeout_s:
-        worker.check()
+        workers.check()
         done = offsets.committed()
         now = time.perf_counter()
-        if first is None and done > 0:
-            first = (now, done, cpu_seconds(worker.pid), machine_busy())
+        if first is None and done > 0 and offsets.members_assigned() >= len(workers.pids):
+            first = (now, done, workers.cpu_seconds(), machine_busy())
+            threads0 = workers.threads()
         if done >= total:
             break
         time.sleep(0.1)
@@ -163,8 +228,10 @@ def drain(
     t0, done0, cpu0, (busy0, all0) = first
     busy1, all1 = machine_busy()
     wall = max(now - t0, 1e-9)
-    cpu = cpu_seconds(worker.pid) - cpu0
+    cpu = workers.cpu_seconds() - cpu0
+    per_thread = thread_cpu_delta(threads0, workers.threads())
     return {
+        "threads": {k: round(v / wall, 3) for k, v in per_thread.items() if v / wall >= 0.005},
         "drained": done >= total,
         "events_measured": done - done0,
         "seconds": wall,
@@ -237,6 +304,7 @@ def paced(
     sent = probes = 0
     n_total = int(rate * duration_s)
     started = time.monotonic()
+    cpu0 = cpu_seconds("self")
     with EventProducer(settings) as producer:
         while sent < n_total and time.monotonic() - started < duration_s + 5:
             due = min(n_total, int(rate * (time.monotonic() - started)) + 1)
@@ -253,6 +321,7 @@ def paced(
                 sent += 1
             time.sleep(0.001)
         send_s = time.monotonic() - started
+    own_cpu = (cpu_seconds("self") - cpu0) / send_s
     deadline = time.monotonic() + grace_s
     while watcher.pending() and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -272,6 +341,7 @@ def paced(
     return {
         "sent": sent,
         "send_rate": sent / send_s,
+        "load_generator_cpu_share": own_cpu,
         "probes": probes,
         "probes_missing": missing,
         "p50_ms": pct(lat, 50),
@@ -298,6 +368,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=TARGET_EVENTS_PER_S / 2, help="latency phase")
     ap.add_argument("--duration", type=float, default=20.0, help="latency phase seconds")
     ap.add_argument("--probe-every", type=int, default=100, help="1 probe per this many events")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes (one group)")
     ap.add_argument("--items", type=int, default=20_000)
     ap.add_argument("--factors", type=int, default=64)
     ap.add_argument("--users", type=int, default=100_000, help="user pool the events draw from")
@@ -311,6 +382,13 @@ def main() -> None:
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     ap.add_argument("--profile", type=Path, help="run the worker under cProfile, write here")
     ap.add_argument("--profile-top", type=int, default=30)
+    ap.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the worker (e.g. OPENBLAS_NUM_THREADS=1); repeatable",
+    )
     ap.add_argument("--keep", action="store_true", help="keep topics, keys and files")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -318,19 +396,33 @@ def main() -> None:
     rid = run_id("e2e")
     work = Path(tempfile.mkdtemp(prefix=f"{rid}-"))
     names = {
-        "topic_events": f"{rid}.events", "topic_dlq": f"{rid}.dlq",
-        "topic_models": f"{rid}.models", "consumer_group": rid, "redis_prefix": rid,
-        "model_path": str(work / "model"), "kafka_bootstrap": args.kafka,
+        "topic_events": f"{rid}.events",
+        "topic_dlq": f"{rid}.dlq",
+        "topic_models": f"{rid}.models",
+        "consumer_group": rid,
+        "redis_prefix": rid,
+        "model_path": str(work / "model"),
+        "kafka_bootstrap": args.kafka,
         "redis_url": args.redis,
-    }  # fmt: skip
+    }
     settings = load_settings(**names)
     env = {**os.environ, **{f"STREAMREC_{k.upper()}": v for k, v in names.items()}}
+    extra: dict[str, str] = {}
+    for item in args.worker_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            ap.error(f"--worker-env wants NAME=VALUE, got {item!r}")
+        extra[name] = value
     print(machine_line())
-    print(f"settings: events={args.events} rate={args.rate:g}/s duration={args.duration:g}s "
-          f"items={args.items} k={args.factors} users={args.users} zipf(user)={args.user_zipf} "
-          f"zipf(item)={args.item_zipf} probe 1/{args.probe_every} batch_max="
-          f"{settings.batch_max} poll_timeout={settings.poll_timeout_s}s "
-          f"partitions={settings.topic_events_partitions} run={rid}")  # fmt: skip
+    print(
+        f"settings: workers={args.workers} events={args.events} rate={args.rate:g}/s "
+        f"duration={args.duration:g}s "
+        f"items={args.items} k={args.factors} users={args.users} zipf(user)={args.user_zipf} "
+        f"zipf(item)={args.item_zipf} probe 1/{args.probe_every} batch_max="
+        f"{settings.batch_max} poll_timeout={settings.poll_timeout_s}s "
+        f"partitions={settings.topic_events_partitions} run={rid}"
+        + (f" worker env {' '.join(args.worker_env)}" if args.worker_env else "")
+    )
 
     try:
         client = redis_client(settings)
@@ -340,10 +432,16 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
         sys.exit(3)
 
-    figures: dict[str, Any] = {"bench": "e2e", **machine_fields(), "items": args.items,
-                               "factors": args.factors, "events": args.events,
-                               "rate": args.rate, "duration_s": args.duration}  # fmt: skip
-    worker: Worker | None = None
+    figures: dict[str, Any] = {
+        "bench": "e2e",
+        **machine_fields(),
+        "items": args.items,
+        "factors": args.factors,
+        "events": args.events,
+        "rate": args.rate,
+        "duration_s": args.duration,
+    }
+    workers: Workers | None = None
     offsets: Offsets | None = None
     try:
         item_ids, pop = make_model(work / "model", args.items, args.factors, args.seed)
@@ -359,78 +457,117 @@ def main() -> None:
             produce_s = produce_all(settings, users[: args.events], items[: args.events])
             total = offsets.end()
             distinct = len(set(users[: args.events]))
-            print(f"produced {total} events in {produce_s:.1f}s "
-                  f"({args.events / produce_s:,.0f}/s), {distinct} distinct users")  # fmt: skip
-            worker = Worker(env, work / "worker.log", args.profile)
-            d = drain(worker, offsets, total, args.drain_timeout)
-            print(f"worker drained {d['events_measured']} events in {d['seconds']:.1f}s: "
-                  f"{d['events_per_s']:,.0f} events/s (startup {d['startup_s']:.1f}s; worker "
-                  f"CPU {d['worker_cpu_share']:.0%} of a core, machine busy "
-                  f"{d['machine_busy']:.0%}; {d['events_per_worker_cpu_s'] or 0:,.0f} events "
-                  f"per worker CPU-second)" + ("" if d["drained"] else " NOT DRAINED"))  # fmt: skip
-            figures.update({
-                "producer_events_per_s": round(args.events / produce_s),
-                "distinct_users": distinct,
-                "worker_events_per_s": round(d["events_per_s"]),
-                "drained": d["drained"],
-                "worker_startup_s": round(d["startup_s"], 2),
-                "worker_cpu_share": round(d["worker_cpu_share"], 3),
-                "events_per_worker_cpu_s": round(d["events_per_worker_cpu_s"] or 0),
-                "machine_busy": round(d["machine_busy"], 3),
-                "worker_vs_producer": round(d["events_per_s"] * produce_s / args.events, 3),
-                "throughput_target_met": d["events_per_s"] >= TARGET_EVENTS_PER_S,
-            })  # fmt: skip
+            print(
+                f"produced {total} events in {produce_s:.1f}s "
+                f"({args.events / produce_s:,.0f}/s), {distinct} distinct users"
+            )
+            workers = Workers(env, extra, work, args.profile, args.workers)
+            d = drain(workers, offsets, total, args.drain_timeout)
+            print(
+                f"worker drained {d['events_measured']} events in {d['seconds']:.1f}s: "
+                f"{d['events_per_s']:,.0f} events/s (startup {d['startup_s']:.1f}s; worker "
+                f"CPU {d['worker_cpu_share']:.0%} of a core, machine busy "
+                f"{d['machine_busy']:.0%}; {d['events_per_worker_cpu_s'] or 0:,.0f} events "
+                f"per worker CPU-second)" + ("" if d["drained"] else " NOT DRAINED")
+            )
+            shares = ", ".join(f"{k} {v:.0%}" for k, v in d["threads"].items())
+            print(f"worker CPU by thread (share of a core): {shares}")
+            figures.update(
+                {
+                    "producer_events_per_s": round(args.events / produce_s),
+                    "distinct_users": distinct,
+                    "worker_events_per_s": round(d["events_per_s"]),
+                    "drained": d["drained"],
+                    "worker_startup_s": round(d["startup_s"], 2),
+                    "worker_threads_cpu_share": d["threads"],
+                    "worker_cpu_share": round(d["worker_cpu_share"], 3),
+                    "events_per_worker_cpu_s": round(d["events_per_worker_cpu_s"] or 0),
+                    "machine_busy": round(d["machine_busy"], 3),
+                    "worker_vs_producer": round(d["events_per_s"] * produce_s / args.events, 3),
+                    "throughput_target_met": d["events_per_s"] >= TARGET_EVENTS_PER_S,
+                }
+            )
 
         if not args.skip_latency:
-            if worker is None:
-                worker = Worker(env, work / "worker.log", args.profile)
+            if workers is None:
+                workers = Workers(env, extra, work, args.profile, args.workers)
                 # Wait for the worker to join the group: one warm-up probe, bounded.
                 warm = paced(settings, client, users, items, item_ids[0], 10, 1.0, 1, 30, "w")
                 if warm["probes_missing"]:
                     raise RuntimeError("the worker did not answer a warm-up probe in 30 s")
             before = offsets.end()
-            lp = paced(settings, client, users, items, item_ids[int(np.argmax(pop))],
-                       args.rate, args.duration, args.probe_every, args.grace, "p")  # fmt: skip
-            worker.check()
+            lp = paced(
+                settings,
+                client,
+                users,
+                items,
+                item_ids[int(np.argmax(pop))],
+                args.rate,
+                args.duration,
+                args.probe_every,
+                args.grace,
+                "p",
+            )
+            workers.check()
             lag = offsets.end() - offsets.committed()
-            print(f"paced {lp['sent']} events at {lp['send_rate']:,.0f}/s: event->Redis "
-                  f"p50 {lp['p50_ms']} ms, p99 {lp['p99_ms']} ms, max {lp['max_ms']} ms over "
-                  f"{lp['probes']} probes ({lp['probes_missing']} never seen within "
-                  f"{args.grace:g}s); worker-stamped p50 {lp['stamped_p50_ms']} ms, "
-                  f"p99 {lp['stamped_p99_ms']} ms; lag after grace {lag} of "
-                  f"{offsets.end() - before}")  # fmt: skip
-            p99 = lp["p99_ms"]
-            figures.update({
-                "paced_send_rate": round(lp["send_rate"]),
-                "probes": lp["probes"], "probes_missing": lp["probes_missing"],
-                "latency_p50_ms": lp["p50_ms"], "latency_p99_ms": p99,
-                "latency_max_ms": lp["max_ms"],
-                "stamped_p50_ms": lp["stamped_p50_ms"], "stamped_p99_ms": lp["stamped_p99_ms"],
-                "lag_after": lag,
-                "latency_target_met": p99 is not None and p99 <= TARGET_P99_MS,
-            })  # fmt: skip
 
-        if worker is not None:
-            worker.check()
-            peak = peak_rss_bytes(worker.pid)
-            figures["worker_rss_mib"] = round(rss_bytes(worker.pid) / MIB, 1)
-            figures["worker_peak_rss_mib"] = round(peak / MIB, 1)
-            print(f"worker RSS {figures['worker_rss_mib']} MiB, peak (VmHWM) "
-                  f"{figures['worker_peak_rss_mib']} MiB")  # fmt: skip
+            def ms(v: float | None) -> str:
+                return f"{v:.0f} ms" if v is not None else f"> {args.grace:g} s (unseen)"
+
+            print(
+                f"paced {lp['sent']} events at {lp['send_rate']:,.0f}/s: event->Redis p50 "
+                f"{ms(lp['p50_ms'])}, p99 {ms(lp['p99_ms'])}, max {ms(lp['max_ms'])} over "
+                f"{lp['probes']} probes ({lp['probes_missing']} not seen {args.grace:g} s "
+                f"after the last send); worker-stamped p50 {ms(lp['stamped_p50_ms'])}, p99 "
+                f"{ms(lp['stamped_p99_ms'])}; lag then {lag} of {offsets.end() - before} "
+                f"events; this load generator used {lp['load_generator_cpu_share']:.0%} of a core"
+            )
+            p99 = lp["p99_ms"]
+            figures.update(
+                {
+                    "paced_send_rate": round(lp["send_rate"]),
+                    "load_generator_cpu_share": round(lp["load_generator_cpu_share"], 3),
+                    "probes": lp["probes"],
+                    "probes_missing": lp["probes_missing"],
+                    "latency_p50_ms": lp["p50_ms"],
+                    "latency_p99_ms": p99,
+                    "latency_max_ms": lp["max_ms"],
+                    "stamped_p50_ms": lp["stamped_p50_ms"],
+                    "stamped_p99_ms": lp["stamped_p99_ms"],
+                    "lag_after": lag,
+                    "latency_target_met": p99 is not None and p99 <= TARGET_P99_MS,
+                }
+            )
+
+        if workers is not None:
+            workers.check()
+            figures["worker_rss_mib"] = [round(rss_bytes(p) / MIB, 1) for p in workers.pids]
+            figures["worker_peak_rss_mib"] = [
+                round(peak_rss_bytes(p) / MIB, 1) for p in workers.pids
+            ]
+            print(
+                f"worker RSS {figures['worker_rss_mib']} MiB, peak (VmHWM) "
+                f"{figures['worker_peak_rss_mib']} MiB"
+            )
     finally:
-        if worker is not None:
-            code = worker.stop()
-            if code not in (0, None):
-                print(f"worker exited {code}; log: {worker.log_path}")
+        if workers is not None:
+            workers.stop()
         if offsets is not None:
             offsets.close()
         if not args.keep:
             gone = delete_redis_prefix(client, rid)
-            delete_topics(args.kafka, [names["topic_events"], names["topic_dlq"],
-                                       names["topic_models"]], group=rid)  # fmt: skip
+            delete_topics(
+                args.kafka,
+                [names["topic_events"], names["topic_dlq"], names["topic_models"]],
+                group=rid,
+            )
             print(f"cleanup: {gone} Redis keys, 3 topics and group {rid} deleted")
-    if args.profile is not None and args.profile.exists():
-        print_profile(args.profile, args.profile_top)
+    if args.profile is not None:
+        first = (
+            args.profile if args.workers == 1 else args.profile.with_name(args.profile.name + ".1")
+        )
+        if first.exists():
+            print_profile(first, args.profile_top)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     emit(figures)
