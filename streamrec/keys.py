@@ -30,8 +30,10 @@ CONTRACT_VERSION + 1, a new key prefix segment, and a note in the README's chang
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 CONTRACT_VERSION = 1
@@ -68,24 +70,28 @@ class Keys:
         return f"{self.prefix}:applied:{topic}:{partition}"
 
 
-def _items(items: Iterable[tuple[str, float]]) -> list[dict[str, Any]]:
-    # Six significant digits is all a float32 score carries; shorter JSON, faster reads.
-    return [{"item_id": i, "score": float(f"{float(s):.6g}")} for i, s in items]
+@lru_cache(maxsize=1 << 20)
+def _jstr(text: str) -> str:
+    """A JSON string literal; cached, since item ids and versions repeat in every list."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _items(items: Iterable[tuple[str, float]]) -> str:
+    # Built as text: this runs for every list the worker writes, and json.dumps of a list of
+    # dicts is several times slower. Six significant digits is all a float32 score carries;
+    # "%.6g" of a finite float is always a valid JSON number.
+    return ",".join(
+        f'{{"item_id":{_jstr(i)},"score":{s:.6g}}}' for i, s in items if math.isfinite(s)
+    )
 
 
 def recs_value(
     user_id: str, items: Iterable[tuple[str, float]], model_version: str, updated_at_ms: int
 ) -> bytes:
     """JSON for ``<p>:recs:<user_id>``; ``items`` are (item_id, score), best first."""
-    return json.dumps(
-        {
-            "user_id": user_id,
-            "items": _items(items),
-            "model_version": model_version,
-            "updated_at_ms": int(updated_at_ms),
-        },
-        separators=(",", ":"),
-        ensure_ascii=False,
+    return (
+        f'{{"user_id":{json.dumps(user_id, ensure_ascii=False)},"items":[{_items(items)}],'
+        f'"model_version":{_jstr(model_version)},"updated_at_ms":{int(updated_at_ms)}}}'
     ).encode()
 
 
@@ -93,10 +99,9 @@ def popular_value(
     items: Iterable[tuple[str, float]], model_version: str, updated_at_ms: int
 ) -> bytes:
     """JSON for ``<p>:popular``."""
-    return json.dumps(
-        {"items": _items(items), "model_version": model_version, "updated_at_ms": updated_at_ms},
-        separators=(",", ":"),
-        ensure_ascii=False,
+    return (
+        f'{{"items":[{_items(items)}],"model_version":{_jstr(model_version)},'
+        f'"updated_at_ms":{int(updated_at_ms)}}}'
     ).encode()
 
 

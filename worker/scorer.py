@@ -26,6 +26,7 @@ class Scorer:
     foldin: FoldIn
     index: Mapping[str, int] = field(repr=False)
     popular_order: npt.NDArray[np.int64] = field(repr=False)
+    ids_array: npt.NDArray[np.object_] = field(repr=False)
     # Scratch reused across batches (one worker thread uses a Scorer at a time).
     buffers: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict, repr=False)
 
@@ -36,6 +37,7 @@ class Scorer:
             foldin=FoldIn.create(model.item_factors, float(model.params["regularization"])),
             index={item: n for n, item in enumerate(model.item_ids)},
             popular_order=np.argsort(-model.item_popularity, kind="stable").astype(np.int64),
+            ids_array=np.asarray(model.item_ids, dtype=np.object_),
         )
 
     def _scratch(self, rows: int) -> npt.NDArray[np.float32]:
@@ -102,6 +104,7 @@ class Scorer:
         )
         never = set(blocked.tolist()) if blocked is not None else set()
         ids = self.model.item_ids
+        ids_array = self.ids_array
         out: Ranked = []
         cold = 0
         for b, user in enumerate(users):
@@ -113,13 +116,6 @@ class Scorer:
                 cold += 1
                 continue
             keep = items[b] >= 0
-            out.append(
-                (
-                    user,
-                    [
-                        (ids[i], float(s))
-                        for i, s in zip(items[b][keep], scores[b][keep], strict=True)
-                    ],
-                )
-            )
+            row = ids_array[items[b][keep]].tolist()
+            out.append((user, list(zip(row, scores[b][keep].tolist(), strict=True))))
         return out, unknown, cold

@@ -55,3 +55,16 @@ def test_scores_are_plain_json_numbers_with_float32_precision() -> None:
 def test_non_ascii_ids_survive() -> None:
     obj = json.loads(recs_value("ユーザー", [("Björk", 1.0)], "v", 0))
     assert obj["user_id"] == "ユーザー" and obj["items"][0]["item_id"] == "Björk"
+
+
+def test_ids_needing_escapes_and_tiny_scores_stay_valid_json() -> None:
+    raw = recs_value('a"b\\c\n', [('it"em', 1.5e-07), ("x", -3.0), ("y", 123456789.0)], "v", 1)
+    obj = json.loads(raw)
+    assert obj["user_id"] == 'a"b\\c\n'
+    assert [i["item_id"] for i in obj["items"]] == ['it"em', "x", "y"]
+    assert [i["score"] for i in obj["items"]] == [1.5e-07, -3.0, 123457000.0]
+    assert json.loads(popular_value([("a", 2.0)], "v", 3)) == {
+        "items": [{"item_id": "a", "score": 2.0}],
+        "model_version": "v",
+        "updated_at_ms": 3,
+    }
