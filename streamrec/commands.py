@@ -271,13 +271,18 @@ def _publish(model: Model, settings: Settings) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from threadpoolctl import threadpool_limits
+
     from streamrec.cli import install_stop_handlers
     from worker.loop import Worker
 
     settings = load_settings(model_path=args.model)
     stop = threading.Event()
     install_stop_handlers(stop)
-    Worker(settings, stop).run(max_messages=args.max_events, duration_s=args.duration)
+    # Measured (bench/e2e.py): a second OpenBLAS thread spins at 70-85% of a core on the
+    # worker's small products without making it faster; scale out with workers instead.
+    with threadpool_limits(1, "blas"):
+        Worker(settings, stop).run(max_messages=args.max_events, duration_s=args.duration)
     return 0
 
 

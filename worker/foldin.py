@@ -56,8 +56,10 @@ class FoldIn:
         y = np.asarray(item_factors)
         if y.ndim != 2 or y.dtype != np.float32:
             raise ValueError(f"item_factors must be 2-D float32, got {y.dtype} {y.shape}")
-        y64 = y.astype(np.float64)
-        gram = y64.T @ y64
+        gram = np.zeros((y.shape[1], y.shape[1]), dtype=np.float64)
+        for lo in range(0, len(y), BLOCK_ROWS):  # float64 a slice at a time: bounded memory
+            part = np.asarray(y[lo : lo + BLOCK_ROWS], dtype=np.float64)
+            gram += part.T @ part
         gram[np.diag_indices_from(gram)] += regularization
         inverse = np.linalg.inv(gram).astype(np.float32)
         return cls(item_factors=y, regularized_gram=gram, inverse=inverse)

@@ -19,6 +19,9 @@ from worker.topn import top_n
 
 Ranked = list[tuple[str, list[tuple[str, float]]]]
 
+#: Target size of the reused score buffer (users x items float32).
+SCORE_BUFFER_BYTES = 32 << 20
+
 
 @dataclass(frozen=True)
 class Scorer:
@@ -40,13 +43,56 @@ class Scorer:
             ids_array=np.asarray(model.item_ids, dtype=np.object_),
         )
 
-    def _scratch(self, rows: int) -> npt.NDArray[np.float32]:
-        """A reused (rows, n_items) float32 buffer for the batch's scores."""
+    @property
+    def score_rows(self) -> int:
+        """Users scored per matrix product: the score buffer stays near SCORE_BUFFER_BYTES
+        whatever the catalogue size (worker memory = factors + a bounded overhead)."""
+        return max(8, min(512, SCORE_BUFFER_BYTES // (4 * max(1, self.model.n_items))))
+
+    def _scratch(self) -> npt.NDArray[np.float32]:
+        """The reused (score_rows, n_items) float32 buffer for scores."""
         buf = self.buffers.get("scores")
-        if buf is None or buf.shape[0] < rows:
-            buf = np.empty((max(rows, 256), self.model.n_items), dtype=np.float32)
+        if buf is None:
+            buf = np.empty((self.score_rows, self.model.n_items), dtype=np.float32)
             self.buffers["scores"] = buf
         return buf
+
+    def _top_n(
+        self,
+        vectors: npt.NDArray[np.float32],
+        n: int,
+        excl_ptr: npt.NDArray[np.int64],
+        excl_idx: npt.NDArray[np.int64],
+        blocked: npt.NDArray[np.int64] | None,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """``top_n`` over the batch in slices of ``score_rows`` users, one buffer for all."""
+        rows = self.score_rows
+        if len(vectors) <= rows:
+            return top_n(
+                vectors,
+                self.model.item_factors,
+                n,
+                excl_ptr,
+                excl_idx,
+                blocked,
+                out=self._scratch(),
+            )
+        parts = []
+        for lo in range(0, len(vectors), rows):
+            hi = min(lo + rows, len(vectors))
+            ptr = excl_ptr[lo : hi + 1]
+            parts.append(
+                top_n(
+                    vectors[lo:hi],
+                    self.model.item_factors,
+                    n,
+                    ptr - ptr[0],
+                    excl_idx[ptr[0] : ptr[-1]],
+                    blocked,
+                    out=self._scratch(),
+                )
+            )
+        return np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
 
     @property
     def version(self) -> str:
@@ -93,15 +139,7 @@ class Scorer:
         totals = np.fromiter((t for row in solve for _, t in row), np.float64, int(solve_ptr[-1]))
         conf = (alpha * confidence(totals, transform)).astype(np.float32)
         vectors = self.foldin.solve(solve_ptr, solve_idx, conf)
-        items, scores = top_n(
-            vectors,
-            self.model.item_factors,
-            n,
-            excl_ptr,
-            excl_idx,
-            blocked,
-            out=self._scratch(len(users)),
-        )
+        items, scores = self._top_n(vectors, n, excl_ptr, excl_idx, blocked)
         never = set(blocked.tolist()) if blocked is not None else set()
         ids = self.model.item_ids
         ids_array = self.ids_array

@@ -96,14 +96,22 @@ class Source:
                 log.warning("consumer error: %s", err)
         return out
 
-    def commit(self, msgs: Sequence[Message]) -> None:
-        """Commit, synchronously, the offsets after the last of ``msgs`` per partition."""
+    def commit(self, msgs: Sequence[Message], asynchronous: bool = False) -> None:
+        """Commit the offsets after the last of ``msgs`` per partition.
+
+        The worker commits asynchronously between batches: Redis already holds each
+        partition's applied offset, so a commit lost in a crash only means redelivered
+        messages that are skipped. The last commit before closing is synchronous.
+        """
         last = last_offsets(msgs)
         if not last:
             return
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            if asynchronous:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+            else:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             # Lost partitions after a rebalance: another worker redoes them; results are safe
             # to repeat, so this is logged, not fatal.

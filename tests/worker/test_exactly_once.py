@@ -171,7 +171,7 @@ def test_redelivered_batches_are_skipped(
     _produce(s, small_model, total, users=40, seed=2)
     keys, client = Keys(s.redis_prefix), redis_client(s)
     with monkeypatch.context() as mp:
-        mp.setattr(Source, "commit", lambda self, msgs: None)
+        mp.setattr(Source, "commit", lambda self, msgs, asynchronous=False: None)
         w = Worker(s)
         w.run(max_messages=total, duration_s=60)
     before = _snapshot(client, keys)
