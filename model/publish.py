@@ -25,7 +25,7 @@ from confluent_kafka import Producer
 from streamrec.artifact import Model
 from streamrec.connect import ensure_topics
 from streamrec.errors import InfraError
-from streamrec.keys import Keys, model_value, popular_value, recs_value
+from streamrec.keys import Keys, model_value, popular_value, recs_value, round_scores
 from streamrec.settings import Settings
 from worker.history import UserState
 from worker.scorer import Scorer
@@ -51,7 +51,8 @@ def similar_items(
     for lo in range(0, len(ids), chunk):
         rows = np.arange(lo, min(lo + chunk, len(ids)), dtype=np.int64)
         ptr = np.arange(len(rows) + 1, dtype=np.int64)
-        items, scores = top_n(unit[rows], unit, n, ptr, rows)
+        items, raw = top_n(unit[rows], unit, n, ptr, rows)
+        scores = round_scores(raw)
         for r, row in enumerate(rows):
             keep = items[r] >= 0
             yield ids[row], [(ids[i], float(s)) for i, s in zip(items[r][keep], scores[r][keep],

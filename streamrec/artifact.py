@@ -62,8 +62,11 @@ class Model:
 
     def popular(self, n: int) -> list[tuple[str, float]]:
         """The ``n`` most popular items with their popularity, best first."""
+        from streamrec.keys import round_scores
+
         order = np.argsort(-self.item_popularity, kind="stable")[:n]
-        return [(self.item_ids[i], float(self.item_popularity[i])) for i in order]
+        scores = round_scores(self.item_popularity[order]).tolist()
+        return [(self.item_ids[i], s) for i, s in zip(order, scores, strict=True)]
 
     def summary(self) -> dict[str, Any]:
         """What ``<p>:model`` holds."""

@@ -30,11 +30,13 @@ CONTRACT_VERSION + 1, a new key prefix segment, and a note in the README's chang
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
 
 CONTRACT_VERSION = 1
 
@@ -70,39 +72,49 @@ class Keys:
         return f"{self.prefix}:applied:{topic}:{partition}"
 
 
-@lru_cache(maxsize=1 << 20)
-def _jstr(text: str) -> str:
-    """A JSON string literal; cached, since item ids and versions repeat in every list."""
-    return json.dumps(text, ensure_ascii=False)
+def round_scores(scores: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+    """Scores rounded to 6 significant digits (all a float32 score carries), any shape.
+
+    Done once per batch by whoever makes lists, so every value is short JSON: the decimal
+    the rounded float64 prints as is exactly those 6 digits.
+    """
+    x = np.asarray(scores, dtype=np.float64)
+    a = np.abs(x)
+    ok = np.isfinite(x) & (a > 0)
+    mag = np.floor(np.log10(np.where(ok, a, 1.0)))
+    scale = 10.0 ** (5 - mag)
+    return np.where(ok, np.round(x * scale) / scale, x)
 
 
-def _items(items: Iterable[tuple[str, float]]) -> str:
-    # Built as text: this runs for every list the worker writes, and json.dumps of a list of
-    # dicts is several times slower. Six significant digits is all a float32 score carries;
-    # "%.6g" of a finite float is always a valid JSON number.
-    return ",".join(
-        f'{{"item_id":{_jstr(i)},"score":{s:.6g}}}' for i, s in items if math.isfinite(s)
-    )
+def _items(items: Iterable[tuple[str, float]]) -> list[dict[str, Any]]:
+    return [{"item_id": i, "score": s} for i, s in items]
 
 
 def recs_value(
     user_id: str, items: Iterable[tuple[str, float]], model_version: str, updated_at_ms: int
 ) -> bytes:
-    """JSON for ``<p>:recs:<user_id>``; ``items`` are (item_id, score), best first."""
-    return (
-        f'{{"user_id":{json.dumps(user_id, ensure_ascii=False)},"items":[{_items(items)}],'
-        f'"model_version":{_jstr(model_version)},"updated_at_ms":{int(updated_at_ms)}}}'
-    ).encode()
+    """JSON for ``<p>:recs:<user_id>``; ``items`` are (item_id, score), best first, scores
+    finite (``round_scores`` them first for short values)."""
+    # orjson: 4-5x faster than json.dumps here, and this runs for every list written.
+    return orjson.dumps(
+        {
+            "user_id": user_id,
+            "items": _items(items),
+            "model_version": model_version,
+            "updated_at_ms": int(updated_at_ms),
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
 
 
 def popular_value(
     items: Iterable[tuple[str, float]], model_version: str, updated_at_ms: int
 ) -> bytes:
     """JSON for ``<p>:popular``."""
-    return (
-        f'{{"items":[{_items(items)}],"model_version":{_jstr(model_version)},'
-        f'"updated_at_ms":{int(updated_at_ms)}}}'
-    ).encode()
+    return orjson.dumps(
+        {"items": _items(items), "model_version": model_version, "updated_at_ms": updated_at_ms},
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
 
 
 def model_value(summary: Mapping[str, Any]) -> bytes:

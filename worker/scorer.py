@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from streamrec.artifact import Model
 from streamrec.feedback import confidence
+from streamrec.keys import round_scores
 from worker.foldin import FoldIn
 from worker.topn import top_n
 
@@ -141,6 +142,7 @@ class Scorer:
         vectors = self.foldin.solve(solve_ptr, solve_idx, conf)
         items, scores = self._top_n(vectors, n, excl_ptr, excl_idx, blocked)
         never = set(blocked.tolist()) if blocked is not None else set()
+        rounded = round_scores(scores)
         ids = self.model.item_ids
         ids_array = self.ids_array
         out: Ranked = []
@@ -150,10 +152,21 @@ class Scorer:
                 seen = set(excl[b]) | never
                 pop = self.model.item_popularity
                 picks = [i for i in self.popular_order[: n + len(seen)] if i not in seen][:n]
-                out.append((user, [(ids[i], float(pop[i])) for i in picks]))
+                out.append(
+                    (
+                        user,
+                        list(
+                            zip(
+                                [ids[i] for i in picks],
+                                round_scores(pop[picks]).tolist(),
+                                strict=True,
+                            )
+                        ),
+                    )
+                )
                 cold += 1
                 continue
             keep = items[b] >= 0
             row = ids_array[items[b][keep]].tolist()
-            out.append((user, list(zip(row, scores[b][keep].tolist(), strict=True))))
+            out.append((user, list(zip(row, rounded[b][keep].tolist(), strict=True))))
         return out, unknown, cold

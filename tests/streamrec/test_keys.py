@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from streamrec.keys import (
     CONTRACT_VERSION,
     Keys,
@@ -11,6 +13,7 @@ from streamrec.keys import (
     parse_list,
     popular_value,
     recs_value,
+    round_scores,
 )
 
 
@@ -47,9 +50,12 @@ def test_model_value_carries_contract_version() -> None:
     assert obj == {"version": "v3", "n_items": 10, "contract_version": CONTRACT_VERSION}
 
 
-def test_scores_are_plain_json_numbers_with_float32_precision() -> None:
-    obj = json.loads(recs_value("u", [("a", 0.123456789)], "v", 0))
-    assert obj["items"][0]["score"] == 0.123457
+def test_scores_are_rounded_to_six_significant_digits() -> None:
+    rounded = round_scores(np.array([0.123456789, 1.5e-7 + 1e-15, -3.0, 123456789.0, 0.0]))
+    assert rounded.tolist() == [0.123457, 1.5e-07, -3.0, 123457000.0, 0.0]
+    obj = json.loads(recs_value("u", [("a", rounded[0])], "v", 0))
+    raw = recs_value("u", [("a", float(rounded[0]))], "v", 0)
+    assert obj["items"][0]["score"] == 0.123457 and b'"score":0.123457}' in raw
 
 
 def test_non_ascii_ids_survive() -> None:
@@ -62,7 +68,7 @@ def test_ids_needing_escapes_and_tiny_scores_stay_valid_json() -> None:
     obj = json.loads(raw)
     assert obj["user_id"] == 'a"b\\c\n'
     assert [i["item_id"] for i in obj["items"]] == ['it"em', "x", "y"]
-    assert [i["score"] for i in obj["items"]] == [1.5e-07, -3.0, 123457000.0]
+    assert [i["score"] for i in obj["items"]] == [1.5e-07, -3.0, 123456789.0]
     assert json.loads(popular_value([("a", 2.0)], "v", 3)) == {
         "items": [{"item_id": "a", "score": 2.0}],
         "model_version": "v",
