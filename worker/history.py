@@ -13,9 +13,10 @@ time, so replaying the same events always gives the same state.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+import orjson
 
 from streamrec.events import Event
 from streamrec.feedback import decay, event_weight
@@ -44,13 +45,12 @@ class UserState:
     def from_json(cls, raw: bytes | str | None) -> UserState:
         if raw is None:
             return cls()
-        obj = json.loads(raw)
+        obj = orjson.loads(raw)
         return cls(items=obj["items"], ids=obj["ids"])
 
     def to_json(self) -> bytes:
-        return json.dumps(
-            {"v": STATE_VERSION, "items": self.items, "ids": self.ids}, separators=(",", ":")
-        ).encode()
+        # orjson writes floats as their shortest round-trip repr: replays stay exact.
+        return orjson.dumps({"v": STATE_VERSION, "items": self.items, "ids": self.ids})
 
     @property
     def last_ms(self) -> float:
