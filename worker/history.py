@@ -7,8 +7,9 @@ A user's state is one Redis string ``<p>:user:<user_id>`` (internal; JSON)::
 ``total`` is the user's decayed feedback total for the item as of ``last_ms`` (the item's latest
 event time). Applying an event is pure (``UserState.apply``): duplicates by ``event_id`` are
 dropped, the weight is added after decaying the old total to the event's time, and the history
-is cut to the strongest ``history_max`` items. Everything here runs in event time, not wall
-time, so replaying the same events always gives the same state.
+is cut to the strongest items whenever it grows past ``history_max`` (down to
+``TRIM_TO`` of it, so a heavy user does not pay a sort on every new item). Everything here
+runs in event time, not wall time, so replaying the same events always gives the same state.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from streamrec.events import Event
 from streamrec.feedback import decay, event_weight
 
 STATE_VERSION = 1
+#: A history past ``history_max`` items is cut to this fraction of it (hysteresis).
+TRIM_TO = 0.9
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +85,7 @@ class UserState:
             self.items.items(),
             key=lambda kv: (-abs(decay(kv[1][0], now - kv[1][1], rules.half_life_ms)), -kv[1][1]),
         )
-        self.items = dict(ranked[: rules.history_max])
+        self.items = dict(ranked[: max(1, int(rules.history_max * TRIM_TO))])
 
     def totals(self, half_life_ms: float | None) -> dict[str, float]:
         """Every item's total decayed to the user's latest event time (what the solve uses)."""

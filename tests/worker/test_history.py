@@ -10,6 +10,7 @@ from worker.history import Rules, UserState
 
 DAY = 86_400_000
 RULES = Rules(weights=DEFAULT_WEIGHTS, half_life_ms=10 * DAY, history_max=3, dedup_window=4)
+CAP10 = Rules(weights=DEFAULT_WEIGHTS, half_life_ms=None, history_max=10, dedup_window=0)
 
 
 def ev(n: int, item: str, type: str = "play", ts: int = 0, value: float | None = None) -> Event:
@@ -56,7 +57,8 @@ def test_cap_keeps_the_strongest() -> None:
     s.apply(ev(2, "liked", "like", ts=5), RULES)
     s.apply(ev(3, "played", "play", ts=5), RULES)
     s.apply(ev(4, "bought", "purchase", ts=5), RULES)
-    assert set(s.items) == {"liked", "played", "bought"}
+    # past the cap of 3: cut to the strongest 90% of 3, i.e. 2
+    assert set(s.items) == {"liked", "bought"}
 
 
 def test_negative_feedback_and_value_transforms() -> None:
@@ -73,3 +75,13 @@ def test_json_round_trip() -> None:
     again = UserState.from_json(s.to_json())
     assert again.items == s.items and again.ids == s.ids
     assert UserState.from_json(None).items == {}
+
+
+def test_cap_cuts_with_hysteresis() -> None:
+    s = UserState()
+    for n in range(11):  # the 11th item passes the cap of 10: cut to 9, the strongest
+        s.apply(ev(n, f"i{n}", "play", ts=n, value=30.0 * (n + 1)), CAP10)
+    assert len(s.items) == 9
+    assert "i0" not in s.items and "i1" not in s.items
+    s.apply(ev(99, "new", ts=50), CAP10)  # room again: nothing is cut
+    assert len(s.items) == 10
