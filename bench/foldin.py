@@ -13,30 +13,17 @@ Ends with one JSON line of the figures.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 from collections.abc import Callable
 
 import numpy as np
 import scipy.sparse as sp
+from _common import emit, machine_fields, machine_line
 from implicit.cpu.als import AlternatingLeastSquares
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
 from worker.foldin import FoldIn
 from worker.topn import top_n
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _histories(users: int, items: int, rng: np.random.Generator) -> sp.csr_matrix:
@@ -93,12 +80,7 @@ def main() -> None:
         )
         als.item_factors = y
         als.user_factors = np.zeros((1, args.factors), np.float32)
-        blas = [
-            f"{i['internal_api']} {i.get('version')} ({i['num_threads']} thr)"
-            for i in threadpool_info()
-            if i["user_api"] == "blas"
-        ]
-        print(f"machine: {_cpu()}, {os.cpu_count()} cores; numpy {np.__version__}; BLAS {blas}")
+        print(machine_line())
         print(
             f"settings: items={args.items} k={args.factors} N={args.n} users={args.users} "
             f"batch={args.batch} nnz/user={hist.nnz / args.users:.1f} λ={args.regularization} "
@@ -159,11 +141,12 @@ def main() -> None:
         "mean_overlap": round(overlap, 4),
         "implicit_batched_identical_to_one_by_one": same_batched,
     }
+    figures.update(machine_fields())
     print(f"streamrec batched : {figures['streamrec_users_per_s']:>10.1f} users/s")
     print(f"implicit 1-by-1   : {figures['implicit_one_by_one_users_per_s']:>10.1f} users/s")
     print(f"implicit batched  : {figures['implicit_batched_users_per_s']:>10.1f} users/s")
     print(f"identical lists {identical:.1%}, mean overlap {overlap:.1%}")
-    print(json.dumps(figures))
+    emit(figures)
 
 
 if __name__ == "__main__":

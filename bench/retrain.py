@@ -13,8 +13,6 @@ JSON line. Without ``--data-dir`` it uses the generated dataset at a larger size
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import resource
 import tempfile
 import time
@@ -23,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from _common import emit, machine_fields, machine_line
 
 from model.data import build_matrix, interactions_from_events, load_dataset, synthetic
 from model.retrain import RetrainConfig, concat, retrain
@@ -32,16 +31,6 @@ from producer.producer import EventProducer
 from streamrec.connect import ensure_topics, redis_client
 from streamrec.events import new_event
 from streamrec.settings import load_settings
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def main() -> None:
@@ -80,10 +69,8 @@ def main() -> None:
             )
     client = redis_client(s)
     params = Params(factors=args.factors, iterations=args.iterations)
-    print(
-        f"machine: {_cpu()}, {os.cpu_count()} cores; data: {name} + {args.events} events; "
-        f"params {asdict(params)}"
-    )
+    print(machine_line())
+    print(f"data: {name} + {args.events} events; params {asdict(params)}")
 
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
@@ -119,22 +106,21 @@ def main() -> None:
     )
     for key in client.scan_iter(match=f"{s.redis_prefix}:*", count=1000):
         client.unlink(key)
-    print(
-        json.dumps(
-            {
-                "bench": "retrain",
-                "data": name,
-                "events": args.events,
-                "pipeline_s": round(pipeline_s, 2),
-                "bare_fit_s": round(bare_s, 2),
-                "ratio": round(pipeline_s / bare_s, 2),
-                "stages": result.timings,
-                "promoted": result.promoted,
-                "lists": result.counts.get("lists"),
-                "peak_rss_mb": round(rss_mb),
-                "nnz": int(matrix.confidence.nnz),
-            }
-        )
+    emit(
+        {
+            **machine_fields(),
+            "bench": "retrain",
+            "data": name,
+            "events": args.events,
+            "pipeline_s": round(pipeline_s, 2),
+            "bare_fit_s": round(bare_s, 2),
+            "ratio": round(pipeline_s / bare_s, 2),
+            "stages": result.timings,
+            "promoted": result.promoted,
+            "lists": result.counts.get("lists"),
+            "peak_rss_mb": round(rss_mb),
+            "nnz": int(matrix.confidence.nnz),
+        }
     )
 
 
