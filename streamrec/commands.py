@@ -19,6 +19,7 @@ from streamrec.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from model.data import Interactions
+    from model.train import Params
     from producer.replay import Report
     from streamrec.artifact import Model
     from streamrec.events import Event
@@ -64,18 +65,25 @@ def cmd_infra(args: argparse.Namespace) -> int:
     return 0 if state.ok else 3
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from model.data import build_matrix
-    from model.train import Params, train
+def _params(args: argparse.Namespace) -> Params:
+    """ALS parameters from the flags ``train`` and ``retrain`` share."""
+    from model.train import Params
 
-    params = Params(
+    return Params(
         factors=args.factors,
         regularization=args.regularization,
         alpha=args.alpha,
         iterations=args.iterations,
-        transform=args.transform,
+        transform=getattr(args, "transform", "log"),
         seed=args.seed,
     )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from model.data import build_matrix
+    from model.train import train
+
+    params = _params(args)
     settings = load_settings()  # before the fit: a bad setting should fail fast
     data, source = _load_source(args)
     print(f"loaded {len(data)} rows from {source}")
@@ -123,7 +131,6 @@ def _load_source(args: argparse.Namespace) -> tuple[Interactions, str]:
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     from model.retrain import EXIT_KEPT, RetrainConfig, retrain
-    from model.train import Params
     from streamrec.connect import redis_client
 
     settings = load_settings()
@@ -137,13 +144,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         since_days=args.since_days,
         base=base,
         base_name=name,
-        params=Params(
-            factors=args.factors,
-            regularization=args.regularization,
-            alpha=args.alpha,
-            iterations=args.iterations,
-            seed=args.seed,
-        ),
+        params=_params(args),
         tune_s=args.tune or 0.0,
         tolerance=args.tolerance,
         min_lift=args.min_lift,

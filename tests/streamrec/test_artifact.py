@@ -70,8 +70,13 @@ def test_pickled_array_refused_even_with_matching_checksum(tmp_path: Path) -> No
     import hashlib
 
     out = _write(tmp_path / "m")
-    obj = np.empty((20, 4), dtype=object)
-    np.save(out / FACTORS, obj, allow_pickle=True)
+    # A valid .npy header for an object array (what a pickled array looks like to a reader),
+    # then bytes: the loader must refuse the dtype without ever unpickling anything.
+    with (out / FACTORS).open("wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "|O", "fortran_order": False, "shape": (20, 4)}
+        )
+        f.write(b"\x80\x04not really a pickle")
     manifest = json.loads((out / MANIFEST).read_text())
     blob = (out / FACTORS).read_bytes()
     manifest["files"][FACTORS] = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
