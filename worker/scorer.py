@@ -121,24 +121,36 @@ class Scorer:
         users = list(histories)
         alpha = float(self.model.params["alpha"])
         transform = self.model.params["transform"]
-        excl_ptr = np.zeros(len(users) + 1, dtype=np.int64)
-        solve_ptr = np.zeros(len(users) + 1, dtype=np.int64)
-        excl: list[list[int]] = []
-        solve: list[list[tuple[int, float]]] = []
-        unknown = 0
+        # Flatten every history once (ids -> rows with a bound dict.get), then do the per-user
+        # bookkeeping with numpy: this loop runs for every user of every batch.
+        get = self.index.get
+        rows: list[int] = []
+        tots: list[float] = []
+        counts = np.zeros(len(users), dtype=np.int64)
         for b, user in enumerate(users):
-            known = [(self.index[i], t) for i, t in histories[user].items() if i in self.index]
-            unknown += len(histories[user]) - len(known)
-            excl.append([i for i, _ in known])
-            if len(known) > history_max:
-                known = sorted(known, key=lambda p: -abs(p[1]))[:history_max]
-            solve.append(known)
-            excl_ptr[b + 1] = excl_ptr[b] + len(excl[b])
-            solve_ptr[b + 1] = solve_ptr[b] + len(known)
-        excl_idx = np.fromiter((i for row in excl for i in row), np.int64, int(excl_ptr[-1]))
-        solve_idx = np.fromiter((i for row in solve for i, _ in row), np.int64, int(solve_ptr[-1]))
-        totals = np.fromiter((t for row in solve for _, t in row), np.float64, int(solve_ptr[-1]))
+            h = histories[user]
+            rows.extend([get(i, -1) for i in h])
+            tots.extend(h.values())
+            counts[b] = len(h)
+        owner = np.repeat(np.arange(len(users)), counts)
+        all_rows = np.asarray(rows, dtype=np.int64)
+        known = all_rows >= 0
+        unknown = int(len(all_rows) - known.sum())
+        excl_idx, owner, totals = all_rows[known], owner[known], np.asarray(tots)[known]
+        per_user = np.bincount(owner, minlength=len(users))
+        excl_ptr = np.concatenate([[0], np.cumsum(per_user)]).astype(np.int64)
+        solve_idx = excl_idx
+        if (per_user > history_max).any():
+            keep = np.ones(len(excl_idx), dtype=bool)
+            for heavy in np.flatnonzero(per_user > history_max).tolist():
+                lo, hi = excl_ptr[heavy], excl_ptr[heavy + 1]
+                order = np.argsort(-np.abs(totals[lo:hi]), kind="stable")
+                keep[lo + order[history_max:]] = False  # only the strongest enter the solve
+            solve_idx, owner, totals = excl_idx[keep], owner[keep], totals[keep]
+            per_user = np.bincount(owner, minlength=len(users))
+        solve_ptr = np.concatenate([[0], np.cumsum(per_user)]).astype(np.int64)
         conf = (alpha * confidence(totals, transform)).astype(np.float32)
+        warm = np.bincount(owner[conf > 0], minlength=len(users)) > 0
         vectors = self.foldin.solve(solve_ptr, solve_idx, conf)
         items, scores = self._top_n(vectors, n, excl_ptr, excl_idx, blocked)
         never = set(blocked.tolist()) if blocked is not None else set()
@@ -148,8 +160,8 @@ class Scorer:
         out: Ranked = []
         cold = 0
         for b, user in enumerate(users):
-            if not (conf[solve_ptr[b] : solve_ptr[b + 1]] > 0).any():
-                seen = set(excl[b]) | never
+            if not warm[b]:
+                seen = set(excl_idx[excl_ptr[b] : excl_ptr[b + 1]].tolist()) | never
                 pop = self.model.item_popularity
                 picks = [i for i in self.popular_order[: n + len(seen)] if i not in seen][:n]
                 out.append(
