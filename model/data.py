@@ -316,34 +316,34 @@ def load_movielens_csv(path: Path, weights: Mapping[str, float] = DEFAULT_WEIGHT
     Header ``userId,movieId,rating,timestamp``; timestamp in epoch seconds (stored as ms);
     weight = ``event_weight("rating", rating)``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    head, table = _read_columns(path, ",", 4, header=True)
-    if [h.lower() for h in head] != ["userid", "movieid", "rating", "timestamp"]:
-        raise DataError(f"{path}: expected header userId,movieId,rating,timestamp, got {head!r}")
-    data = _ratings_table(table, path, weights)
-    log.info("%s: %d ratings", path, len(data))
-    return data
+    return _load_ratings(path, ",", weights, header=["userid", "movieid", "rating", "timestamp"])
 
 
 def load_ml100k(path: Path, weights: Mapping[str, float] = DEFAULT_WEIGHTS) -> Interactions:
     """MovieLens 100k ``u.data[.gz]``: tab-separated ``user item rating timestamp``, no header."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    _, table = _read_columns(path, "\t", 4, header=False, encoding="latin-1")
-    data = _ratings_table(table, path, weights)
-    log.info("%s: %d ratings", path, len(data))
-    return data
+    return _load_ratings(path, "\t", weights, encoding="latin-1")
 
 
 def load_ml1m(path: Path, weights: Mapping[str, float] = DEFAULT_WEIGHTS) -> Interactions:
     """MovieLens 1M ``ratings.dat[.gz]``: ``UserID::MovieID::Rating::Timestamp``, no header."""
+    return _load_ratings(path, "::", weights, encoding="latin-1")
+
+
+def _load_ratings(
+    path: Path,
+    sep: str,
+    weights: Mapping[str, float],
+    header: list[str] | None = None,
+    encoding: str = "utf-8",
+) -> Interactions:
+    """A ratings file of four columns (user, item, rating, timestamp s); ``header``, when the
+    file has one, is what its lower-cased names must be."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    _, table = _read_columns(path, "::", 4, header=False, encoding="latin-1")
+    head, table = _read_columns(path, sep, 4, header=header is not None, encoding=encoding)
+    if header is not None and [h.lower() for h in head] != header:
+        raise DataError(f"{path}: expected header userId,movieId,rating,timestamp, got {head!r}")
     data = _ratings_table(table, path, weights)
     log.info("%s: %d ratings", path, len(data))
     return data

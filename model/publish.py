@@ -23,7 +23,7 @@ import redis
 from confluent_kafka import Producer
 
 from streamrec.artifact import Model
-from streamrec.connect import ensure_topics
+from streamrec.connect import blocked_items, ensure_topics
 from streamrec.errors import InfraError
 from streamrec.keys import Keys, model_value, popular_value, recs_value, round_scores
 from streamrec.settings import Settings
@@ -34,10 +34,6 @@ from worker.topn import top_n
 log = logging.getLogger(__name__)
 
 CHUNK = 1000
-
-
-def blocked_ids(client: redis.Redis, keys: Keys) -> set[str]:
-    return {b.decode() if isinstance(b, bytes) else b for b in client.smembers(keys.blocked)}
 
 
 def similar_items(
@@ -83,7 +79,7 @@ def publish(
     """Bulk-write lists for ``histories`` (user -> item -> total), popular and similar items
     under ``model``'s version, then move the pointer and announce. Returns counts written."""
     keys = Keys(settings.redis_prefix)
-    blocked = blocked_ids(client, keys)
+    blocked = blocked_items(client, keys)
     now = int(time.time() * 1000)
     counts = {"lists": 0, "similar": 0}
     if histories:

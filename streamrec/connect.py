@@ -10,6 +10,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamrec.errors import InfraError
+from streamrec.keys import Keys
 from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -91,3 +92,8 @@ def ensure_topics(
             raise InfraError(f"topics {created} have no leader after {timeout_s:.0f}s")
         time.sleep(0.1)
     return created
+
+
+def blocked_items(client: redis.Redis, keys: Keys) -> set[str]:
+    """The operators' deny set ``<p>:blocked`` as strings."""
+    return {b.decode() if isinstance(b, bytes) else b for b in client.smembers(keys.blocked)}

@@ -21,6 +21,7 @@ import redis
 from confluent_kafka import Consumer
 
 from streamrec.artifact import load_model
+from streamrec.connect import blocked_items
 from streamrec.errors import ArtifactError, InfraError
 from streamrec.keys import Keys
 from streamrec.settings import Settings
@@ -127,10 +128,7 @@ class ModelWatcher:
         return True
 
     def _reload_blocked(self) -> None:
-        ids = {
-            b.decode() if isinstance(b, bytes) else b
-            for b in self._redis.smembers(self._keys.blocked)
-        }
+        ids = blocked_items(self._redis, self._keys)
         if ids != self._blocked_ids:
             self._blocked_ids = ids
             self.blocked = self.scorer.blocked_rows(ids)
