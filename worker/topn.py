@@ -96,17 +96,21 @@ def _select_chunked(scores: F32, m: int) -> tuple[I64, F32]:
     full = width * chunks
     grid = scores[:, :full].reshape(b, width, chunks)
     maxima = grid.max(axis=1)  # (b, chunks)
-    threshold = np.partition(maxima, chunks - m, axis=1)[:, chunks - m]
-    # Every row's candidates lie in the chunks whose maximum reaches its threshold; take the
-    # same number of best chunks for every row (the largest such count), so shapes stay flat.
-    need = int((maxima >= threshold[:, None]).sum(axis=1).max())
-    best = np.argpartition(maxima, chunks - need, axis=1)[:, chunks - need :]  # (b, need)
+    # The m best chunks hold m scores >= the m-th best chunk maximum, so they hold the top m
+    # (up to exact ties at that maximum, which may sit in a chunk left out).
+    best = np.argpartition(maxima, chunks - m, axis=1)[:, chunks - m :]  # (b, m)
     rows = np.arange(b)[:, None]
-    cand = grid[rows, :, best].reshape(b, need * width)  # (b, need, width) flattened
-    cols = (np.arange(width)[None, None, :] * chunks + best[:, :, None]).reshape(b, need * width)
+    cand = grid[rows, :, best].reshape(b, m * width)  # (b, m, width) flattened
     if full < n_items:  # the few columns past the last full stripe are always candidates
         cand = np.concatenate([cand, scores[:, full:]], axis=1)
-        tail = np.broadcast_to(np.arange(full, n_items), (b, n_items - full))
-        cols = np.concatenate([cols, tail], axis=1)
     top, top_scores = _select_partition(cand, m)
-    return np.take_along_axis(cols, top, axis=1).astype(np.int64), top_scores
+    # Candidate t is column (t % width) * chunks + best[t // width] of the row, or, past
+    # m * width, one of the tail columns.
+    in_grid = top < m * width
+    chunk_of = np.where(in_grid, top // width, 0)
+    cols = np.where(
+        in_grid,
+        (top % width) * chunks + np.take_along_axis(best, chunk_of, axis=1),
+        full + top - m * width,
+    )
+    return cols.astype(np.int64), top_scores

@@ -9,11 +9,13 @@ import numpy as np
 from streamrec.keys import (
     CONTRACT_VERSION,
     Keys,
+    ListEncoder,
     model_value,
     parse_list,
     popular_value,
     recs_value,
     round_scores,
+    similar_value,
 )
 
 
@@ -74,3 +76,28 @@ def test_ids_needing_escapes_and_tiny_scores_stay_valid_json() -> None:
         "model_version": "v",
         "updated_at_ms": 3,
     }
+
+
+def test_list_encoder_writes_the_same_bytes_as_the_one_list_encoders() -> None:
+    ids = ["a", 'q"x\\', "ユーザー", "Björk\n", "e"]
+    enc = ListEncoder(ids)
+    items = np.array([[1, 0, 3], [2, -1, -1], [-1, -1, -1], [4, 2, 1]])
+    scores = np.array(
+        [[0.5, 0.123456789, -3.0], [1.5e-7, -np.inf, -np.inf], [-np.inf] * 3, [1e9, 7.0, 0.0]],
+        dtype=np.float32,
+    )
+    users = ["u1", 'u"2', "u3", "ü4"]
+    rounded = round_scores(scores)
+    expected = []
+    for b in range(len(users)):
+        keep = items[b] >= 0
+        row = [ids[i] for i in items[b][keep]]
+        expected.append(list(zip(row, rounded[b][keep].tolist(), strict=True)))
+    assert enc.recs(users, items, scores, "v-1", 7) == [
+        recs_value(u, e, "v-1", 7) for u, e in zip(users, expected, strict=True)
+    ]
+    assert enc.similar(ids[:4], items, scores, "v-1", 7) == [
+        similar_value(i, e, "v-1", 7) for i, e in zip(ids[:4], expected, strict=True)
+    ]
+    assert json.loads(enc.recs(["u3"], items[2:3], scores[2:3], "v", 1)[0])["items"] == []
+    assert enc.recs([], items[:0], scores[:0], "v", 1) == []

@@ -150,3 +150,24 @@ def test_woodbury_and_direct_paths_agree(monkeypatch: pytest.MonkeyPatch) -> Non
     np.testing.assert_allclose(woodbury, direct, rtol=1e-4, atol=1e-5 * np.abs(direct).max())
     theirs = als.recalculate_user(np.arange(80), signed)
     np.testing.assert_allclose(woodbury, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+
+
+def test_chunked_selection_with_ties_and_rows_mostly_excluded(rng: np.random.Generator) -> None:
+    n_items, n = 4_100, 50
+    # Scores on a coarse grid: many exact ties, also at the chunk threshold.
+    u = rng.integers(-2, 3, size=(6, 4)).astype(np.float32)
+    y = rng.integers(-2, 3, size=(n_items, 4)).astype(np.float32)
+    allowed = rng.choice(n_items, size=10, replace=False)
+    excl = np.setdiff1d(np.arange(n_items), allowed)  # row 0 may only get 10 items
+    ptr = np.array([0, len(excl)] + [len(excl)] * 5, dtype=np.int64)
+    items, scores = top_n(u, y, n, ptr, excl)
+    full = u @ y.T
+    full[0, excl] = -np.inf
+    want = -np.sort(-full, axis=1)[:, :n]
+    np.testing.assert_array_equal(scores, want)  # the same scores, ties in any order
+    finite = np.isfinite(scores)
+    picked = np.take_along_axis(full, np.where(finite, items, 0), axis=1)
+    np.testing.assert_array_equal(picked[finite], scores[finite])
+    assert (items[~finite] == -1).all() and finite[0].sum() == 10
+    assert set(items[0][:10].tolist()) == set(allowed.tolist())
+    assert all(len(set(r)) == n for r in items[1:].tolist())  # no item twice
