@@ -59,6 +59,7 @@ class Source:
             "max.poll.interval.ms": 300_000,
             "session.timeout.ms": settings.session_timeout_ms,
             **({"group.instance.id": settings.instance_id} if settings.instance_id else {}),
+            "on_commit": self._committed,
             **overrides,
         }
         self._consumer = Consumer(conf, logger=log)
@@ -66,6 +67,9 @@ class Source:
         self._timeout = settings.poll_timeout_s
         self._on_revoke = on_revoke
         self.assigned: set[tuple[str, int]] = set()
+        # The last applied offset per owned partition, and whether a commit of it failed.
+        self._applied: dict[tuple[str, int], int] = {}
+        self._commit_failed = False
         self._consumer.subscribe(
             [settings.topic_events], on_assign=self._assigned, on_revoke=self._revoked
         )
@@ -77,6 +81,8 @@ class Source:
     def _revoked(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         log.info("revoked %s", ", ".join(f"{p.topic}[{p.partition}]" for p in parts))
         self.assigned -= {(p.topic, p.partition) for p in parts}
+        for p in parts:
+            self._applied.pop((p.topic, p.partition), None)
         if self._on_revoke is not None:
             self._on_revoke(parts)
 
@@ -106,7 +112,34 @@ class Source:
         last = last_offsets(msgs)
         if not last:
             return
+        for part, offset in last.items():
+            if part in self.assigned:
+                self._applied[part] = max(offset, self._applied.get(part, -1))
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+        self._commit(offsets, asynchronous)
+
+    def _committed(self, err: KafkaError | None, parts: list[TopicPartition]) -> None:
+        """Delivery report of a commit (served during ``poll``)."""
+        failed = [p for p in parts if p.error is not None]
+        if err is not None or failed:
+            # Typically a commit sent while the group rebalanced. Redis holds the applied
+            # offsets, so nothing is lost; the offsets are sent again when the worker is idle,
+            # so lag and a restart start from where the worker really is.
+            if not self._commit_failed:
+                log.warning("commit failed (%s); will send it again", err or failed[0].error)
+            self._commit_failed = True
+
+    def recommit(self) -> None:
+        """Send the owned partitions' applied offsets again if a commit of them failed."""
+        if not self._commit_failed:
+            return
+        self._commit_failed = False
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in self._applied.items()
+                   if (t, p) in self.assigned]  # fmt: skip
+        if offsets:
+            self._commit(offsets, asynchronous=True)
+
+    def _commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
         try:
             if asynchronous:
                 self._consumer.commit(offsets=offsets, asynchronous=True)

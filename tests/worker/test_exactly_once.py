@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
+from confluent_kafka import Consumer, TopicPartition
 
 from producer.producer import EventProducer
 from streamrec.artifact import load_model
@@ -204,8 +205,21 @@ def test_two_workers_then_one_lose_nothing_and_count_nothing_twice(
     )
     keys = Keys(s.redis_prefix)
     wait_for(lambda: _applied(redis_client(s), keys, s) == 3000, 30)
+    # Kafka holds the same position while the worker still runs (commits sent during the
+    # rebalance can be refused; they are sent again), not only after its final commit.
+    wait_for(lambda: _committed(s) == 3000, 30)
     b.stop.set()
     _assert_same(_snapshot(redis_client(s), keys), _clean_pass(s, stack, 3000))
+
+
+def _committed(s: Settings) -> int:
+    """Sum of the worker group's committed offsets (reads them without joining the group)."""
+    consumer = Consumer({**s.kafka_common(), "group.id": s.consumer_group})
+    try:
+        parts = [TopicPartition(s.topic_events, p) for p in range(s.topic_events_partitions)]
+        return sum(max(0, tp.offset) for tp in consumer.committed(parts, timeout=10))
+    finally:
+        consumer.close()
 
 
 def test_blocked_items_never_appear(

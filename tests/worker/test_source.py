@@ -1,0 +1,62 @@
+"""The source against the real broker: bounded polls, commits, and commits sent again."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+
+from producer.producer import EventProducer
+from streamrec.connect import ensure_topics
+from streamrec.events import new_event
+from streamrec.settings import Settings
+from tests.conftest import wait_for
+from worker.source import Source
+
+
+def _committed(s: Settings) -> int:
+    consumer = Consumer({**s.kafka_common(), "group.id": s.consumer_group})
+    try:
+        parts = [TopicPartition(s.topic_events, p) for p in range(s.topic_events_partitions)]
+        return sum(max(0, tp.offset) for tp in consumer.committed(parts, timeout=10))
+    finally:
+        consumer.close()
+
+
+class _RefuseFirstCommit:
+    """The real consumer, except that its first commit is answered the way the broker answers
+    one sent in the middle of a rebalance (ILLEGAL_GENERATION), and not applied."""
+
+    def __init__(self, consumer: Consumer, report: Callable[..., None]) -> None:
+        self._consumer, self._report, self.refused = consumer, report, 0
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool = True) -> None:
+        if not self.refused:
+            self.refused += 1
+            self._report(KafkaError(KafkaError.ILLEGAL_GENERATION), offsets)
+            return
+        self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._consumer, name)
+
+
+def test_a_refused_commit_is_sent_again_once_idle(stack: Callable[..., Settings]) -> None:
+    s = stack(topic_events_partitions=2)
+    ensure_topics(s)
+    with EventProducer(s) as producer:
+        for n in range(20):
+            producer.send(new_event(f"u{n % 4}", "i1", "click"))
+    source = Source(s)
+    try:
+        got: list[Message] = []
+        wait_for(lambda: got.extend(source.poll()) or len(got) == 20, 30)
+        fake = _RefuseFirstCommit(source._consumer, source._committed)
+        source._consumer = fake  # type: ignore[assignment]
+        source.commit(got, asynchronous=True)
+        assert fake.refused == 1
+        # Idle polls send the applied offsets again.
+        wait_for(lambda: (source.poll(), source.recommit(), _committed(s) == 20)[-1], 30)
+    finally:
+        source.close()
