@@ -32,11 +32,12 @@ class _RefuseFirstCommit:
         self._consumer, self._report, self.refused = consumer, report, 0
 
     def commit(self, offsets: list[TopicPartition], asynchronous: bool = True) -> None:
+        assert asynchronous  # the worker's commits between batches
         if not self.refused:
             self.refused += 1
             self._report(KafkaError(KafkaError.ILLEGAL_GENERATION), offsets)
             return
-        self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
+        self._consumer.commit(offsets=offsets, asynchronous=True)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._consumer, name)
@@ -51,12 +52,22 @@ def test_a_refused_commit_is_sent_again_once_idle(stack: Callable[..., Settings]
     source = Source(s)
     try:
         got: list[Message] = []
-        wait_for(lambda: got.extend(source.poll()) or len(got) == 20, 30)
+
+        def poll_all() -> bool:
+            got.extend(source.poll())
+            return len(got) == 20
+
+        wait_for(poll_all, 30)
         fake = _RefuseFirstCommit(source._consumer, source._committed)
         source._consumer = fake  # type: ignore[assignment]
         source.commit(got, asynchronous=True)
         assert fake.refused == 1
-        # Idle polls send the applied offsets again.
-        wait_for(lambda: (source.poll(), source.recommit(), _committed(s) == 20)[-1], 30)
+
+        def idle() -> bool:  # what the loop does when a poll brings nothing
+            assert not source.poll()
+            source.recommit()
+            return _committed(s) == 20
+
+        wait_for(idle, 30)
     finally:
         source.close()
