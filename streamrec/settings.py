@@ -97,7 +97,11 @@ class Settings(BaseSettings):
     # --- Worker ----------------------------------------------------------------------------
     batch_max: int = Field(1000, ge=1, description="most events taken per poll")
     poll_timeout_s: float = Field(
-        0.05, gt=0, le=10, description="longest wait for a batch to fill (latency vs batch size)"
+        0.05,
+        gt=0,
+        le=10,
+        description="longest wait for a message when none is waiting (a batch is whatever "
+        "arrived while the last one was processed; this only paces an idle loop)",
     )
     model_path: Path | None = Field(
         None, description="model directory; None = the one the streamrec:model pointer names"

@@ -14,9 +14,11 @@ runs in event time, not wall time, so replaying the same events always gives the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 
 from streamrec.events import Event
@@ -91,3 +93,29 @@ class UserState:
         """Every item's total decayed to the user's latest event time (what the solve uses)."""
         now = self.last_ms
         return {i: decay(t, now - ts, half_life_ms) for i, (t, ts) in self.items.items()}
+
+
+def flatten(
+    states: Sequence[UserState], half_life_ms: float | None
+) -> tuple[npt.NDArray[np.int64], list[str], npt.NDArray[np.float64]]:
+    """Every state's ``totals`` at once, flattened (what ``Scorer.score_flat`` takes).
+
+    Returns ``(counts, item_ids, totals)``: (B,) int64 items per state, then each state's
+    item ids and (nnz,) float64 totals decayed to that state's latest event time, in order.
+    Same numbers as ``UserState.totals``, without a Python call per item.
+    """
+    counts = np.fromiter((len(s.items) for s in states), dtype=np.int64, count=len(states))
+    nnz = int(counts.sum())
+    item_ids = [i for s in states for i in s.items]
+    pairs = np.fromiter(
+        (x for s in states for v in s.items.values() for x in v), dtype=np.float64, count=2 * nnz
+    ).reshape(nnz, 2)
+    totals, times = pairs[:, 0].copy(), pairs[:, 1]
+    if half_life_ms and nnz:
+        owner = np.repeat(np.arange(len(states)), counts)
+        latest = np.full(len(states), -np.inf)
+        np.maximum.at(latest, owner, times)
+        elapsed = latest[owner] - times
+        decayed = elapsed > 0
+        totals[decayed] *= 0.5 ** (elapsed[decayed] / half_life_ms)
+    return counts, item_ids, totals

@@ -26,7 +26,7 @@ from streamrec.keys import Keys
 from streamrec.settings import Settings
 from worker.decode import DeadLetters, Decoded, decode_batch
 from worker.errors import WorkerError
-from worker.history import Rules, UserState
+from worker.history import Rules, UserState, flatten
 from worker.metrics import Metrics, MetricsServer
 from worker.models import ModelWatcher
 from worker.scorer import Scorer
@@ -231,13 +231,13 @@ class Worker:
                     touched[ev.user_id] = None
                 else:
                     duplicates += 1
-            histories = {u: states[u].totals(self.rules.half_life_ms) for u in touched}
+            counts, item_ids, totals = flatten([states[u] for u in touched],
+                                               self.rules.half_life_ms)  # fmt: skip
 
         with m.stage("foldin_topn").time():
             scorer = self.scorer
-            scored = scorer.score(
-                histories, s.top_n, history_max=s.history_max, blocked=self.models.blocked
-            )
+            scored = scorer.score_flat(list(touched), counts, item_ids, totals, s.top_n,
+                                       s.history_max, self.models.blocked)  # fmt: skip
 
         with m.stage("redis_write").time():
             values = scorer.encoder.recs(

@@ -138,20 +138,35 @@ class Scorer:
         At most ``history_max`` items per user (the strongest by absolute total) enter the solve.
         Users with no positive history among the model's items get the popularity ranking.
         """
-        users = list(histories)
+        counts = np.fromiter(map(len, histories.values()), dtype=np.int64, count=len(histories))
+        totals = (t for h in histories.values() for t in h.values())
+        return self.score_flat(
+            list(histories),
+            counts,
+            [i for h in histories.values() for i in h],
+            np.fromiter(totals, dtype=np.float64, count=int(counts.sum())),
+            n,
+            history_max,
+            blocked,
+        )
+
+    def score_flat(
+        self,
+        users: list[str],
+        counts: npt.NDArray[np.int64],
+        item_ids: list[str],
+        all_totals: npt.NDArray[np.float64],
+        n: int,
+        history_max: int = 500,
+        blocked: npt.NDArray[np.int64] | None = None,
+    ) -> Scored:
+        """``score`` with the histories flattened: user ``b`` owns the next ``counts[b]``
+        entries of ``item_ids`` / ``all_totals`` ((nnz,) float64 feedback totals)."""
         alpha = float(self.model.params["alpha"])
         transform = self.model.params["transform"]
-        # Flatten every history once (ids -> rows with a bound dict.get), then do the per-user
-        # bookkeeping with numpy: this runs for every user of every batch.
         get = self.index.get
-        counts = np.fromiter(map(len, histories.values()), dtype=np.int64, count=len(users))
-        total = int(counts.sum())
-        all_rows = np.fromiter(
-            (get(i, -1) for h in histories.values() for i in h), dtype=np.int64, count=total
-        )
-        all_totals = np.fromiter(
-            (t for h in histories.values() for t in h.values()), dtype=np.float64, count=total
-        )
+        total = len(item_ids)
+        all_rows = np.fromiter((get(i, -1) for i in item_ids), dtype=np.int64, count=total)
         owner = np.repeat(np.arange(len(users)), counts)
         known = all_rows >= 0
         unknown = int(total - known.sum())

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from streamrec.events import Event
 from streamrec.feedback import DEFAULT_WEIGHTS
-from worker.history import Rules, UserState
+from worker.history import Rules, UserState, flatten
 
 DAY = 86_400_000
 RULES = Rules(weights=DEFAULT_WEIGHTS, half_life_ms=10 * DAY, history_max=3, dedup_window=4)
@@ -85,3 +86,18 @@ def test_cap_cuts_with_hysteresis() -> None:
     assert "i0" not in s.items and "i1" not in s.items
     s.apply(ev(99, "new", ts=50), CAP10)  # room again: nothing is cut
     assert len(s.items) == 10
+
+
+@pytest.mark.parametrize("half_life_ms", [None, 3_600_000.0])
+def test_flatten_is_every_states_totals_in_order(half_life_ms: float | None) -> None:
+    rng = np.random.default_rng(5)
+    states = [UserState()]  # an empty history among the others
+    for n in (1, 7, 300):
+        items = {f"i{j}": [float(rng.normal()), float(1.7e12 + rng.integers(0, 10**8))]
+                 for j in range(n)}  # fmt: skip
+        states.append(UserState(items=items))
+    counts, ids, totals = flatten(states, half_life_ms)
+    assert counts.tolist() == [0, 1, 7, 300]
+    want = [(i, t) for s in states for i, t in s.totals(half_life_ms).items()]
+    assert ids == [i for i, _ in want]
+    np.testing.assert_allclose(totals, [t for _, t in want], rtol=1e-15)
