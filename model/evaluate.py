@@ -43,7 +43,7 @@ import scipy.linalg
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from model.data import Interactions, Matrix
+from model.data import Interactions, Matrix, factorize
 from model.errors import DataError, ModelError
 from model.train import Params, fit
 from streamrec.artifact import Model, load_model
@@ -135,6 +135,24 @@ class Split:
         m.eliminate_zeros()
         return m
 
+    def all_totals(self) -> sp.csr_matrix:
+        """(n_users, n_items) float32 CSR of every pair's total, train and test."""
+        both = Pairs(
+            np.concatenate([self.train.users, self.test.users]),
+            np.concatenate([self.train.items, self.test.items]),
+            np.concatenate([self.train.totals, self.test.totals]),
+        )
+        m = both.matrix(self.shape)
+        m.sort_indices()
+        return m
+
+    def all_matrix(self, transform: Transform = "log") -> Matrix:
+        """``build_matrix`` of the split's source data (every pair), from the pairs."""
+        m = self.all_totals()
+        m.data = confidence(m.data, transform)
+        m.eliminate_zeros()
+        return Matrix(m, self.user_ids, self.item_ids)
+
     def trained_items(self) -> I64:
         """Item indices with at least one training pair: the catalog a model trained here has."""
         return np.unique(self.train.items)
@@ -199,8 +217,8 @@ def aggregate(data: Interactions) -> tuple[tuple[str, ...], tuple[str, ...], Pai
     time kept; ids sorted as ``build_matrix`` sorts them; zero totals dropped."""
     if len(data) == 0:
         raise DataError("no interactions")
-    user_ids, u = np.unique(data.users.astype(str), return_inverse=True)
-    item_ids, i = np.unique(data.items.astype(str), return_inverse=True)
+    user_ids, u = factorize(data.users)
+    item_ids, i = factorize(data.items)
     key = u.astype(np.int64) * len(item_ids) + i
     keys, inverse = np.unique(key, return_inverse=True)
     totals = np.bincount(inverse, weights=data.weights.astype(np.float64), minlength=len(keys))
@@ -215,7 +233,7 @@ def aggregate(data: Interactions) -> tuple[tuple[str, ...], tuple[str, ...], Pai
         times,
     )
     pairs = pairs.take(pairs.totals != 0)
-    return tuple(user_ids.tolist()), tuple(item_ids.tolist()), pairs
+    return user_ids, item_ids, pairs
 
 
 def holdout_mask(
@@ -391,14 +409,23 @@ def popularity_lists(split: Split, users: I64, k: int) -> I64:
     pop = np.asarray(positive_confidence(split).sum(axis=0), dtype=np.float64).ravel()
     # Unseen items rank below every seen one, but stay eligible: ties broken by item index.
     order = np.argsort(-pop, kind="stable")
-    rank_score = np.empty(len(pop), dtype=np.float32)
-    rank_score[order] = -np.arange(len(pop), dtype=np.float32)
-    seen = split.train_totals()
-    out = []
-    for batch in _batches(users, len(pop)):
-        scores = np.broadcast_to(rank_score, (len(batch), len(pop))).copy()
-        out.append(topk(scores, k, seen[batch]))
-    return np.concatenate(out) if out else np.zeros((0, k), np.int64)
+    seen = split.train_totals()[users]
+    seen.sort_indices()
+    longest = int(np.diff(seen.indptr).max()) if len(users) else 0
+    # A user's list is the first k of the global order they have not seen: within its first
+    # k + (their history length) entries. Membership by sorted (row, item) keys, no dense rows.
+    head = order[: min(len(order), k + longest)]
+    keys = np.repeat(np.arange(len(users), dtype=np.int64), np.diff(seen.indptr)) * len(pop)
+    keys += seen.indices
+    cand = np.arange(len(users), dtype=np.int64)[:, None] * len(pop) + head[None, :]
+    pos = np.minimum(np.searchsorted(keys, cand), max(len(keys) - 1, 0))
+    allowed = ~((keys[pos] == cand) if len(keys) else np.zeros(cand.shape, dtype=np.bool_))
+    # Stable: the allowed candidates first, in global order; then the first k of them.
+    pick = np.argsort(~allowed, axis=1, kind="stable")[:, :k]
+    out = np.where(np.take_along_axis(allowed, pick, axis=1), head[pick], -1)
+    if out.shape[1] < k:
+        out = np.concatenate([out, np.full((len(users), k - out.shape[1]), -1)], axis=1)
+    return out.astype(np.int64)
 
 
 def itemknn_lists(split: Split, users: I64, k: int, neighbours: int = KNN_NEIGHBOURS) -> I64:
@@ -495,13 +522,19 @@ def als_model(split: Split, params: Params) -> Model:
     """Fit ALS on the training pairs and return it as an in-memory ``Model``, exactly what
     ``model.train.train`` would write (catalog = items with a training pair, popularity =
     summed positive confidence), ready for ``Scorer.create``."""
+    return als_fit(split, params)[0]
+
+
+def als_fit(split: Split, params: Params) -> tuple[Model, npt.NDArray[np.float32]]:
+    """``als_model``, and the fit's (n_users, k) user factors (rows: ``split.user_ids``) for
+    a warm start of a later fit."""
     items = split.trained_items()
     conf = split.train_confidence(params.transform)[:, items]
     matrix = Matrix(conf.tocsr(), split.user_ids, tuple(split.item_ids[i] for i in items))
     als = fit(matrix, params)
     factors = np.ascontiguousarray(als.item_factors, dtype=np.float32)
     popularity = np.asarray(conf.maximum(0).sum(axis=0), dtype=np.float32).ravel()
-    return Model(
+    model = Model(
         path=Path("<memory>"),
         version="offline",
         item_ids=matrix.item_ids,
@@ -510,6 +543,7 @@ def als_model(split: Split, params: Params) -> Model:
         params=asdict(params),
         manifest={},
     )
+    return model, np.asarray(als.user_factors, dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -672,12 +706,15 @@ def evaluate(
     history_max: int = HISTORY_MAX,
     max_users: int | None = None,
     seed: int = 0,
+    als: Model | None = None,
 ) -> EvalReport:
     """Run ``models`` on ``split`` and return their metrics.
 
     ``als`` uses ``params`` (default ``Params()``, what ``streamrec train`` fits); with
     ``tuned`` an ``als-tuned`` row is added; with ``model_dir`` a ``live`` row
     (``evaluate_model``). ``max_users`` evaluates a seeded sample of the test users.
+    ``als``: the candidate already fitted on ``split`` with ``params`` (``als_fit``), so the
+    ``als`` row serves it instead of fitting again.
     """
     ks = tuple(sorted(set(ks)))
     k = max(ks)
@@ -708,7 +745,16 @@ def evaluate(
             )
         elif name == "als":
             p = params or Params()
-            runs.append(("als", lambda p=p: als_lists(split, p, users, k, history_max), asdict(p)))
+            if als is not None:
+
+                def served(m: Model = als) -> I64:
+                    return scorer_lists(split, m, users, k, history_max).items
+
+                runs.append(("als", served, asdict(p)))
+            else:
+                runs.append(
+                    ("als", lambda p=p: als_lists(split, p, users, k, history_max), asdict(p))
+                )
         else:
             raise ValueError(f"unknown model {name!r}; expected one of {MODELS}")
     if tuned is not None:

@@ -13,22 +13,25 @@ Kafka snapshot (``worker/models.py``), so no event is left out of a list.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import redis
+import scipy.sparse as sp
 from confluent_kafka import Producer
 
 from streamrec.artifact import Model
 from streamrec.connect import blocked_items, ensure_topics
 from streamrec.errors import InfraError
-from streamrec.keys import Keys, model_value, popular_value, recs_value, round_scores
+from streamrec.keys import Keys, model_value, popular_value
 from streamrec.settings import Settings
 from worker.history import UserState
-from worker.scorer import Scorer
+from worker.scorer import Scored, Scorer
+from worker.sink import Sink
 from worker.topn import top_n
 
 log = logging.getLogger(__name__)
@@ -37,22 +40,19 @@ CHUNK = 1000
 
 
 def similar_items(
-    model: Model, n: int, chunk: int = 1024
-) -> Iterator[tuple[str, list[tuple[str, float]]]]:
-    """Each item's ``n`` nearest items by cosine of their factors (itself excluded)."""
+    model: Model, n: int, blocked: npt.NDArray[np.int64] | None = None, chunk: int = 1024
+) -> Iterator[tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
+    """Each item's ``n`` nearest items by cosine of their factors (itself and ``blocked``
+    rows excluded), a chunk at a time: (item rows (c,), neighbour rows (c, n), cosines)."""
     y = np.asarray(model.item_factors, dtype=np.float32)
     norms = np.linalg.norm(y, axis=1, keepdims=True)
     unit = y / np.maximum(norms, 1e-12)
-    ids = model.item_ids
-    for lo in range(0, len(ids), chunk):
-        rows = np.arange(lo, min(lo + chunk, len(ids)), dtype=np.int64)
+    buf = np.empty((min(chunk, len(y)), len(y)), dtype=np.float32)
+    for lo in range(0, len(y), chunk):
+        rows = np.arange(lo, min(lo + chunk, len(y)), dtype=np.int64)
         ptr = np.arange(len(rows) + 1, dtype=np.int64)
-        items, raw = top_n(unit[rows], unit, n, ptr, rows)
-        scores = round_scores(raw)
-        for r, row in enumerate(rows):
-            keep = items[r] >= 0
-            yield ids[row], [(ids[i], float(s)) for i, s in zip(items[r][keep], scores[r][keep],
-                                                                  strict=True)]  # fmt: skip
+        items, scores = top_n(unit[rows], unit, n, ptr, rows, blocked, out=buf)
+        yield rows, items, scores
 
 
 def live_histories(
@@ -68,6 +68,16 @@ def live_histories(
     return out
 
 
+@dataclass(frozen=True)
+class Totals:
+    """Feedback totals per (user, item), as a sparse matrix: ``matrix`` (n_users, n_items)
+    CSR whose rows are ``user_ids`` and columns ``item_ids``."""
+
+    user_ids: Sequence[str]
+    item_ids: Sequence[str]
+    matrix: sp.csr_matrix
+
+
 def publish(
     model: Model,
     settings: Settings,
@@ -75,39 +85,52 @@ def publish(
     histories: Mapping[str, Mapping[str, float]] | None = None,
     similar_n: int = 20,
     announce: bool = True,
+    totals: Totals | None = None,
 ) -> dict[str, int]:
-    """Bulk-write lists for ``histories`` (user -> item -> total), popular and similar items
-    under ``model``'s version, then move the pointer and announce. Returns counts written."""
+    """Bulk-write lists for ``histories`` (user -> item -> total) and the users of ``totals``
+    (those not in ``histories``), popular and similar items under ``model``'s version, then
+    move the pointer and announce. Returns counts written."""
     keys = Keys(settings.redis_prefix)
     blocked = blocked_items(client, keys)
     now = int(time.time() * 1000)
     counts = {"lists": 0, "similar": 0}
-    if histories:
-        scorer = Scorer.create(model)
-        rows = scorer.blocked_rows(blocked)
-        users = list(histories)
-        for lo in range(0, len(users), CHUNK):
-            part = {u: histories[u] for u in users[lo : lo + CHUNK]}
-            lists, _unknown, _cold = scorer.recommend(
-                part, settings.top_n, history_max=settings.history_max, blocked=rows
+    scorer = Scorer.create(model)
+    rows = scorer.blocked_rows(blocked)
+    sink = Sink(client, keys, settings.recs_ttl_s, settings.history_ttl_s)
+    try:
+
+        def write(scored: Scored) -> None:
+            values = scorer.encoder.recs(
+                scored.users, scored.items, scored.scores, model.version, now
             )
-            pipe = client.pipeline(transaction=False)
-            for user, items in lists:
-                pipe.set(keys.recs(user), recs_value(user, items, model.version, now),
-                         ex=settings.recs_ttl_s)  # fmt: skip
-            pipe.execute()
-            counts["lists"] += len(lists)
-    if similar_n:
-        pipe = client.pipeline(transaction=False)
-        for item, items in similar_items(model, similar_n + len(blocked)):
-            kept = [p for p in items if p[0] not in blocked][:similar_n]
-            value = json.loads(popular_value(kept, model.version, now))
-            pipe.set(keys.similar(item), json.dumps({"item_id": item, **value},
-                                                    separators=(",", ":")))  # fmt: skip
-            counts["similar"] += 1
-            if len(pipe) >= CHUNK:
-                pipe.execute()
-        pipe.execute()
+            sink.write(list(zip(scored.users, values, strict=True)), transaction=False)
+            counts["lists"] += len(values)
+
+        n, cap = settings.top_n, settings.history_max
+        if histories:
+            users = list(histories)
+            for lo in range(0, len(users), CHUNK):
+                part = {u: histories[u] for u in users[lo : lo + CHUNK]}
+                write(scorer.score(part, n, cap, rows))
+        if totals is not None:
+            m = totals.matrix.tocsr()
+            column_rows = scorer.rows_of(totals.item_ids)
+            todo = [r for r, u in enumerate(totals.user_ids) if not histories or u not in histories]
+            for lo in range(0, len(todo), CHUNK):
+                part_rows = todo[lo : lo + CHUNK]
+                sub = m[part_rows]
+                users = [totals.user_ids[r] for r in part_rows]
+                write(scorer.score_flat(users, np.diff(sub.indptr), column_rows[sub.indices],
+                                        sub.data.astype(np.float64), n, cap, rows))  # fmt: skip
+        if similar_n:
+            ids = model.item_ids
+            for item_rows, items, scores in similar_items(model, similar_n, rows):
+                query = [ids[i] for i in item_rows.tolist()]
+                values = scorer.encoder.similar(query, items, scores, model.version, now)
+                sink.write_plain([(keys.similar(i), v) for i, v in zip(query, values, strict=True)])
+                counts["similar"] += len(values)
+    finally:
+        sink.close()
     popular = [p for p in model.popular(settings.top_n + len(blocked)) if p[0] not in blocked]
     client.set(keys.popular, popular_value(popular[: settings.top_n], model.version, now))
     value = model_value(model.summary())

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.data import Interactions, load_file
+from model.data import Interactions, factorize, load_file
 from model.errors import DataError
 from streamrec.artifact import Model, load_model
 from worker.scorer import Scorer
@@ -39,18 +39,18 @@ def user_histories(data: Interactions) -> dict[str, dict[str, float]]:
     """
     if len(data) == 0:
         raise DataError("no interactions")
-    user_ids, u = np.unique(data.users.astype(str), return_inverse=True)
-    item_ids, i = np.unique(data.items.astype(str), return_inverse=True)
+    user_ids, u = factorize(data.users)
+    item_ids, i = factorize(data.items)
     keys, inverse = np.unique(u.astype(np.int64) * len(item_ids) + i, return_inverse=True)
     totals = np.bincount(inverse, weights=data.weights.astype(np.float64), minlength=len(keys))
     users = keys // len(item_ids)
     bounds = np.searchsorted(users, np.arange(len(user_ids) + 1))
     items = (keys % len(item_ids)).tolist()
     values = totals.tolist()
-    ids = item_ids.tolist()
+    ids = item_ids
     return {
         str(user): {ids[items[j]]: values[j] for j in range(bounds[n], bounds[n + 1])}
-        for n, user in enumerate(user_ids.tolist())
+        for n, user in enumerate(user_ids)
     }
 
 

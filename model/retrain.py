@@ -7,7 +7,8 @@
 3. **Gate**: promote only if the candidate is at least as good as the live model (within
    ``tolerance``) and clearly better than popularity (``min_lift``); else keep the live model
    and exit ``EXIT_KEPT``.
-4. **Write** the final model, fitted on all the data, as a new versioned directory whose
+4. **Write** the final model, fitted on all the data (a few sweeps started from the evaluated
+   candidate's factors, ``final_iterations``), as a new versioned directory whose
    manifest records the data window, the Kafka snapshot offsets, parameters and metrics.
 5. **Publish** without a gap (``model/publish.py``): every known user's list, popular and
    similar items under the new version, then the pointer and the announcement; workers
@@ -27,15 +28,14 @@ from typing import Any
 
 import numpy as np
 import redis
-import scipy.sparse as sp
 
-from model.data import Interactions, build_matrix, interactions_from_events
+from model.data import Interactions, interactions_from_events
 from model.errors import ModelError
-from model.evaluate import EvalReport, evaluate, split_interactions
-from model.publish import live_histories, publish
+from model.evaluate import EvalReport, als_fit, evaluate, split_interactions
+from model.publish import Totals, live_histories, publish
 from model.snapshot import Snapshot, read_window
 from model.store import prune, write_version
-from model.train import Params, fit
+from model.train import Params, fit, warm_start
 from model.tune import TuneResult, tune
 from streamrec.artifact import Model, load_model
 from streamrec.keys import Keys
@@ -62,6 +62,10 @@ class RetrainConfig:
     report_dir: Path | None = None
     read_kafka: bool = True
     max_eval_users: int | None = 5000
+    #: Sweeps of the final fit on all the data, started from the evaluated candidate's
+    #: factors (3 land within ~1-3% NDCG of a cold fit, bench/README.md); 0 = a cold fit of
+    #: ``params.iterations``.
+    final_iterations: int = 3
     seed: int = 0
 
 
@@ -131,23 +135,6 @@ def gate(report: EvalReport, live: bool, tolerance: float, min_lift: float) -> t
     return True, f"candidate {METRIC} {cand:.4f} vs popularity {pop:.4f} (no live model)"
 
 
-def _totals(data: Interactions) -> tuple[dict[str, dict[str, float]], int]:
-    """Per user, per item: summed weights (what the worker's history would hold)."""
-    users, u = np.unique(data.users.astype(str), return_inverse=True)
-    items, i = np.unique(data.items.astype(str), return_inverse=True)
-    m = sp.coo_matrix(
-        (data.weights.astype(np.float64), (u, i)), shape=(len(users), len(items))
-    ).tocsr()
-    m.sum_duplicates()
-    out = {}
-    for r, user in enumerate(users):
-        lo, hi = m.indptr[r], m.indptr[r + 1]
-        out[str(user)] = {
-            str(items[c]): float(v) for c, v in zip(m.indices[lo:hi], m.data[lo:hi], strict=True)
-        }
-    return out, m.nnz
-
-
 def retrain(
     settings: Settings,
     cfg: RetrainConfig,
@@ -188,6 +175,7 @@ def retrain(
             )
     echo(f"evaluating on a per-user holdout ({len(data)} rows) ...")
     split = split_interactions(data, seed=cfg.seed)
+    lap("split")
     tuning = None
     params = cfg.params
     if cfg.tune_s > 0:
@@ -195,7 +183,10 @@ def retrain(
         tuning = tune(split, cfg.tune_s, seed=cfg.seed, base=cfg.params)
         params = tuning.best
         echo(f"  best: {asdict(params)}")
-    lap("tune")
+    if tuning is not None:
+        lap("tune")
+    candidate, candidate_users = als_fit(split, params)
+    lap("evaluate_fit")
     report = evaluate(
         split,
         models=("popularity", "als"),
@@ -203,6 +194,7 @@ def retrain(
         model_dir=live.path if live else None,
         max_users=cfg.max_eval_users,
         seed=cfg.seed,
+        als=candidate,
     )
     echo(report.table())
     lap("evaluate")
@@ -228,9 +220,16 @@ def retrain(
         _report(cfg, result, None)
         return result
 
-    echo("fitting the final model on all the data ...")
-    matrix = build_matrix(data, params.transform)
-    als = fit(matrix, params, show_progress=True)
+    matrix = split.all_matrix(params.transform)  # = build_matrix(data), from the pairs
+    if cfg.final_iterations > 0:
+        echo(f"fitting the final model on all the data: {cfg.final_iterations} sweeps from the "
+             "evaluated candidate ...")  # fmt: skip
+        init = warm_start(matrix, params.factors, split.user_ids, candidate_users,
+                          candidate.item_ids, candidate.item_factors, cfg.seed)  # fmt: skip
+        als = fit(matrix, params, True, init, cfg.final_iterations)
+    else:
+        echo("fitting the final model on all the data ...")
+        als = fit(matrix, params, show_progress=True)
     lap("fit")
     popularity = np.asarray(matrix.confidence.maximum(0).sum(axis=0), dtype=np.float32).ravel()
     model = write_version(
@@ -250,13 +249,18 @@ def retrain(
             },
             "kafka_snapshot": snapshot if cfg.read_kafka else None,
             "metrics": {r.name: r.metrics for r in report.results if not r.skipped},
+            "final_fit": {
+                "warm_start": cfg.final_iterations > 0,
+                "iterations": cfg.final_iterations or params.iterations,
+            },
         },
     )
     lap("write")
     echo(f"publishing {model.version}: lists for every known user, popular, similar items ...")
-    histories, _ = _totals(data)
-    histories.update(live_histories(client, keys, list(histories), settings.half_life_ms))
-    counts = publish(model, settings, client, histories=histories)
+    # Every user's list: from the worker's live history where it has one, else the data's.
+    live_hist = live_histories(client, keys, list(split.user_ids), settings.half_life_ms)
+    totals = Totals(split.user_ids, split.item_ids, split.all_totals())
+    counts = publish(model, settings, client, histories=live_hist, totals=totals)
     lap("publish")
     pruned = prune(cfg.models_dir, cfg.keep, protect=[model.path])
     result = replace(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
@@ -38,20 +40,69 @@ class Params:
             raise ModelError("regularization must be >= 0 and alpha > 0")
 
 
-def fit(matrix: Matrix, params: Params, show_progress: bool = False) -> AlternatingLeastSquares:
-    """Fit ALS on ``matrix.confidence`` (users x items); returns the fitted implicit model."""
+def fit(
+    matrix: Matrix,
+    params: Params,
+    show_progress: bool = False,
+    init: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None,
+    iterations: int | None = None,
+) -> AlternatingLeastSquares:
+    """Fit ALS on ``matrix.confidence`` (users x items); returns the fitted implicit model.
+
+    ``init``: (n_users, k) and (n_items, k) float32 factors to start from instead of random
+    ones (a warm start), for ``iterations`` (default ``params.iterations``) sweeps.
+    """
     # implicit parallelises with its own threads; BLAS threads on top only oversubscribe.
     with threadpool_limits(1, "blas"):
         als = AlternatingLeastSquares(
             factors=params.factors,
             regularization=params.regularization,
             alpha=params.alpha,
-            iterations=params.iterations,
+            iterations=params.iterations if iterations is None else iterations,
             random_state=params.seed,
             calculate_training_loss=False,
         )
+        if init is not None:
+            users, items = matrix.confidence.shape
+            k = params.factors
+            if init[0].shape != (users, k) or init[1].shape != (items, k):
+                raise ModelError(
+                    f"warm start factors {init[0].shape}, {init[1].shape} do not fit a "
+                    f"{users} x {items} matrix with {k} factors"
+                )
+            als.user_factors = np.ascontiguousarray(init[0], dtype=np.float32)
+            als.item_factors = np.ascontiguousarray(init[1], dtype=np.float32)
         als.fit(matrix.confidence, show_progress=show_progress)
     return als
+
+
+def warm_start(
+    matrix: Matrix,
+    factors: int,
+    user_ids: Sequence[str],
+    user_factors: npt.NDArray[np.float32],
+    item_ids: Sequence[str],
+    item_factors: npt.NDArray[np.float32],
+    seed: int = 0,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Starting factors for ``matrix`` from an earlier fit over (some of) the same ids: rows
+    of ids that fit knew are copied, the others start as implicit starts them (uniform
+    [0, 0.01)). For ``fit(..., init=...)``."""
+    rng = np.random.default_rng(seed)
+
+    def rows(ids: Sequence[str], known: Sequence[str], values: npt.NDArray[np.float32]
+             ) -> npt.NDArray[np.float32]:  # fmt: skip
+        out = (rng.random((len(ids), factors), dtype=np.float32) * 0.01).astype(np.float32)
+        index = {x: n for n, x in enumerate(known)}
+        src = np.fromiter((index.get(x, -1) for x in ids), dtype=np.int64, count=len(ids))
+        hit = src >= 0
+        out[hit] = np.asarray(values, dtype=np.float32)[src[hit]]
+        return out
+
+    return (
+        rows(matrix.user_ids, user_ids, user_factors),
+        rows(matrix.item_ids, item_ids, item_factors),
+    )
 
 
 def train(matrix: Matrix, params: Params, out: Path, extra: dict[str, Any] | None = None) -> Model:

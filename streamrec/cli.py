@@ -35,6 +35,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -264,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--regularization", type=_nonneg_float, default=0.5, help="λ (0.5)")
     retrain.add_argument("--alpha", type=_positive_float, default=4.0, help="confidence scale")
     retrain.add_argument("--iterations", type=_positive_int, default=15, help="ALS sweeps (15)")
+    retrain.add_argument(
+        "--final-iterations",
+        type=_nonneg_int,
+        default=3,
+        help="sweeps of the final fit on all the data, started from the evaluated candidate "
+        "(3); 0 = a cold fit of --iterations",
+    )
     retrain.add_argument("--seed", type=int, default=0, help="split, search and fit seed (0)")
     retrain.add_argument(
         "--at",

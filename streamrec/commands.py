@@ -151,6 +151,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         keep=args.keep,
         report_dir=args.report,
         read_kafka=not args.no_kafka,
+        final_iterations=args.final_iterations,
         seed=args.seed,
     )
     if args.at is None:

@@ -236,7 +236,8 @@ class Worker:
 
         with m.stage("foldin_topn").time():
             scorer = self.scorer
-            scored = scorer.score_flat(list(touched), counts, item_ids, totals, s.top_n,
+            rows = scorer.rows_of(item_ids)
+            scored = scorer.score_flat(list(touched), counts, rows, totals, s.top_n,
                                        s.history_max, self.models.blocked)  # fmt: skip
 
         with m.stage("redis_write").time():

@@ -8,7 +8,7 @@ popularity ranking.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -143,30 +143,34 @@ class Scorer:
         return self.score_flat(
             list(histories),
             counts,
-            [i for h in histories.values() for i in h],
+            self.rows_of([i for h in histories.values() for i in h]),
             np.fromiter(totals, dtype=np.float64, count=int(counts.sum())),
             n,
             history_max,
             blocked,
         )
 
+    def rows_of(self, item_ids: Sequence[str]) -> npt.NDArray[np.int64]:
+        """(n,) int64 model row of each item id, -1 for ids the model does not know."""
+        get = self.index.get
+        return np.fromiter((get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+
     def score_flat(
         self,
         users: list[str],
         counts: npt.NDArray[np.int64],
-        item_ids: list[str],
+        all_rows: npt.NDArray[np.int64],
         all_totals: npt.NDArray[np.float64],
         n: int,
         history_max: int = 500,
         blocked: npt.NDArray[np.int64] | None = None,
     ) -> Scored:
         """``score`` with the histories flattened: user ``b`` owns the next ``counts[b]``
-        entries of ``item_ids`` / ``all_totals`` ((nnz,) float64 feedback totals)."""
+        entries of ``all_rows`` ((nnz,) int64 model rows, ``rows_of``; -1 = unknown item) and
+        ``all_totals`` ((nnz,) float64 feedback totals)."""
         alpha = float(self.model.params["alpha"])
         transform = self.model.params["transform"]
-        get = self.index.get
-        total = len(item_ids)
-        all_rows = np.fromiter((get(i, -1) for i in item_ids), dtype=np.int64, count=total)
+        total = len(all_rows)
         owner = np.repeat(np.arange(len(users)), counts)
         known = all_rows >= 0
         unknown = int(total - known.sum())

@@ -103,6 +103,12 @@ class Sink:
         replies = self._roundtrip(b"".join(parts), len(parts))
         return not transaction or replies[-1] is not None
 
+    def write_plain(self, values: Sequence[tuple[str, bytes]]) -> None:
+        """SET each (key, value), no TTL and no transaction (bulk writes of the publisher)."""
+        if values:
+            parts = [pack_set(k.encode(), v) for k, v in values]
+            self._roundtrip(b"".join(parts), len(parts))
+
     def unwatch(self) -> None:
         if self._conn is not None:
             self._roundtrip(b"*1\r\n$7\r\nUNWATCH\r\n", 1)

@@ -226,9 +226,17 @@ def test_popularity_lists_skip_training_items() -> None:
     recs = popularity_lists(split, users, 5)
     seen = split.train_totals()
     pop = np.asarray(split.train_confidence().maximum(0).sum(axis=0)).ravel()
-    for b, u in enumerate(users[:20]):
+    for b, u in enumerate(users.tolist()):
         allowed = [i for i in np.argsort(-pop, kind="stable") if i not in set(seen[u].indices)]
         assert recs[b].tolist() == allowed[:5]
+    # A catalog smaller than k plus a history: the tail is padded with -1.
+    small = split_interactions(synthetic(60, 30, seed=2))
+    users = small.eval_users()
+    recs = popularity_lists(small, users, len(small.item_ids) + 5)
+    seen = small.train_totals()
+    for b, u in enumerate(users.tolist()):
+        left = len(small.item_ids) - len(seen[u].indices)
+        assert (recs[b][left:] == -1).all() and (recs[b][:left] >= 0).all()
 
 
 def test_als_lists_are_the_workers_lists(tmp_path: Path) -> None:
