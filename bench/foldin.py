@@ -23,6 +23,7 @@ from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
 from worker.foldin import FoldIn
+from worker.scorer import SCORE_ROWS
 from worker.topn import top_n
 
 
@@ -88,7 +89,8 @@ def main() -> None:
         )
 
         fi = FoldIn.create(y, args.regularization)
-        scratch = np.empty((args.batch, args.items), dtype=np.float32)  # as the worker keeps
+        # As the worker's scorer: products over slices of SCORE_ROWS users, one reused buffer.
+        scratch = np.empty((SCORE_ROWS, args.items), dtype=np.float32)
         batches = [hist[lo : lo + args.batch] for lo in range(0, args.users, args.batch)]
 
         def streamrec() -> np.ndarray:
@@ -97,7 +99,10 @@ def main() -> None:
                 ptr = part.indptr.astype(np.int64)
                 idx = part.indices.astype(np.int64)
                 vec = fi.solve(ptr, idx, (args.alpha * part.data).astype(np.float32))
-                out.append(top_n(vec, y, args.n, ptr, idx, out=scratch)[0])
+                for lo in range(0, len(vec), SCORE_ROWS):
+                    p = ptr[lo : lo + SCORE_ROWS + 1]
+                    out.append(top_n(vec[lo : lo + SCORE_ROWS], y, args.n, p - p[0],
+                                     idx[p[0] : p[-1]], out=scratch)[0])  # fmt: skip
             return np.vstack(out)
 
         def one_by_one() -> np.ndarray:
