@@ -103,6 +103,22 @@ class Settings(BaseSettings):
         description="longest wait for a message when none is waiting (a batch is whatever "
         "arrived while the last one was processed; this only paces an idle loop)",
     )
+    batch_linger_s: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="longest wait for more messages once a batch has fewer than batch_max: "
+        "fewer, larger batches (less CPU per event at a few thousand events/s) for up to this "
+        "much more latency; 0 = a batch is what arrived while the last one was processed",
+    )
+    commit_interval_s: float = Field(
+        1.0,
+        ge=0,
+        le=60,
+        description="Kafka offsets are committed at most this often (and when partitions are "
+        "revoked or the worker stops); Redis holds the exact applied offsets, so a crash only "
+        "re-reads, and skips, up to this much",
+    )
     model_path: Path | None = Field(
         None, description="model directory; None = the one the streamrec:model pointer names"
     )

@@ -111,7 +111,7 @@ class Worker:
                     next_report = now + PROGRESS_S
                 msgs = source.poll()
                 if not msgs:
-                    source.recommit()
+                    source.idle()
                     continue
                 self._process(msgs, dead)
                 with self.metrics.stage("commit").time():

@@ -32,12 +32,13 @@ class _RefuseFirstCommit:
         self._consumer, self._report, self.refused = consumer, report, 0
 
     def commit(self, offsets: list[TopicPartition], asynchronous: bool = True) -> None:
-        assert asynchronous  # the worker's commits between batches
-        if not self.refused:
+        if not asynchronous:  # the hand-over when the partitions are revoked at close
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        elif not self.refused:
             self.refused += 1
             self._report(KafkaError(KafkaError.ILLEGAL_GENERATION), offsets)
-            return
-        self._consumer.commit(offsets=offsets, asynchronous=True)
+        else:
+            self._consumer.commit(offsets=offsets, asynchronous=True)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._consumer, name)
@@ -65,7 +66,7 @@ def test_a_refused_commit_is_sent_again_once_idle(stack: Callable[..., Settings]
 
         def idle() -> bool:  # what the loop does when a poll brings nothing
             assert not source.poll()
-            source.recommit()
+            source.idle()
             return _committed(s) == 20
 
         wait_for(idle, 30)
