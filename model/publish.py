@@ -14,15 +14,20 @@ Kafka snapshot (``worker/models.py``), so no event is left out of a list.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
 import redis
 import scipy.sparse as sp
 from confluent_kafka import Producer
+from threadpoolctl import threadpool_limits
 
 from streamrec.artifact import Model
 from streamrec.connect import blocked_items, ensure_topics
@@ -37,6 +42,37 @@ from worker.topn import top_n
 log = logging.getLogger(__name__)
 
 CHUNK = 1000
+#: Threads scoring chunks of users while the lists are written (both cores here).
+PUBLISH_THREADS = 2
+
+
+def _score_histories(
+    sc: Scorer,
+    histories: Mapping[str, Mapping[str, float]],
+    n: int,
+    cap: int,
+    rows: npt.NDArray[np.int64],
+) -> Scored:
+    return sc.score(histories, n, cap, rows)
+
+
+def _score_rows(
+    sc: Scorer,
+    m: sp.csr_matrix,
+    part_rows: list[int],
+    user_ids: Sequence[str],
+    column_rows: npt.NDArray[np.int64],
+    n: int,
+    cap: int,
+    rows: npt.NDArray[np.int64],
+) -> Scored:
+    """Lists for rows ``part_rows`` of the totals matrix ``m`` (columns: model rows
+    ``column_rows``)."""
+    sub = m[part_rows]
+    users = [user_ids[r] for r in part_rows]
+    totals = sub.data.astype(np.float64)
+    return sc.score_flat(users, np.diff(sub.indptr), column_rows[sub.indices], totals, n, cap,
+                         rows)  # fmt: skip
 
 
 def similar_items(
@@ -100,30 +136,47 @@ def publish(
     rows = scorer.blocked_rows(blocked)
     sink = Sink(client, keys, settings.recs_ttl_s, settings.history_ttl_s)
     try:
-
-        def write(scored: Scored) -> None:
-            values = scorer.encoder.recs(
-                scored.users, scored.items, scored.scores, model.version, now
-            )
-            sink.write(list(zip(scored.users, values, strict=True)), transaction=False)
-            counts["lists"] += len(values)
-
         n, cap = settings.top_n, settings.history_max
+        jobs: list[Callable[[Scorer], Scored]] = []
         if histories:
             users = list(histories)
             for lo in range(0, len(users), CHUNK):
                 part = {u: histories[u] for u in users[lo : lo + CHUNK]}
-                write(scorer.score(part, n, cap, rows))
+                jobs.append(partial(_score_histories, histories=part, n=n, cap=cap, rows=rows))
         if totals is not None:
             m = totals.matrix.tocsr()
             column_rows = scorer.rows_of(totals.item_ids)
             todo = [r for r, u in enumerate(totals.user_ids) if not histories or u not in histories]
             for lo in range(0, len(todo), CHUNK):
                 part_rows = todo[lo : lo + CHUNK]
-                sub = m[part_rows]
-                users = [totals.user_ids[r] for r in part_rows]
-                write(scorer.score_flat(users, np.diff(sub.indptr), column_rows[sub.indices],
-                                        sub.data.astype(np.float64), n, cap, rows))  # fmt: skip
+
+                jobs.append(partial(_score_rows, m=m, part_rows=part_rows, user_ids=totals.user_ids,
+                                    column_rows=column_rows, n=n, cap=cap, rows=rows))  # fmt: skip
+        local = threading.local()
+
+        def run(job: Callable[[Scorer], Scored]) -> tuple[list[str], list[bytes]]:
+            own = getattr(local, "scorer", None)
+            if own is None:  # the model is shared; the score buffer is each thread's own
+                own = local.scorer = replace(scorer, buffers={})
+            scored = job(own)
+            return scored.users, scorer.encoder.recs(
+                scored.users, scored.items, scored.scores, model.version, now
+            )
+
+        # Chunks are scored on PUBLISH_THREADS threads (numpy's products and solves run
+        # outside the GIL) and written in order, a few chunks ahead at most.
+        with ThreadPoolExecutor(PUBLISH_THREADS) as pool, threadpool_limits(1, "blas"):
+            pending: deque[Future[tuple[list[str], list[bytes]]]] = deque()
+            for job in jobs:
+                pending.append(pool.submit(run, job))
+                if len(pending) > 2 * PUBLISH_THREADS:
+                    users_, values = pending.popleft().result()
+                    sink.write(list(zip(users_, values, strict=True)), transaction=False)
+                    counts["lists"] += len(values)
+            while pending:
+                users_, values = pending.popleft().result()
+                sink.write(list(zip(users_, values, strict=True)), transaction=False)
+                counts["lists"] += len(values)
         if similar_n:
             ids = model.item_ids
             for item_rows, items, scores in similar_items(model, similar_n, rows):
