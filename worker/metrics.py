@@ -10,10 +10,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import numpy as np
+import numpy.typing as npt
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +69,12 @@ class Metrics:
             buckets=_FAST,
             registry=r,
         )
-        self.latency = Histogram(
+        self.latency = BulkHistogram(
             "streamrec_event_to_redis_seconds",
             "event timestamp to its list written in Redis",
-            buckets=_LATENCY,
-            registry=r,
+            _LATENCY,
         )
+        r.register(self.latency)
         self.lag = Gauge("streamrec_consumer_lag", "messages not yet consumed", registry=r)
         self.model_version = Gauge(
             "streamrec_model_info", "1 for the serving model's version", ["version"], registry=r
@@ -96,6 +101,38 @@ class Metrics:
 
     def healthy(self, stale_after_s: float) -> bool:
         return time.monotonic() - self._last_loop_mono <= stale_after_s
+
+
+class BulkHistogram(Collector):
+    """A Prometheus histogram fed a whole batch of values at once (``observe_many``): one
+    numpy pass per batch instead of a locked ``observe`` per event."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self._name, self._doc = name, documentation
+        self._bounds = np.asarray(buckets, dtype=np.float64)
+        self._counts = np.zeros(len(buckets) + 1, dtype=np.int64)  # the last: +Inf only
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe_many(self, values: npt.ArrayLike) -> None:
+        v = np.asarray(values, dtype=np.float64).ravel()
+        if not len(v):
+            return
+        # Bucket i counts values <= bound i (Prometheus' "le"), so search from the left.
+        counts = np.bincount(np.searchsorted(self._bounds, v, side="left"),
+                             minlength=len(self._counts))  # fmt: skip
+        with self._lock:
+            self._counts += counts
+            self._sum += float(v.sum())
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            cumulative = np.cumsum(self._counts).tolist()
+            total = self._sum
+        family = HistogramMetricFamily(self._name, self._doc)
+        labels = [repr(float(b)) for b in self._bounds] + ["+Inf"]
+        family.add_metric([], list(zip(labels, cumulative, strict=True)), total)
+        yield family
 
 
 class MetricsServer:

@@ -45,3 +45,28 @@ def test_health_turns_503_when_the_loop_stalls() -> None:
         assert _get(f"http://127.0.0.1:{server.port}/healthz") == (503, b"stale\n")
     finally:
         server.close()
+
+
+def test_bulk_histogram_exposes_what_a_prometheus_histogram_would() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+    from prometheus_client.exposition import generate_latest
+
+    from worker.metrics import BulkHistogram
+
+    buckets = (0.005, 0.01, 0.25, 1.0)
+    values = [0.0, 0.005, 0.0051, 0.2, 0.25, 3.0, 1.0, 0.01]
+    reference, bulk = CollectorRegistry(), CollectorRegistry()
+    h = Histogram("x_seconds", "doc", buckets=buckets, registry=reference)
+    for v in values:
+        h.observe(v)
+    b = BulkHistogram("x_seconds", "doc", buckets)
+    bulk.register(b)
+    b.observe_many(values[:3])
+    b.observe_many(values[3:])
+    b.observe_many([])
+
+    def samples(registry: CollectorRegistry) -> list[str]:
+        return [line for line in generate_latest(registry).decode().splitlines()
+                if line.startswith("x_seconds_") and "_created" not in line]  # fmt: skip
+
+    assert samples(bulk) == samples(reference)
