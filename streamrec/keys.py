@@ -164,8 +164,7 @@ class ListEncoder:
         updated_at_ms: int,
     ) -> list[bytes]:
         """``recs_value`` for every user: row b of ``items``/``scores`` is ``users[b]``'s list."""
-        heads = [b'{"user_id":' + orjson.dumps(u) + b',"items":' for u in users]
-        return self.items_json(heads, items, scores, _tail(model_version, updated_at_ms))
+        return self._keyed(b'{"user_id":', users, items, scores, model_version, updated_at_ms)
 
     def similar(
         self,
@@ -176,7 +175,18 @@ class ListEncoder:
         updated_at_ms: int,
     ) -> list[bytes]:
         """``similar_value`` for every item in ``item_ids`` (row b: that item's neighbours)."""
-        heads = [b'{"item_id":' + orjson.dumps(i) + b',"items":' for i in item_ids]
+        return self._keyed(b'{"item_id":', item_ids, items, scores, model_version, updated_at_ms)
+
+    def _keyed(
+        self,
+        field: bytes,
+        ids: Sequence[str],
+        items: npt.NDArray[np.int64],
+        scores: npt.NDArray[np.floating],
+        model_version: str,
+        updated_at_ms: int,
+    ) -> list[bytes]:
+        heads = [field + orjson.dumps(i) + b',"items":' for i in ids]
         return self.items_json(heads, items, scores, _tail(model_version, updated_at_ms))
 
 

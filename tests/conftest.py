@@ -120,3 +120,16 @@ def shared_file(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not present (the shared datasets live beside the repo)")
     return path
+
+
+def committed_total(s: Settings) -> int:
+    """Sum of the worker group's committed offsets on ``s.topic_events`` (read without
+    joining the group)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**s.kafka_common(), "group.id": s.consumer_group})
+    try:
+        parts = [TopicPartition(s.topic_events, p) for p in range(s.topic_events_partitions)]
+        return sum(max(0, tp.offset) for tp in consumer.committed(parts, timeout=10))
+    finally:
+        consumer.close()

@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
-from confluent_kafka import Consumer, TopicPartition
 
 from producer.producer import EventProducer
 from streamrec.artifact import load_model
@@ -29,7 +28,7 @@ from streamrec.connect import ensure_topics, redis_client
 from streamrec.events import new_event
 from streamrec.keys import Keys
 from streamrec.settings import Settings
-from tests.conftest import wait_for
+from tests.conftest import committed_total, wait_for
 from worker.loop import Worker
 from worker.source import Source
 
@@ -207,19 +206,9 @@ def test_two_workers_then_one_lose_nothing_and_count_nothing_twice(
     wait_for(lambda: _applied(redis_client(s), keys, s) == 3000, 30)
     # Kafka holds the same position while the worker still runs (commits sent during the
     # rebalance can be refused; they are sent again), not only after its final commit.
-    wait_for(lambda: _committed(s) == 3000, 30)
+    wait_for(lambda: committed_total(s) == 3000, 30)
     b.stop.set()
     _assert_same(_snapshot(redis_client(s), keys), _clean_pass(s, stack, 3000))
-
-
-def _committed(s: Settings) -> int:
-    """Sum of the worker group's committed offsets (reads them without joining the group)."""
-    consumer = Consumer({**s.kafka_common(), "group.id": s.consumer_group})
-    try:
-        parts = [TopicPartition(s.topic_events, p) for p in range(s.topic_events_partitions)]
-        return sum(max(0, tp.offset) for tp in consumer.committed(parts, timeout=10))
-    finally:
-        consumer.close()
 
 
 def test_blocked_items_never_appear(

@@ -11,17 +11,8 @@ from producer.producer import EventProducer
 from streamrec.connect import ensure_topics
 from streamrec.events import new_event
 from streamrec.settings import Settings
-from tests.conftest import wait_for
+from tests.conftest import committed_total, wait_for
 from worker.source import Source
-
-
-def _committed(s: Settings) -> int:
-    consumer = Consumer({**s.kafka_common(), "group.id": s.consumer_group})
-    try:
-        parts = [TopicPartition(s.topic_events, p) for p in range(s.topic_events_partitions)]
-        return sum(max(0, tp.offset) for tp in consumer.committed(parts, timeout=10))
-    finally:
-        consumer.close()
 
 
 class _RefuseFirstCommit:
@@ -67,7 +58,7 @@ def test_a_refused_commit_is_sent_again_once_idle(stack: Callable[..., Settings]
         def idle() -> bool:  # what the loop does when a poll brings nothing
             assert not source.poll()
             source.idle()
-            return _committed(s) == 20
+            return committed_total(s) == 20
 
         wait_for(idle, 30)
     finally:
