@@ -33,11 +33,14 @@ def infra() -> Settings:
 
 
 @pytest.fixture()
-def stack(infra: Settings) -> Callable[..., Settings]:
-    """Factory: settings with fresh topic names, consumer group and Redis prefix."""
+def stack(infra: Settings) -> Iterator[Callable[..., Settings]]:
+    """Factory: settings with fresh topic names, consumer group and Redis prefix; the
+    prefixes' Redis keys are deleted at teardown (topics stay: the broker is the session's)."""
+    prefixes: list[str] = []
 
     def make(**overrides: Any) -> Settings:
         tag = uuid.uuid4().hex[:10]
+        prefixes.append(f"test-{tag}")
         values: dict[str, Any] = {
             "topic_events": f"t-{tag}.events",
             "topic_dlq": f"t-{tag}.events.dlq",
@@ -51,7 +54,15 @@ def stack(infra: Settings) -> Callable[..., Settings]:
         }
         return infra.model_copy(update=values)
 
-    return make
+    yield make
+    from streamrec.connect import redis_client
+
+    client = redis_client(infra)
+    for prefix in prefixes:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for lo in range(0, len(keys), 1000):
+            client.unlink(*keys[lo : lo + 1000])
+    client.close()
 
 
 @pytest.fixture()

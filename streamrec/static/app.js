@@ -275,6 +275,17 @@
     state.serverSkew = v.server_time_ms - state.received;
     const changed = v.updated_at_ms !== state.lastUpdated || v.model_version !== state.lastVersion;
     renderMeta(v);
+    // events the list now reflects: show how long they took to reach the list (also when
+    // the list looks unchanged: two batches can write it within the same millisecond)
+    state.pending = state.pending.filter((p) => {
+      if (v.updated_at_ms >= p.ts) {
+        p.li.textContent = p.label.replace(/: in Kafka, waiting for your list…$/, "") +
+          `: list updated ${Math.max(0, v.updated_at_ms - p.ts)} ms later`;
+        p.li.className = "ok";
+        return false;
+      }
+      return true;
+    });
     if (!changed) return;
     const before = new Set(state.shown);
     state.lastUpdated = v.updated_at_ms;
@@ -289,16 +300,6 @@
     $("recs").dataset.updatedAtMs = String(v.updated_at_ms);
     $("recs").dataset.modelVersion = v.model_version;
     renderHistory(v.history || []);
-    // events the list now reflects: show how long they took to reach the list
-    state.pending = state.pending.filter((p) => {
-      if (v.updated_at_ms >= p.ts) {
-        p.li.textContent = p.label.replace(/: in Kafka, waiting for your list…$/, "") +
-          `: list updated ${Math.max(0, v.updated_at_ms - p.ts)} ms later`;
-        p.li.className = "ok";
-        return false;
-      }
-      return true;
-    });
     const m = $("model-version");
     if (m.dataset.version && m.dataset.version !== v.model_version) toast(`new model ${v.model_version}`);
   }
