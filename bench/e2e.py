@@ -273,8 +273,9 @@ def drain(workers: Workers, offsets: Offsets, total: int, timeout_s: float) -> d
 class ProbeWatcher(threading.Thread):
     """Polls Redis for the recs keys of probe users; records when each first appears."""
 
-    def __init__(self, client: Any, prefix: str) -> None:
+    def __init__(self, client: Any, prefix: str, interval_s: float = 0.005) -> None:
         super().__init__(daemon=True)
+        self._interval = interval_s
         self._redis = client
         self._prefix = prefix
         self._lock = threading.Lock()
@@ -297,7 +298,7 @@ class ProbeWatcher(threading.Thread):
             with self._lock:
                 users = list(self._pending)
             if not users:
-                time.sleep(0.001)
+                time.sleep(self._interval)
                 continue
             pipe = self._redis.pipeline(transaction=False)
             for u in users:
@@ -310,7 +311,7 @@ class ProbeWatcher(threading.Thread):
                         mono, wall_ms = self._pending.pop(u)
                         stamped = float(json.loads(v)["updated_at_ms"]) - wall_ms
                         self.seen[u] = ((now - mono) * 1000.0, stamped)
-            time.sleep(0.001)
+            time.sleep(self._interval)
 
 
 def paced(
@@ -324,9 +325,10 @@ def paced(
     probe_every: int,
     grace_s: float,
     tag: str,
+    probe_poll_s: float = 0.005,
 ) -> dict[str, Any]:
     """Send at ``rate`` for ``duration_s``; probes are new users ``probe-<tag>-<n>``."""
-    watcher = ProbeWatcher(client, settings.redis_prefix)
+    watcher = ProbeWatcher(client, settings.redis_prefix, probe_poll_s)
     watcher.start()
     sent = probes = 0
     n_total = int(rate * duration_s)
@@ -407,6 +409,13 @@ def main() -> None:
     ap.add_argument("--item-zipf", type=float, default=0.8)
     ap.add_argument("--drain-timeout", type=float, default=120.0)
     ap.add_argument("--grace", type=float, default=10.0, help="wait for late probes (s)")
+    ap.add_argument(
+        "--probe-poll-ms",
+        type=float,
+        default=5.0,
+        help="how often the probe watcher reads Redis (a latency is late by half of it on "
+        "average; every 1 ms cost the machine the worker's headroom)",
+    )
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-latency", action="store_true")
     ap.add_argument("--kafka", default="127.0.0.1:9092")
@@ -544,6 +553,7 @@ def main() -> None:
                 args.probe_every,
                 args.grace,
                 "p",
+                args.probe_poll_ms / 1000,
             )
             workers.check()
             lag = offsets.end() - offsets.applied()
