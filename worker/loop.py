@@ -8,7 +8,8 @@ Exactly-once effect: the batch's history changes, its lists and each partition's
 offset go to Redis in one MULTI/EXEC; messages at or below a partition's applied offset are
 skipped when they come again (a crash between EXEC and the Kafka commit, or a rebalance). The
 WATCH makes a zombie worker that lost its partitions fail its EXEC instead of applying twice.
-Kafka offsets are committed only after EXEC.
+Kafka offsets are committed only after EXEC (in the background every commit interval, and
+synchronously on revocation and at stop: ``worker/source.py``).
 """
 
 from __future__ import annotations
