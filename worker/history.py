@@ -2,7 +2,12 @@
 
 A user's state is one Redis string ``<p>:user:<user_id>`` (internal; JSON)::
 
-    {"v": 1, "items": {item_id: [total, last_ms], ...}, "ids": [recent event_id, ...]}
+    {"v": 2, "items": {item_id: [total, last_ms], ...}, "seen": "<base64>", "ids": []}
+
+``seen`` holds the recent event ids as 8-byte BLAKE2b digests, oldest first (version 1 kept the
+ids themselves in ``ids``: 256 uuids were 9 KB of a heavy user's state, parsed and written
+again on every batch). Version 1 states are read; ``ids`` stays, empty, so a worker of the
+previous release that reads a new state during a rolling deploy still finds the field.
 
 ``total`` is the user's decayed feedback total for the item as of ``last_ms`` (the item's latest
 event time). Applying an event is pure (``UserState.apply``): duplicates by ``event_id`` are
@@ -14,6 +19,8 @@ runs in event time, not wall time, so replaying the same events always gives the
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -24,7 +31,9 @@ import orjson
 from streamrec.events import Event
 from streamrec.feedback import decay, event_weight
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+#: Bytes of an event id's digest in ``seen``.
+DIGEST = 8
 #: A history past ``history_max`` items is cut to this fraction of it (hysteresis).
 TRIM_TO = 0.9
 
@@ -39,31 +48,49 @@ class Rules:
     dedup_window: int
 
 
+def digest(event_id: str) -> bytes:
+    """The 8 bytes by which ``seen`` remembers an event id."""
+    return hashlib.blake2b(event_id.encode(), digest_size=DIGEST).digest()
+
+
 @dataclass(slots=True)
 class UserState:
-    """One user's history: ``items`` maps item_id -> [decayed total, last event ms]."""
+    """One user's history: ``items`` maps item_id -> [decayed total, last event ms];
+    ``seen`` is the digests of the last ``dedup_window`` event ids, oldest first."""
 
     items: dict[str, list[float]] = field(default_factory=dict)
-    ids: list[str] = field(default_factory=list)
+    seen: bytes = b""
 
     @classmethod
     def from_json(cls, raw: bytes | str | None) -> UserState:
         if raw is None:
             return cls()
         obj = orjson.loads(raw)
-        return cls(items=obj["items"], ids=obj["ids"])
+        if "seen" in obj:
+            return cls(items=obj["items"], seen=base64.b64decode(obj["seen"]))
+        return cls(items=obj["items"], seen=b"".join(digest(i) for i in obj["ids"]))  # v1
 
     def to_json(self) -> bytes:
         # orjson writes floats as their shortest round-trip repr: replays stay exact.
-        return orjson.dumps({"v": STATE_VERSION, "items": self.items, "ids": self.ids})
+        return orjson.dumps({"v": STATE_VERSION, "items": self.items,
+                             "seen": base64.b64encode(self.seen).decode(), "ids": []})  # fmt: skip
 
     @property
     def last_ms(self) -> float:
         return max((v[1] for v in self.items.values()), default=0.0)
 
+    def has_seen(self, event_id: str) -> bool:
+        d, blob = digest(event_id), self.seen
+        at = blob.find(d)
+        while at != -1:
+            if at % DIGEST == 0:  # a digest's own position, not across two neighbours
+                return True
+            at = blob.find(d, at + 1)
+        return False
+
     def apply(self, event: Event, rules: Rules) -> bool:
         """Apply one event; False (and no change) when its event_id was already seen."""
-        if rules.dedup_window and event.event_id in self.ids:
+        if rules.dedup_window and self.has_seen(event.event_id):
             return False
         w = event_weight(event.type, event.value, rules.weights)
         ts = float(event.timestamp)
@@ -75,8 +102,7 @@ class UserState:
         else:  # late event: its weight decays to the item's newer time instead
             old[0] += decay(w, old[1] - ts, rules.half_life_ms)
         if rules.dedup_window:
-            self.ids.append(event.event_id)
-            del self.ids[: -rules.dedup_window]
+            self.seen = (self.seen + digest(event.event_id))[-DIGEST * rules.dedup_window :]
         if len(self.items) > rules.history_max:
             self._trim(rules)
         return True

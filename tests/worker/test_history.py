@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import orjson
 import pytest
 
 from streamrec.events import Event
@@ -29,7 +30,32 @@ def test_dedup_window_is_bounded() -> None:
     s = UserState()
     for n in range(10):
         s.apply(ev(n, "a", ts=n), RULES)
-    assert s.ids == ["e6", "e7", "e8", "e9"]
+    assert len(s.seen) == 4 * 8  # RULES.dedup_window digests
+    assert all(s.has_seen(f"e{n}") for n in range(6, 10))
+    assert not any(s.has_seen(f"e{n}") for n in range(6))
+    assert s.apply(ev(2, "a", ts=11), RULES)  # forgotten: counted again
+
+
+def test_seen_matches_whole_digests_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import worker.history as history
+
+    s = UserState()
+    for n in range(4):
+        s.apply(ev(n, "a", ts=n), RULES)
+    straddle = s.seen[4:12]  # the back half of one digest and the front half of the next
+    real = history.digest
+    monkeypatch.setattr(history, "digest", lambda i: straddle if i == "x" else real(i))
+    assert s.seen.find(straddle) == 4 and not s.has_seen("x")
+    assert s.has_seen("e3") and not s.has_seen("e9")
+
+
+def test_version_1_states_are_read() -> None:
+    v1 = b'{"v":1,"items":{"a":[1.5,1000.0]},"ids":["e1","e2"]}'
+    s = UserState.from_json(v1)
+    assert s.items == {"a": [1.5, 1000.0]} and s.has_seen("e1") and s.has_seen("e2")
+    assert not s.apply(ev(1, "a", ts=2000), RULES)
+    again = orjson.loads(s.to_json())
+    assert again["v"] == 2 and again["ids"] == [] and UserState.from_json(s.to_json()) == s
 
 
 def test_decay_halves_per_half_life_in_event_time() -> None:
@@ -74,7 +100,7 @@ def test_json_round_trip() -> None:
     s = UserState()
     s.apply(ev(1, "a", ts=1_700_000_000_000, value=90.0), RULES)
     again = UserState.from_json(s.to_json())
-    assert again.items == s.items and again.ids == s.ids
+    assert again.items == s.items and again.seen == s.seen and again == s
     assert UserState.from_json(None).items == {}
 
 
