@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=20_000)
     ap.add_argument("--factors", type=int, default=64)
     ap.add_argument("--iterations", type=int, default=15)
+    ap.add_argument("--users", type=int, default=20_000, help="generated data: users")
+    ap.add_argument("--items", type=int, default=5_000, help="generated data: items")
     args = ap.parse_args()
 
     tag = uuid.uuid4().hex[:8]
@@ -52,7 +54,8 @@ def main() -> None:
     if args.data_dir is not None:
         base, name = load_dataset(args.dataset, args.data_dir), args.dataset
     else:
-        base, name = synthetic(20_000, 5_000, seed=1), "synthetic(20000 users, 5000 items)"
+        base = synthetic(args.users, args.items, seed=1)
+        name = f"synthetic({args.users} users, {args.items} items)"
     items = sorted(set(base.items.astype(str)))
     users = sorted(set(base.users.astype(str)))
     rng = np.random.default_rng(0)
