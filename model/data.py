@@ -22,7 +22,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from model.errors import DataError
-from streamrec.feedback import DEFAULT_WEIGHTS, Transform, confidence, event_weight
+from streamrec.feedback import DEFAULT_WEIGHTS, Transform, confidence, decay_to_latest, event_weight
 
 if TYPE_CHECKING:
     from streamrec.events import Event
@@ -473,10 +473,8 @@ def interactions_from_events(
     ts = np.asarray(stamps, dtype=np.int64)
     w = np.asarray(ws, dtype=np.float64)
     if half_life_ms and len(users):
-        _, u = factorize(user_arr)
-        latest = np.full(int(u.max()) + 1, np.iinfo(np.int64).min, dtype=np.int64)
-        np.maximum.at(latest, u, ts)
-        w = w * 0.5 ** ((latest[u] - ts) / half_life_ms)
+        user_ids, u = factorize(user_arr)
+        w = decay_to_latest(w, ts, u, len(user_ids), half_life_ms)
     return Interactions(user_arr, np.asarray(items, dtype=np.object_), w.astype(np.float32), ts)
 
 

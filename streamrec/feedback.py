@@ -74,6 +74,33 @@ def decay(total: float, elapsed_ms: float, half_life_ms: float | None) -> float:
     return total * 0.5 ** (elapsed_ms / half_life_ms)
 
 
+def decay_to_latest(
+    totals: npt.ArrayLike,
+    times: npt.ArrayLike,
+    owner: npt.NDArray[np.int64],
+    owners: int,
+    half_life_ms: float | None,
+) -> npt.NDArray[np.float64]:
+    """``decay`` for many entries at once: each total decayed from its time to the latest
+    time among its owner's entries (how a user's history is decayed to their newest event).
+
+    Args:
+        totals, times: (n,) totals and their event times (epoch ms).
+        owner: (n,) int64 owner of each entry, in ``[0, owners)``.
+    Returns (n,) float64; the totals unchanged when ``half_life_ms`` is None or 0.
+    """
+    out = np.array(totals, dtype=np.float64)
+    if not half_life_ms or not len(out):
+        return out
+    t = np.asarray(times, dtype=np.float64)
+    latest = np.full(owners, -np.inf)
+    np.maximum.at(latest, owner, t)
+    elapsed = latest[owner] - t
+    later = elapsed > 0
+    out[later] *= 0.5 ** (elapsed[later] / half_life_ms)
+    return out
+
+
 def confidence(
     totals: npt.NDArray[np.floating], transform: Transform = "log"
 ) -> npt.NDArray[np.float32]:

@@ -29,7 +29,7 @@ import numpy.typing as npt
 import orjson
 
 from streamrec.events import Event
-from streamrec.feedback import decay, event_weight
+from streamrec.feedback import decay, decay_to_latest, event_weight
 
 STATE_VERSION = 2
 #: Bytes of an event id's digest in ``seen``.
@@ -136,12 +136,6 @@ def flatten(
     pairs = np.fromiter(
         (x for s in states for v in s.items.values() for x in v), dtype=np.float64, count=2 * nnz
     ).reshape(nnz, 2)
-    totals, times = pairs[:, 0].copy(), pairs[:, 1]
-    if half_life_ms and nnz:
-        owner = np.repeat(np.arange(len(states)), counts)
-        latest = np.full(len(states), -np.inf)
-        np.maximum.at(latest, owner, times)
-        elapsed = latest[owner] - times
-        decayed = elapsed > 0
-        totals[decayed] *= 0.5 ** (elapsed[decayed] / half_life_ms)
+    owner = np.repeat(np.arange(len(states)), counts)
+    totals = decay_to_latest(pairs[:, 0], pairs[:, 1], owner, len(states), half_life_ms)
     return counts, item_ids, totals
