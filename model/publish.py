@@ -50,16 +50,6 @@ T = TypeVar("T")
 Neighbours = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]
 
 
-def _score_histories(
-    sc: Scorer,
-    histories: Mapping[str, Mapping[str, float]],
-    n: int,
-    cap: int,
-    rows: npt.NDArray[np.int64],
-) -> Scored:
-    return sc.score(histories, n, cap, rows)
-
-
 def _score_rows(
     sc: Scorer,
     m: sp.csr_matrix,
@@ -96,9 +86,7 @@ def similar_items(
     unit = y / np.maximum(norms, 1e-12)
     local = threading.local()
 
-    def one(
-        lo: int,
-    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    def one(lo: int) -> Neighbours:
         buf = getattr(local, "buf", None)
         if buf is None:
             buf = local.buf = np.empty((min(chunk, len(y)), len(y)), dtype=np.float32)
@@ -173,33 +161,30 @@ def publish(
             users = list(histories)
             for lo in range(0, len(users), CHUNK):
                 part = {u: histories[u] for u in users[lo : lo + CHUNK]}
-                jobs.append(partial(_score_histories, histories=part, n=n, cap=cap, rows=rows))
+                jobs.append(partial(Scorer.score, histories=part, n=n, history_max=cap,
+                                    blocked=rows))  # fmt: skip
         if totals is not None:
             m = totals.matrix.tocsr()
             column_rows = scorer.rows_of(totals.item_ids)
             todo = [r for r, u in enumerate(totals.user_ids) if not histories or u not in histories]
             for lo in range(0, len(todo), CHUNK):
                 part_rows = todo[lo : lo + CHUNK]
-
                 jobs.append(partial(_score_rows, m=m, part_rows=part_rows, user_ids=totals.user_ids,
                                     column_rows=column_rows, n=n, cap=cap, rows=rows))  # fmt: skip
         local = threading.local()
 
-        def run(job: Callable[[Scorer], Scored]) -> tuple[list[str], list[bytes]]:
+        def run(job: Callable[[Scorer], Scored]) -> list[tuple[str, bytes]]:
             own = getattr(local, "scorer", None)
             if own is None:  # the model is shared; the score buffer is each thread's own
                 own = local.scorer = replace(scorer, buffers={})
-            scored = job(own)
-            return scored.users, scorer.encoder.recs(
-                scored.users, scored.items, scored.scores, model.version, now
-            )
+            return scorer.values(job(own), now)
 
         # Chunks are scored on PUBLISH_THREADS threads (numpy's products and solves run
         # outside the GIL) and written in order.
         with ThreadPoolExecutor(PUBLISH_THREADS) as pool, threadpool_limits(1, "blas"):
-            for users_, values in _ordered(pool, run, jobs, 2 * PUBLISH_THREADS):
-                sink.write(list(zip(users_, values, strict=True)), transaction=False)
-                counts["lists"] += len(values)
+            for lists in _ordered(pool, run, jobs, 2 * PUBLISH_THREADS):
+                sink.write(lists, transaction=False)
+                counts["lists"] += len(lists)
         if similar_n:
             ids, batch = model.item_ids, []
             for item_rows, items, scores in similar_items(model, similar_n, rows):

@@ -42,6 +42,14 @@ PROGRESS_S = 10.0
 MAX_ATTEMPTS = 5
 
 
+def _freeze_heap() -> None:
+    """Move what lives now (the model, its index and encoder) out of the collector's sight:
+    they live as long as the process, and full collections would walk them every few hundred
+    batches."""
+    gc.collect()
+    gc.freeze()
+
+
 @dataclass
 class Stats:
     messages: int = 0
@@ -97,10 +105,7 @@ class Worker:
             self.scorer.version,
             self.scorer.model.n_items,
         )
-        # The model, its index and encoder live as long as the process: out of the collector's
-        # sight, so its full collections do not walk them every few hundred batches.
-        gc.collect()
-        gc.freeze()
+        _freeze_heap()
         try:
             while not self.stop.is_set():
                 now = time.monotonic()
@@ -110,8 +115,7 @@ class Worker:
                 if max_messages is not None and self.stats.messages >= max_messages:
                     break
                 if self.models.refresh():
-                    gc.collect()
-                    gc.freeze()
+                    _freeze_heap()
                     self._refold()
                 if now >= next_report:
                     lag = source.lag()
@@ -166,10 +170,7 @@ class Worker:
         scored = scorer.score(
             histories, self.settings.top_n, self.settings.history_max, self.models.blocked
         )
-        values = scorer.encoder.recs(
-            scored.users, scored.items, scored.scores, scorer.version, int(time.time() * 1000)
-        )
-        lists = list(zip(scored.users, values, strict=True))
+        lists = scorer.values(scored, int(time.time() * 1000))
         self._sink.write(lists, transaction=False)
         self.metrics.users_updated.inc(len(lists))
         self.stats.refolded += len(lists)
@@ -250,11 +251,8 @@ class Worker:
                                        s.history_max, self.models.blocked)  # fmt: skip
 
         with m.stage("redis_write").time():
-            values = scorer.encoder.recs(
-                scored.users, scored.items, scored.scores, scorer.version, int(time.time() * 1000)
-            )
             ok = self._sink.write(
-                lists=list(zip(scored.users, values, strict=True)),
+                lists=scorer.values(scored, int(time.time() * 1000)),
                 states=[(u, states[u].to_json()) for u in touched],
                 applied=[
                     (key, max(last[part], applied[part]))

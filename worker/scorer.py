@@ -150,6 +150,12 @@ class Scorer:
             blocked,
         )
 
+    def values(self, scored: Scored, now_ms: int) -> list[tuple[str, bytes]]:
+        """(user_id, ``<p>:recs:<user_id>`` JSON) for every list of ``scored``, under this
+        model's version (what ``worker.sink.Sink.write`` takes)."""
+        encoded = self.encoder.recs(scored.users, scored.items, scored.scores, self.version, now_ms)
+        return list(zip(scored.users, encoded, strict=True))
+
     def rows_of(self, item_ids: Sequence[str]) -> npt.NDArray[np.int64]:
         """(n,) int64 model row of each item id, -1 for ids the model does not know."""
         get = self.index.get

@@ -15,15 +15,12 @@ writing the same batch twice leaves the same state.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import redis
 from redis.connection import Connection
 
 from streamrec.keys import Keys
-
-log = logging.getLogger(__name__)
 
 _MULTI = b"*1\r\n$5\r\nMULTI\r\n"
 _EXEC = b"*1\r\n$4\r\nEXEC\r\n"
@@ -90,16 +87,16 @@ class Sink:
             applied: (key, offset) per partition: the last offset whose effect this holds.
             transaction: MULTI/EXEC (with the WATCH of ``watch_read``) or plain SETs.
         """
-        parts = [_MULTI] if transaction else []
+        if not (lists or states or applied):
+            if transaction:
+                self.unwatch()
+            return True
         user, recs, sttl, lttl = self._user, self._recs, self._state_ttl, self._list_ttl
-        parts += [pack_set(user + u.encode(), v, sttl) for u, v in states]
+        parts = [pack_set(user + u.encode(), v, sttl) for u, v in states]
         parts += [pack_set(recs + u.encode(), v, lttl) for u, v in lists]
         parts += [pack_set(k.encode(), str(o).encode()) for k, o in applied]
         if transaction:
-            parts.append(_EXEC)
-        if len(parts) == (2 if transaction else 0):
-            self.unwatch()
-            return True
+            parts = [_MULTI, *parts, _EXEC]
         replies = self._roundtrip(b"".join(parts), len(parts))
         return not transaction or replies[-1] is not None
 
