@@ -108,6 +108,13 @@ class Pairs:
         return sp.csr_matrix((data, (self.users, self.items)), shape=shape)
 
 
+def _confidence(totals: sp.csr_matrix, transform: Transform) -> sp.csr_matrix:
+    """``totals`` with each entry turned into its confidence (in place), zeros dropped."""
+    totals.data = confidence(totals.data, transform)
+    totals.eliminate_zeros()
+    return totals
+
+
 @dataclass(frozen=True)
 class Split:
     """A train/test split over one id space (every user and item of the source data)."""
@@ -130,10 +137,7 @@ class Split:
 
     def train_confidence(self, transform: Transform = "log") -> sp.csr_matrix:
         """(n_users, n_items) float32 CSR confidence (before alpha), as ``build_matrix``."""
-        m = self.train_totals()
-        m.data = confidence(m.data, transform)
-        m.eliminate_zeros()
-        return m
+        return _confidence(self.train_totals(), transform)
 
     def all_totals(self) -> sp.csr_matrix:
         """(n_users, n_items) float32 CSR of every pair's total, train and test."""
@@ -148,10 +152,7 @@ class Split:
 
     def all_matrix(self, transform: Transform = "log") -> Matrix:
         """``build_matrix`` of the split's source data (every pair), from the pairs."""
-        m = self.all_totals()
-        m.data = confidence(m.data, transform)
-        m.eliminate_zeros()
-        return Matrix(m, self.user_ids, self.item_ids)
+        return Matrix(_confidence(self.all_totals(), transform), self.user_ids, self.item_ids)
 
     def trained_items(self) -> I64:
         """Item indices with at least one training pair: the catalog a model trained here has."""
@@ -413,13 +414,9 @@ def popularity_lists(split: Split, users: I64, k: int) -> I64:
     seen.sort_indices()
     longest = int(np.diff(seen.indptr).max()) if len(users) else 0
     # A user's list is the first k of the global order they have not seen: within its first
-    # k + (their history length) entries. Membership by sorted (row, item) keys, no dense rows.
+    # k + (their history length) entries; no dense score row per user.
     head = order[: min(len(order), k + longest)]
-    keys = np.repeat(np.arange(len(users), dtype=np.int64), np.diff(seen.indptr)) * len(pop)
-    keys += seen.indices
-    cand = np.arange(len(users), dtype=np.int64)[:, None] * len(pop) + head[None, :]
-    pos = np.minimum(np.searchsorted(keys, cand), max(len(keys) - 1, 0))
-    allowed = ~((keys[pos] == cand) if len(keys) else np.zeros(cand.shape, dtype=np.bool_))
+    allowed = ~hit_matrix(np.broadcast_to(head, (len(users), len(head))), seen)
     # Stable: the allowed candidates first, in global order; then the first k of them.
     pick = np.argsort(~allowed, axis=1, kind="stable")[:, :k]
     out = np.where(np.take_along_axis(allowed, pick, axis=1), head[pick], -1)

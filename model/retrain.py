@@ -221,15 +221,13 @@ def retrain(
         return result
 
     matrix = split.all_matrix(params.transform)  # = build_matrix(data), from the pairs
+    init, how = None, ""
     if cfg.final_iterations > 0:
-        echo(f"fitting the final model on all the data: {cfg.final_iterations} sweeps from the "
-             "evaluated candidate ...")  # fmt: skip
         init = warm_start(matrix, params.factors, split.user_ids, candidate_users,
                           candidate.item_ids, candidate.item_factors, cfg.seed)  # fmt: skip
-        als = fit(matrix, params, True, init, cfg.final_iterations)
-    else:
-        echo("fitting the final model on all the data ...")
-        als = fit(matrix, params, show_progress=True)
+        how = f": {cfg.final_iterations} sweeps from the evaluated candidate"
+    echo(f"fitting the final model on all the data{how} ...")
+    als = fit(matrix, params, True, init, cfg.final_iterations or None)
     lap("fit")
     popularity = np.asarray(matrix.confidence.maximum(0).sum(axis=0), dtype=np.float32).ravel()
     model = write_version(
