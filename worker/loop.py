@@ -97,7 +97,6 @@ class Worker:
         server = MetricsServer(self.metrics, s.metrics_bind) if s.metrics_bind else None
         started = time.monotonic()
         next_report = started + PROGRESS_S
-        last_batch: Sequence[Message] = []
         log.info(
             "worker up: %s -> %s (model %s, %d items)",
             s.topic_events,
@@ -129,10 +128,9 @@ class Worker:
                 self._process(msgs, dead)
                 with self.metrics.stage("commit").time():
                     source.commit(msgs, asynchronous=True)
-                last_batch = msgs
         finally:
             try:
-                source.commit(last_batch)  # synchronous: the group resumes exactly here
+                source.commit_all()  # synchronous: the group resumes exactly here
                 dead.close()
                 self.models.close()
                 if server is not None:

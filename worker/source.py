@@ -149,6 +149,10 @@ class Source:
         if not asynchronous or time.monotonic() >= self._next_commit:
             self._commit_owned(asynchronous)
 
+    def commit_all(self) -> None:
+        """Commit every owned partition's applied offset now, synchronously (at stop)."""
+        self._commit_owned(asynchronous=False)
+
     def _commit_owned(self, asynchronous: bool) -> None:
         self._next_commit = time.monotonic() + self._commit_interval
         self._uncommitted = False
