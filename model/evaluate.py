@@ -45,10 +45,11 @@ from threadpoolctl import threadpool_limits
 
 from model.data import Interactions, Matrix, factorize
 from model.errors import DataError, ModelError
+from model.scoring import score_csr, scored_in_order
 from model.train import Params, fit
 from streamrec.artifact import Model, load_model
 from streamrec.feedback import Transform, confidence
-from worker.scorer import Scorer
+from worker.scorer import Scored, Scorer
 
 log = logging.getLogger(__name__)
 
@@ -580,21 +581,28 @@ def scorer_lists(
     batch: int = 1024,
 ) -> ScorerLists:
     """Lists for ``users`` from the worker's ``Scorer`` (fold-in of the training history,
-    then top-N, popular list for cold users), in batches; item ids mapped to split indices."""
+    then top-N, popular list for cold users), in batches scored on ``model.scoring.THREADS``
+    threads; item ids mapped to split indices."""
     scorer = Scorer.create(model)
-    index = {item: n for n, item in enumerate(split.item_ids)}
+    column_rows = scorer.rows_of(split.item_ids)
+    known = column_rows >= 0
+    # model row -> split index; the extra last entry maps the -1 padding to -1.
+    to_split = np.full(model.n_items + 1, -1, dtype=np.int64)
+    to_split[column_rows[known]] = np.flatnonzero(known)
     out = np.full((len(users), k), -1, dtype=np.int64)
-    unknown = cold = 0
     totals = split.train_totals()
-    for start in range(0, len(users), batch):
-        chunk = users[start : start + batch]
-        hist = histories(split, chunk, totals)
-        lists, unk, cld = scorer.recommend(hist, k, history_max=history_max)
-        unknown += unk
-        cold += cld
-        for row, (_user, ranked) in enumerate(lists):
-            got = [index.get(item, -1) for item, _ in ranked[:k]]
-            out[start + row, : len(got)] = got
+    starts = range(0, len(users), batch)
+
+    def one(sc: Scorer, start: int) -> Scored:
+        return score_csr(sc, totals, users[start : start + batch], split.user_ids, column_rows,
+                         k, history_max)  # fmt: skip
+
+    unknown = cold = 0
+    for start, scored in zip(starts, scored_in_order(scorer, one, starts), strict=True):
+        got = to_split[scored.items[:, :k]]
+        out[start : start + len(got), : got.shape[1]] = got
+        unknown += scored.unknown
+        cold += scored.cold
     return ScorerLists(out, unknown, cold)
 
 

@@ -16,12 +16,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +28,7 @@ import scipy.sparse as sp
 from confluent_kafka import Producer
 from threadpoolctl import threadpool_limits
 
+from model.scoring import THREADS, ordered, score_csr, scored_in_order
 from streamrec.artifact import Model
 from streamrec.connect import blocked_items, ensure_topics
 from streamrec.errors import InfraError
@@ -43,30 +42,8 @@ from worker.topn import top_n
 log = logging.getLogger(__name__)
 
 CHUNK = 1000
-#: Threads scoring chunks of users while the lists are written (both cores here).
-PUBLISH_THREADS = 2
-T = TypeVar("T")
 #: (item rows (c,), neighbour rows (c, n), cosines (c, n)) for a chunk of items.
 Neighbours = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]
-
-
-def _score_rows(
-    sc: Scorer,
-    m: sp.csr_matrix,
-    part_rows: list[int],
-    user_ids: Sequence[str],
-    column_rows: npt.NDArray[np.int64],
-    n: int,
-    cap: int,
-    rows: npt.NDArray[np.int64],
-) -> Scored:
-    """Lists for rows ``part_rows`` of the totals matrix ``m`` (columns: model rows
-    ``column_rows``)."""
-    sub = m[part_rows]
-    users = [user_ids[r] for r in part_rows]
-    totals = sub.data.astype(np.float64)
-    return sc.score_flat(users, np.diff(sub.indptr), column_rows[sub.indices], totals, n, cap,
-                         rows)  # fmt: skip
 
 
 def similar_items(
@@ -74,7 +51,7 @@ def similar_items(
     n: int,
     blocked: npt.NDArray[np.int64] | None = None,
     chunk: int = SCORE_ROWS,
-    threads: int = PUBLISH_THREADS,
+    threads: int = THREADS,
 ) -> Iterator[Neighbours]:
     """Each item's ``n`` nearest items by cosine of their factors (itself and ``blocked``
     rows excluded), a chunk at a time, in order: (item rows (c,), neighbour rows (c, n),
@@ -96,20 +73,7 @@ def similar_items(
         return rows, items, scores
 
     with ThreadPoolExecutor(threads) as pool, threadpool_limits(1, "blas"):
-        yield from _ordered(pool, one, range(0, len(y), chunk), 2 * threads)
-
-
-def _ordered(
-    pool: ThreadPoolExecutor, fn: Callable[[Any], T], args: Iterable[Any], ahead: int
-) -> Iterator[T]:
-    """``map(fn, args)`` on ``pool``, in order, at most ``ahead`` results computed ahead."""
-    pending: deque[Future[T]] = deque()
-    for arg in args:
-        pending.append(pool.submit(fn, arg))
-        if len(pending) > ahead:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+        yield from ordered(pool, one, range(0, len(y), chunk), 2 * threads)
 
 
 def live_histories(
@@ -168,23 +132,17 @@ def publish(
             column_rows = scorer.rows_of(totals.item_ids)
             todo = [r for r, u in enumerate(totals.user_ids) if not histories or u not in histories]
             for lo in range(0, len(todo), CHUNK):
-                part_rows = todo[lo : lo + CHUNK]
-                jobs.append(partial(_score_rows, m=m, part_rows=part_rows, user_ids=totals.user_ids,
-                                    column_rows=column_rows, n=n, cap=cap, rows=rows))  # fmt: skip
-        local = threading.local()
+                jobs.append(partial(score_csr, m=m, part_rows=todo[lo : lo + CHUNK],
+                                    user_ids=totals.user_ids, column_rows=column_rows, n=n,
+                                    history_max=cap, blocked=rows))  # fmt: skip
 
-        def run(job: Callable[[Scorer], Scored]) -> list[tuple[str, bytes]]:
-            own = getattr(local, "scorer", None)
-            if own is None:  # the model is shared; the score buffer is each thread's own
-                own = local.scorer = replace(scorer, buffers={})
-            return scorer.values(job(own), now)
+        def run(own: Scorer, job: Callable[[Scorer], Scored]) -> list[tuple[str, bytes]]:
+            return own.values(job(own), now)
 
-        # Chunks are scored on PUBLISH_THREADS threads (numpy's products and solves run
-        # outside the GIL) and written in order.
-        with ThreadPoolExecutor(PUBLISH_THREADS) as pool, threadpool_limits(1, "blas"):
-            for lists in _ordered(pool, run, jobs, 2 * PUBLISH_THREADS):
-                sink.write(lists, transaction=False)
-                counts["lists"] += len(lists)
+        # Chunks are scored and encoded on scoring.THREADS threads and written in order.
+        for lists in scored_in_order(scorer, run, jobs):
+            sink.write(lists, transaction=False)
+            counts["lists"] += len(lists)
         if similar_n:
             ids, batch = model.item_ids, []
             for item_rows, items, scores in similar_items(model, similar_n, rows):
