@@ -6,8 +6,9 @@ Needs the real Kafka broker and Redis (``streamrec infra up``). Publishes ``--ev
 events to a fresh topic (not timed), then times ``model.retrain.retrain`` (read the window,
 build, evaluate, fit, write, publish every user's list and similar items, prune) against
 ``AlternatingLeastSquares.fit`` alone on the same confidence matrix with the same parameters.
-Prints both, their ratio (target: at most 1.5x), the stage timings and peak RSS; ends with one
-JSON line. Without ``--data-dir`` it uses the generated dataset at a larger size.
+Runs ``--repeat`` pairs (pipeline, then bare fit) and prints each pair, the medians and their
+ratio (target: at most 1.5x), the stage timings and peak RSS; ends with one JSON line. Without
+``--data-dir`` it uses the generated dataset at a larger size.
 """
 
 from __future__ import annotations
@@ -42,7 +43,15 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=15)
     ap.add_argument("--users", type=int, default=20_000, help="generated data: users")
     ap.add_argument("--items", type=int, default=5_000, help="generated data: items")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="pipeline + bare fit pairs; medians reported (this shared machine varies ~2x)",
+    )
     args = ap.parse_args()
+    if args.repeat < 1:
+        ap.error("--repeat must be >= 1")
 
     tag = uuid.uuid4().hex[:8]
     s = load_settings(
@@ -75,49 +84,63 @@ def main() -> None:
     print(machine_line())
     print(f"data: {name} + {args.events} events; params {asdict(params)}")
 
-    with tempfile.TemporaryDirectory() as tmp:
+    pipeline_runs: list[float] = []
+    bare_runs: list[float] = []
+    for run in range(args.repeat):
+        # A fresh Redis prefix per run: no live model to compare with, as on a first night.
+        rs = load_settings(**{**s.model_dump(), "redis_prefix": f"bench-{tag}-{run}"})
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            result = retrain(
+                rs,
+                RetrainConfig(
+                    models_dir=Path(tmp),
+                    base=base,
+                    base_name=name,
+                    params=params,
+                    tolerance=1.0,
+                    min_lift=-1.0,
+                ),
+                client,
+                echo=lambda _line: None,
+            )
+            pipeline_runs.append(time.perf_counter() - t)
+        if run == 0:
+            # The bare fit on the very matrix the pipeline's final fit used: the same rows.
+            snap = read_window(s, int(result.snapshot["since_ms"]))
+            events = interactions_from_events(snap.events, s.event_weights, s.half_life_ms)
+            matrix = build_matrix(concat(base, events), params.transform)
         t = time.perf_counter()
-        result = retrain(
-            s,
-            RetrainConfig(
-                models_dir=Path(tmp),
-                base=base,
-                base_name=name,
-                params=params,
-                tolerance=1.0,
-                min_lift=-1.0,
-            ),
-            client,
-            echo=lambda _line: None,
+        fit(matrix, params)
+        bare_runs.append(time.perf_counter() - t)
+        print(
+            f"run {run + 1}: pipeline {pipeline_runs[-1]:.2f} s, bare fit {bare_runs[-1]:.2f} s "
+            f"({pipeline_runs[-1] / bare_runs[-1]:.2f}x); stages {result.timings}"
         )
-        pipeline_s = time.perf_counter() - t
-
-    # The bare fit on the very matrix the pipeline's final fit used: the same rows again.
-    snap = read_window(s, int(result.snapshot["since_ms"]))
-    events = interactions_from_events(snap.events, s.event_weights, s.half_life_ms)
-    matrix = build_matrix(concat(base, events), params.transform)
-    t = time.perf_counter()
-    fit(matrix, params)
-    bare_s = time.perf_counter() - t
-
+        for key in client.scan_iter(match=f"{rs.redis_prefix}:*", count=1000):
+            client.unlink(key)
+    pipeline_s, bare_s = float(np.median(pipeline_runs)), float(np.median(bare_runs))
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"pipeline: {pipeline_s:.1f} s  stages {result.timings}")
-    print(f"bare implicit fit: {bare_s:.1f} s  ratio {pipeline_s / bare_s:.2f}x (target <= 1.5x)")
+    print(
+        f"median of {args.repeat}: pipeline {pipeline_s:.2f} s, bare implicit fit {bare_s:.2f} s,"
+        f" ratio {pipeline_s / bare_s:.2f}x (target <= 1.5x)"
+    )
     print(
         f"peak RSS {rss_mb:.0f} MB; matrix {matrix.confidence.shape}, nnz "
         f"{matrix.confidence.nnz} (sparse: never densified)"
     )
-    for key in client.scan_iter(match=f"{s.redis_prefix}:*", count=1000):
-        client.unlink(key)
     emit(
         {
             **machine_fields(),
             "bench": "retrain",
             "data": name,
             "events": args.events,
+            "repeat": args.repeat,
             "pipeline_s": round(pipeline_s, 2),
             "bare_fit_s": round(bare_s, 2),
             "ratio": round(pipeline_s / bare_s, 2),
+            "pipeline_runs_s": [round(x, 2) for x in pipeline_runs],
+            "bare_fit_runs_s": [round(x, 2) for x in bare_runs],
             "stages": result.timings,
             "promoted": result.promoted,
             "lists": result.counts.get("lists"),
