@@ -8,12 +8,12 @@ model is live. Undecodable messages are counted and skipped (the worker dead-let
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from streamrec.connect import read_ranges
 from streamrec.errors import EventError, InfraError
 from streamrec.events import Event, decode
 from streamrec.settings import Settings
@@ -35,15 +35,8 @@ class Snapshot:
 def read_window(settings: Settings, since_ms: int, timeout_s: float = 300.0) -> Snapshot:
     """All decodable events published at or after ``since_ms`` (message time) up to now."""
     topic = settings.topic_events
-    consumer = Consumer(
-        {
-            **settings.kafka_common(),
-            "group.id": f"streamrec-retrain-{uuid.uuid4().hex[:12]}",  # reads, never commits
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "auto.offset.reset": "earliest",
-        }
-    )
+    # Metadata from one consumer, the messages from ``read_ranges``' own.
+    consumer = Consumer({**settings.kafka_common(), "group.id": "streamrec-retrain"})
     try:
         try:
             meta = consumer.list_topics(topic, timeout=30)
@@ -57,39 +50,18 @@ def read_window(settings: Settings, since_ms: int, timeout_s: float = 300.0) -> 
         starts = consumer.offsets_for_times(
             [TopicPartition(topic, p, since_ms) for p in parts], timeout=30
         )
-        snap = Snapshot(topic=topic, since_ms=since_ms, offsets=dict(ends))
-        todo = {}
-        for tp in starts:
-            # offset -1: no message at or after since_ms in this partition.
-            start = tp.offset if tp.offset >= 0 else ends[tp.partition]
-            if start < ends[tp.partition]:
-                todo[tp.partition] = start
-        if not todo:
-            return snap
-        consumer.assign([TopicPartition(topic, p, o) for p, o in todo.items()])
-        deadline = time.monotonic() + timeout_s
-        while todo:
-            if time.monotonic() > deadline:
-                raise InfraError(f"reading {topic} took longer than {timeout_s:.0f}s")
-            for msg in consumer.consume(num_messages=5000, timeout=1.0):
-                p = msg.partition()
-                if p not in todo:
-                    continue
-                if msg.error() is not None:
-                    continue  # partition EOF; the offset check below decides
-                offset = msg.offset()
-                assert p is not None and offset is not None
-                if offset >= ends[p]:
-                    todo.pop(p, None)
-                    continue
-                try:
-                    snap.events.append(decode(msg.value()))
-                except EventError:
-                    snap.undecodable += 1
-                if offset + 1 >= ends[p]:
-                    todo.pop(p, None)
-        log.info("read %d events (%d undecodable) from %s since %d, snapshot %s",
-                 len(snap.events), snap.undecodable, topic, since_ms, snap.offsets)  # fmt: skip
-        return snap
     finally:
         consumer.close()
+    snap = Snapshot(topic=topic, since_ms=since_ms, offsets=dict(ends))
+    # offset -1: no message at or after since_ms in this partition.
+    todo = {tp.partition: (tp.offset if tp.offset >= 0 else ends[tp.partition], ends[tp.partition])
+            for tp in starts}  # fmt: skip
+    group = f"streamrec-retrain-{uuid.uuid4().hex[:12]}"  # reads, never commits
+    for msg in read_ranges(settings, topic, todo, group, timeout_s):
+        try:
+            snap.events.append(decode(msg.value()))
+        except EventError:
+            snap.undecodable += 1
+    log.info("read %d events (%d undecodable) from %s since %d, snapshot %s",
+             len(snap.events), snap.undecodable, topic, since_ms, snap.offsets)  # fmt: skip
+    return snap

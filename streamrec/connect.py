@@ -1,12 +1,14 @@
-"""Clients for the two services, built from settings: Redis, and Kafka topic creation."""
+"""Clients for the two services, built from settings: Redis, Kafka topic creation, and reading
+fixed offset ranges of a topic."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator, Mapping
 
 import redis
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamrec.errors import InfraError
@@ -97,3 +99,59 @@ def ensure_topics(
 def blocked_items(client: redis.Redis, keys: Keys) -> set[str]:
     """The operators' deny set ``<p>:blocked`` as strings."""
     return {b.decode() if isinstance(b, bytes) else b for b in client.smembers(keys.blocked)}
+
+
+def read_ranges(
+    settings: Settings,
+    topic: str,
+    ranges: Mapping[int, tuple[int, int]],
+    group_id: str,
+    timeout_s: float,
+) -> Iterator[Message]:
+    """Every message at offsets ``[start, end)`` of each partition in ``ranges`` (partition ->
+    (start, end)), partitions interleaved as the broker serves them.
+
+    A throwaway consumer: it assigns, reads and closes, committing nothing (``group_id`` only
+    names it). A partition is done at ``end`` or at its end of log, whichever comes first:
+    transaction markers can leave the last message short of ``end``, and a start that
+    retention has deleted reads from the earliest offset left. Raises ``InfraError`` when the
+    ranges are not read within ``timeout_s``.
+    """
+    todo = {p: (start, end) for p, (start, end) in ranges.items() if end > start}
+    if not todo:
+        return
+    consumer = Consumer(
+        {
+            **settings.kafka_common(),
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+        },
+        logger=log,
+    )
+    try:
+        consumer.assign([TopicPartition(topic, p, start) for p, (start, _) in todo.items()])
+        deadline = time.monotonic() + timeout_s
+        while todo:
+            if time.monotonic() > deadline:
+                raise InfraError(f"reading {topic} {todo} took longer than {timeout_s:.0f}s")
+            for msg in consumer.consume(num_messages=5000, timeout=0.5):
+                p = msg.partition()
+                if p is None or p not in todo:
+                    continue
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        todo.pop(p, None)
+                    else:  # librdkafka retries on its own; the deadline bounds the wait
+                        log.warning("reading %s[%d]: %s", topic, p, err)
+                    continue
+                offset = msg.offset() or 0
+                end = todo[p][1]
+                if offset < end:
+                    yield msg
+                if offset + 1 >= end:
+                    todo.pop(p, None)
+    finally:
+        consumer.close()

@@ -9,6 +9,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from streamrec.connect import read_ranges
 from streamrec.settings import Settings
 from worker.errors import WorkerError
 
@@ -215,39 +216,13 @@ class Source:
 def read_keys(
     settings: Settings, topic: str, ranges: dict[int, tuple[int, int]], timeout_s: float = 60.0
 ) -> set[str]:
-    """Message keys (user ids) at offsets ``[first, last]`` of each partition in ``ranges``.
-
-    A throwaway consumer outside any group: it assigns, reads and closes, committing nothing.
-    """
-    todo = {p: r for p, r in ranges.items() if r[1] >= r[0]}
-    if not todo:
-        return set()
-    consumer = Consumer(
-        {**settings.kafka_common(), "group.id": f"{settings.consumer_group}.refold",
-         "enable.auto.commit": False, "enable.partition.eof": True},
-        logger=log,
-    )  # fmt: skip
+    """Message keys (user ids) at offsets ``[first, last]`` of each partition in ``ranges``,
+    read by a throwaway consumer outside any group (``streamrec.connect.read_ranges``)."""
+    spans = {p: (first, last + 1) for p, (first, last) in ranges.items()}
+    group = f"{settings.consumer_group}.refold"
     keys: set[str] = set()
-    try:
-        consumer.assign([TopicPartition(topic, p, first) for p, (first, _) in todo.items()])
-        deadline = time.monotonic() + timeout_s
-        while todo:
-            if time.monotonic() > deadline:
-                raise WorkerError(f"re-reading {topic} {todo} took longer than {timeout_s:.0f}s")
-            for m in consumer.consume(num_messages=5000, timeout=0.5):
-                p = m.partition()
-                if p not in todo:
-                    continue
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        todo.pop(p, None)
-                    continue
-                offset, key = m.offset() or 0, m.key()
-                if offset <= todo[p][1] and key is not None:
-                    keys.add(key.decode("utf-8", "replace"))
-                if offset >= todo[p][1]:
-                    todo.pop(p, None)
-    finally:
-        consumer.close()
+    for m in read_ranges(settings, topic, spans, group, timeout_s):
+        key = m.key()
+        if key is not None:
+            keys.add(key.decode("utf-8", "replace"))
     return keys
