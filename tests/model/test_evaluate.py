@@ -308,3 +308,17 @@ def test_als_beats_popularity_on_lastfm() -> None:
         report.result("als").metrics["coverage@10"]
         > 5 * report.result("popularity").metrics["coverage@10"]
     )
+
+
+@pytest.mark.parametrize("span", [50, 2**61])
+def test_holdout_order_is_lexsort_by_user_time_and_random_key(span: int) -> None:
+    from model.evaluate import _by_user_time_tiebreak
+
+    rng = np.random.default_rng(8)
+    users = rng.integers(0, 40, size=3000).astype(np.int64)
+    times = rng.integers(0, 50, size=3000).astype(np.int64) * (span // 50)  # many ties
+    tiebreak = rng.random(3000)
+    want = np.lexsort((tiebreak, times, users))
+    assert np.array_equal(_by_user_time_tiebreak(users, times, tiebreak, 40), want)
+    no_times = np.lexsort((tiebreak, users))
+    assert np.array_equal(_by_user_time_tiebreak(users, None, tiebreak, 40), no_times)
