@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 import scipy.sparse as sp
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 from threadpoolctl import threadpool_limits
 
 from model.scoring import THREADS, ordered, score_csr, scored_in_order
@@ -112,8 +112,56 @@ def publish(
     (those not in ``histories``), popular and similar items under ``model``'s version, then
     move the pointer and announce. Returns counts written."""
     keys = Keys(settings.redis_prefix)
+    # The announcement's topic check and broker connection are network waits (~0.1 s): made
+    # in the background while the lists are computed, used only after the pointer moves.
+    announcer = ThreadPoolExecutor(1, thread_name_prefix="announce")
+    ready = announcer.submit(_announcement_producer, settings) if announce else None
     blocked = blocked_items(client, keys)
     now = int(time.time() * 1000)
+    try:
+        counts = _write_lists(model, settings, client, keys, blocked, now, histories, similar_n,
+                              totals)  # fmt: skip
+    finally:
+        announcer.shutdown(wait=True)
+    popular = [p for p in model.popular(settings.top_n + len(blocked)) if p[0] not in blocked]
+    client.set(keys.popular, popular_value(popular[: settings.top_n], model.version, now))
+    value = model_value(model.summary())
+    client.set(keys.model, value)
+    if ready is not None:
+        producer = ready.result()
+        producer.produce(settings.topic_models, key=model.version.encode(), value=value)
+        if producer.flush(30):
+            raise InfraError(f"model announcement not delivered to {settings.topic_models}")
+    log.info("published model %s: %d lists, %d similar-item lists",
+             model.version, counts["lists"], counts["similar"])  # fmt: skip
+    return counts
+
+
+def _announcement_producer(settings: Settings) -> Producer:
+    """A producer connected to the broker that leads ``settings.topic_models`` (created when
+    missing)."""
+    ensure_topics(settings, {settings.topic_models: 1})
+    producer = Producer(settings.kafka_common())
+    try:
+        producer.list_topics(settings.topic_models, timeout=30)
+    except KafkaException as exc:
+        raise InfraError(f"Kafka at {settings.kafka_bootstrap}: {exc}") from None
+    return producer
+
+
+def _write_lists(
+    model: Model,
+    settings: Settings,
+    client: redis.Redis,
+    keys: Keys,
+    blocked: set[str],
+    now: int,
+    histories: Mapping[str, Mapping[str, float]] | None,
+    similar_n: int,
+    totals: Totals | None,
+) -> dict[str, int]:
+    """Every user's list and every item's similar items, under ``model``'s version
+    (``blocked`` item ids left out; ``now`` epoch ms)."""
     counts = {"lists": 0, "similar": 0}
     scorer = Scorer.create(model)
     rows = scorer.blocked_rows(blocked)
@@ -157,16 +205,4 @@ def publish(
             counts["similar"] += len(batch)
     finally:
         sink.close()
-    popular = [p for p in model.popular(settings.top_n + len(blocked)) if p[0] not in blocked]
-    client.set(keys.popular, popular_value(popular[: settings.top_n], model.version, now))
-    value = model_value(model.summary())
-    client.set(keys.model, value)
-    if announce:
-        ensure_topics(settings, {settings.topic_models: 1})
-        producer = Producer(settings.kafka_common())
-        producer.produce(settings.topic_models, key=model.version.encode(), value=value)
-        if producer.flush(30):
-            raise InfraError(f"model announcement not delivered to {settings.topic_models}")
-    log.info("published model %s: %d lists, %d similar-item lists",
-             model.version, counts["lists"], counts["similar"])  # fmt: skip
     return counts

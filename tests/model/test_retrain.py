@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
 import model.retrain as retrain_module
 from model.data import synthetic
@@ -18,7 +19,7 @@ from model.store import versions
 from model.train import Params
 from producer.producer import EventProducer
 from streamrec.artifact import load_model
-from streamrec.connect import ensure_topics, redis_client
+from streamrec.connect import ensure_topics, read_ranges, redis_client
 from streamrec.events import new_event
 from streamrec.keys import Keys
 from streamrec.settings import Settings
@@ -40,6 +41,14 @@ def _events(s: Settings, items: tuple[str, ...], users: int, per_user: int, seed
             genre = [i for i in items if i.startswith(f"g{u % 12:02d}")] or list(items)
             for _ in range(per_user):
                 p.send(new_event(f"user-{u:04d}", str(rng.choice(genre)), "play", value=60.0))
+
+
+def _log_end(s: Settings, topic: str) -> int:
+    consumer = Consumer({**s.kafka_common(), "group.id": "g-log-end"})
+    try:
+        return int(consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)[1])
+    finally:
+        consumer.close()
 
 
 def test_retrain_promotes_publishes_and_prunes(
@@ -90,6 +99,15 @@ def test_retrain_promotes_publishes_and_prunes(
         assert again.promoted, again.reason
     kept = [d.name for d in versions(root)]
     assert len(kept) == 2 and str(again.version) in kept
+    # each promotion was announced on the models topic, after the pointer moved to it
+    end = {0: _log_end(s, s.topic_models)}
+    announced = [(m.key(), m.value()) for m in read_ranges(s, s.topic_models, {0: (0, end[0])},
+                                                           "g-announcements", 30)]  # fmt: skip
+    assert [k.decode() for k, _ in announced if k] == [
+        str(first.version),
+        *[d.name for d in versions(root)],
+    ]
+    assert announced[-1][1] == client.get(keys.model)
 
 
 def test_broken_candidate_is_refused(stack: Callable[..., Settings], tmp_path: Path) -> None:
