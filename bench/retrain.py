@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from _common import emit, machine_fields, machine_line
 
-from model.data import Matrix, build_matrix, interactions_from_events, load_dataset, synthetic
+from model.data import build_matrix, interactions_from_events, load_dataset, synthetic
 from model.evaluate import split_interactions
 from model.retrain import RetrainConfig, concat, retrain
 from model.snapshot import read_window
@@ -113,11 +113,8 @@ def main() -> None:
             snap = read_window(s, int(result.snapshot["since_ms"]))
             events = interactions_from_events(snap.events, s.event_weights, s.half_life_ms)
             matrix = build_matrix(concat(base, events), params.transform)
-            # ... and on the candidate's training split, as ``evaluate.als_fit`` builds it.
-            split = split_interactions(concat(base, events))
-            trained = split.trained_items()
-            train = Matrix(split.train_confidence(params.transform)[:, trained].tocsr(),
-                           split.user_ids, tuple(split.item_ids[i] for i in trained))  # fmt: skip
+            # ... and on the candidate's training split, as ``evaluate.als_fit`` fits it.
+            train = split_interactions(concat(base, events)).train_matrix(params.transform)
         t = time.perf_counter()
         fit(matrix, params)
         bare_runs.append(time.perf_counter() - t)

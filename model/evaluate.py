@@ -155,6 +155,13 @@ class Split:
         """``build_matrix`` of the split's source data (every pair), from the pairs."""
         return Matrix(_confidence(self.all_totals(), transform), self.user_ids, self.item_ids)
 
+    def train_matrix(self, transform: Transform = "log") -> Matrix:
+        """The training pairs' confidence over the items that have one (``trained_items``):
+        what a model fitted on this split is fitted on."""
+        items = self.trained_items()
+        conf = self.train_confidence(transform)[:, items].tocsr()
+        return Matrix(conf, self.user_ids, tuple(self.item_ids[i] for i in items))
+
     def trained_items(self) -> I64:
         """Item indices with at least one training pair: the catalog a model trained here has."""
         return np.unique(self.train.items)
@@ -542,12 +549,10 @@ def als_model(split: Split, params: Params) -> Model:
 def als_fit(split: Split, params: Params) -> tuple[Model, npt.NDArray[np.float32]]:
     """``als_model``, and the fit's (n_users, k) user factors (rows: ``split.user_ids``) for
     a warm start of a later fit."""
-    items = split.trained_items()
-    conf = split.train_confidence(params.transform)[:, items]
-    matrix = Matrix(conf.tocsr(), split.user_ids, tuple(split.item_ids[i] for i in items))
+    matrix = split.train_matrix(params.transform)
     als = fit(matrix, params)
     factors = np.ascontiguousarray(als.item_factors, dtype=np.float32)
-    popularity = np.asarray(conf.maximum(0).sum(axis=0), dtype=np.float32).ravel()
+    popularity = np.asarray(matrix.confidence.maximum(0).sum(axis=0), dtype=np.float32).ravel()
     model = Model(
         path=Path("<memory>"),
         version="offline",
