@@ -35,7 +35,8 @@ test: install chromium
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy streamrec worker producer model tests bench
+	$(BIN)/mypy streamrec tests bench
+	$(BIN)/lint-imports
 
 bench: install
 	$(BIN)/python bench/foldin.py $(ARGS)

@@ -52,12 +52,12 @@ from _common import (
 from confluent_kafka import Consumer, ConsumerGroupState, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from producer.producer import EventProducer
 from streamrec.artifact import write_model
 from streamrec.connect import ensure_topics, redis_client
 from streamrec.errors import InfraError
 from streamrec.events import encode_avro, new_event
 from streamrec.keys import Keys
+from streamrec.producer.producer import EventProducer
 from streamrec.settings import Settings, load_settings
 
 TARGET_EVENTS_PER_S = 20_000

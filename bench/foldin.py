@@ -22,9 +22,9 @@ from _common import emit, machine_fields, machine_line
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
-from worker.foldin import FoldIn
-from worker.scorer import SCORE_ROWS
-from worker.topn import top_n
+from streamrec.als.foldin import FoldIn
+from streamrec.als.scorer import SCORE_ROWS
+from streamrec.als.topn import top_n
 
 
 def _histories(users: int, items: int, rng: np.random.Generator) -> sp.csr_matrix:

@@ -2,14 +2,14 @@
 
     python bench/memory.py [--items 20000,200000] [--factors 64] [--users 1000]
 
-For each catalogue size a random-factor model is written, then a fresh process (as a worker
-does) imports the worker, loads the model (factors memory-mapped), builds
-``worker.scorer.Scorer`` and runs one ``recommend`` for ``--users`` users (the users one poll of
-``batch_max`` events can touch). It reports RSS after each step, the peak (VmHWM), anonymous
-vs file-backed RSS, and whether RSS <= factors + 250 MB (the issue's target), for the steady
-state and the peak. For the largest size a second process loads the same model at the same
-time and both report PSS and shared pages of the factor file (``/proc/<pid>/smaps``): the page
-cache holds one copy for both. Ends with one JSON line of the figures.
+For each catalogue size a random-factor model is written, then a fresh process (as a worker does)
+imports the worker, loads the model (factors memory-mapped), builds ``streamrec.als.scorer.Scorer``
+and runs one ``recommend`` for ``--users`` users (the users one poll of ``batch_max`` events can
+touch). It reports RSS after each step, the peak (VmHWM), anonymous vs file-backed RSS, and whether
+RSS <= factors + 250 MB (the issue's target), for the steady state and the peak. For the largest
+size a second process loads the same model at the same time and both report PSS and shared pages of
+the factor file (``/proc/<pid>/smaps``): the page cache holds one copy for both. Ends with one JSON
+line of the figures.
 """
 
 from __future__ import annotations
@@ -62,9 +62,9 @@ def child(model_dir: Path, users: int, seed: int, wait_s: float) -> None:
 
     mark("start")
     with contextlib.suppress(Exception):  # mid-rewrite: the scorer alone still tells the story
-        import worker.loop  # noqa: F401  (what the worker process imports)
+        import streamrec.worker.loop  # noqa: F401  (what the worker process imports)
+    from streamrec.als.scorer import Scorer
     from streamrec.artifact import load_model
-    from worker.scorer import Scorer
 
     mark("imports")
     model = load_model(model_dir)

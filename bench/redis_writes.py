@@ -37,7 +37,7 @@ from streamrec.connect import redis_client
 from streamrec.errors import InfraError
 from streamrec.keys import Keys, ListEncoder
 from streamrec.settings import load_settings
-from worker.sink import Sink
+from streamrec.sink import Sink
 
 TARGET_LISTS_PER_S = 100_000
 

@@ -3,8 +3,8 @@
     python bench/retrain.py [--dataset lastfm-2k --data-dir ../shared/data] [--events 20000]
 
 Needs the real Kafka broker and Redis (``streamrec infra up``). Publishes ``--events`` play
-events to a fresh topic (not timed), then times ``model.retrain.retrain`` (read the window,
-build, evaluate, fit, write, publish every user's list and similar items, prune) against
+events to a fresh topic (not timed), then times ``streamrec.model.retrain.retrain`` (read the
+window, build, evaluate, fit, write, publish every user's list and similar items, prune) against
 ``AlternatingLeastSquares.fit`` alone on the same confidence matrix with the same parameters.
 Runs ``--repeat`` pairs (pipeline, then bare fit) and prints each pair, the best of each and
 their ratio (target: at most 1.5x; medians beside), the pipeline against both fits (the bare
@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 from _common import emit, machine_fields, machine_line
 
-from model.data import build_matrix, interactions_from_events, load_dataset, synthetic
-from model.evaluate import split_interactions
-from model.retrain import RetrainConfig, concat, retrain
-from model.snapshot import read_window
-from model.train import Params, fit
-from producer.producer import EventProducer
 from streamrec.connect import ensure_topics, redis_client
 from streamrec.events import new_event
+from streamrec.model.data import build_matrix, interactions_from_events, load_dataset, synthetic
+from streamrec.model.evaluate import split_interactions
+from streamrec.model.retrain import RetrainConfig, concat, retrain
+from streamrec.model.snapshot import read_window
+from streamrec.model.train import Params, fit
+from streamrec.producer.producer import EventProducer
 from streamrec.settings import load_settings
 
 

@@ -5,8 +5,8 @@
 Same user and item vectors for each, one BLAS thread (threadpoolctl; faiss with one OpenMP
 thread), no exclusions (the pure score-and-select step):
 
-  * worker: ``worker.topn.top_n`` as it is in this checkout (and, when it takes ``out=``, with
-    a reused score buffer as the scorer passes it);
+  * worker: ``streamrec.als.topn.top_n`` as it is in this checkout (and, when it takes ``out=``,
+    with a reused score buffer as the scorer passes it);
   * numpy, preallocated: ``np.matmul(U, Y.T, out=buf)`` into one reused buffer, then
     ``argpartition`` of every row and a sort of the N (the original worker's selection);
   * numpy, chunked: the batch in chunks of ``--chunk`` users through one small reused buffer
@@ -36,7 +36,7 @@ import numpy.typing as npt
 from _common import emit, machine_fields, machine_line
 from threadpoolctl import threadpool_limits
 
-from worker.topn import top_n
+from streamrec.als.topn import top_n
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]

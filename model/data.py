@@ -21,8 +21,8 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from model.errors import DataError
 from streamrec.feedback import DEFAULT_WEIGHTS, Transform, confidence, decay_to_latest, event_weight
+from streamrec.model.errors import DataError
 
 if TYPE_CHECKING:
     from streamrec.events import Event
@@ -451,8 +451,8 @@ def interactions_from_events(
 
     ``weight = event_weight(type, value, weights)`` (pass ``settings.event_weights``). With
     ``half_life_ms`` each weight is decayed to its user's latest event time, which is how
-    ``worker.history.UserState.totals`` decays a history (pass ``settings.half_life_ms``); the
-    summed totals then equal the worker's, before its ``history_max`` cut. With ``dedup`` a
+    ``streamrec.als.history.UserState.totals`` decays a history (pass ``settings.half_life_ms``);
+    the summed totals then equal the worker's, before its ``history_max`` cut. With ``dedup`` a
     repeated ``event_id`` counts once, as in the worker. Timestamps are kept (epoch ms).
     """
     users: list[str] = []

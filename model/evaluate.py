@@ -20,11 +20,11 @@ relevant, ``R_b`` = the user's relevant count::
     MAP@K       = Σ_j<K hits[j] · precision@(j+1)  /  min(K, R_b)
     coverage@K  = |items in any evaluated user's top K| / n_items   (the split's catalog)
 
-Models: ``als`` (implicit ALS from ``model.train.fit``, whose lists come from the worker's own
-``Scorer``: fold-in of each test user's training history, then top-N, exactly what production
-serves), ``popularity`` (the same summed positive confidence the worker's ``popular`` list
-uses), ``itemknn`` (implicit's ``CosineRecommender``), ``ease`` (Steck 2019, closed form) and
-any model directory (``evaluate_model``: the live model, or a candidate).
+Models: ``als`` (implicit ALS from ``streamrec.model.train.fit``, whose lists come from the worker's
+own ``Scorer``: fold-in of each test user's training history, then top-N, exactly what production
+serves), ``popularity`` (the same summed positive confidence the worker's ``popular`` list uses),
+``itemknn`` (implicit's ``CosineRecommender``), ``ease`` (Steck 2019, closed form) and any model
+directory (``evaluate_model``: the live model, or a candidate).
 """
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ import scipy.linalg
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from model.data import Interactions, Matrix, factorize
-from model.errors import DataError, ModelError
-from model.scoring import score_csr, scored_in_order
-from model.train import Params, fit
+from streamrec.als.scorer import Scored, Scorer
+from streamrec.als.scoring import score_csr, scored_in_order
 from streamrec.artifact import Model, load_model
 from streamrec.feedback import Transform, confidence
-from worker.scorer import Scored, Scorer
+from streamrec.model.data import Interactions, Matrix, factorize
+from streamrec.model.errors import DataError, ModelError
+from streamrec.model.train import Params, fit
 
 log = logging.getLogger(__name__)
 
@@ -541,7 +541,7 @@ def ease_lists(
 
 def als_model(split: Split, params: Params) -> Model:
     """Fit ALS on the training pairs and return it as an in-memory ``Model``, exactly what
-    ``model.train.train`` would write (catalog = items with a training pair, popularity =
+    ``streamrec.model.train.train`` would write (catalog = items with a training pair, popularity =
     summed positive confidence), ready for ``Scorer.create``."""
     return als_fit(split, params)[0]
 
@@ -602,7 +602,7 @@ def scorer_lists(
     batch: int = 1024,
 ) -> ScorerLists:
     """Lists for ``users`` from the worker's ``Scorer`` (fold-in of the training history,
-    then top-N, popular list for cold users), in batches scored on ``model.scoring.THREADS``
+    then top-N, popular list for cold users), in batches scored on ``streamrec.als.scoring.THREADS``
     threads; item ids mapped to split indices."""
     scorer = Scorer.create(model)
     column_rows = scorer.rows_of(split.item_ids)

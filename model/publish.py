@@ -28,16 +28,16 @@ import scipy.sparse as sp
 from confluent_kafka import KafkaException, Producer
 from threadpoolctl import threadpool_limits
 
-from model.scoring import THREADS, ordered, score_csr, scored_in_order
+from streamrec.als.history import UserState
+from streamrec.als.scorer import SCORE_ROWS, Scored, Scorer
+from streamrec.als.scoring import THREADS, ordered, score_csr, scored_in_order
+from streamrec.als.topn import top_n
 from streamrec.artifact import Model
 from streamrec.connect import blocked_items, ensure_topics
 from streamrec.errors import InfraError
 from streamrec.keys import Keys, model_value, popular_value
 from streamrec.settings import Settings
-from worker.history import UserState
-from worker.scorer import SCORE_ROWS, Scored, Scorer
-from worker.sink import Sink
-from worker.topn import top_n
+from streamrec.sink import Sink
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Offline recommend: a list for every user of a history file, computed by the worker's own
-fold-in and top-N (``worker.scorer.Scorer.recommend``), in batches.
+fold-in and top-N (``streamrec.als.scorer.Scorer.recommend``), in batches.
 
 A user's history is their summed feedback total per item (the file's weights, or ratings
 through the shared score), with no decay: the same ``{item: total}`` the worker would hold
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from model.data import Interactions, factorize, load_file
-from model.errors import DataError
+from streamrec.als.scorer import Scorer
 from streamrec.artifact import Model, load_model
-from worker.scorer import Scorer
+from streamrec.model.data import Interactions, factorize, load_file
+from streamrec.model.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import numpy as np
 from streamrec.artifact import Model
 
 if TYPE_CHECKING:
-    from model.retrain import RetrainResult
+    from streamrec.model.retrain import RetrainResult
 
 W, H, PAD = 560, 260, 44
 COLORS = ["#2b6cb0", "#c05621", "#2f855a", "#6b46c1", "#b7791f", "#718096"]

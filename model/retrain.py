@@ -29,18 +29,17 @@ from typing import Any
 import numpy as np
 import redis
 
-from model.data import Interactions, interactions_from_events
-from model.errors import ModelError
-from model.evaluate import EvalReport, als_fit, evaluate, split_interactions
-from model.publish import Totals, live_histories, publish
-from model.snapshot import Snapshot, read_window
-from model.store import prune, write_version
-from model.train import Params, fit, warm_start
-from model.tune import TuneResult, tune
 from streamrec.artifact import Model, load_model
-from streamrec.keys import Keys
+from streamrec.keys import Keys, read_model_pointer
+from streamrec.model.data import Interactions, interactions_from_events
+from streamrec.model.errors import ModelError
+from streamrec.model.evaluate import EvalReport, als_fit, evaluate, split_interactions
+from streamrec.model.publish import Totals, live_histories, publish
+from streamrec.model.snapshot import Snapshot, read_window
+from streamrec.model.store import prune, write_version
+from streamrec.model.train import Params, fit, warm_start
+from streamrec.model.tune import TuneResult, tune
 from streamrec.settings import Settings
-from worker.models import read_pointer
 
 log = logging.getLogger(__name__)
 
@@ -164,14 +163,16 @@ def retrain(
     data = concat(cfg.base, events)
     lap("read")
 
-    pointed = read_pointer(client, keys)
+    pointed = read_model_pointer(client, keys)
     live: Model | None = None
     if pointed is not None:
         try:
-            live = load_model(pointed[1])
+            live = load_model(pointed.path)
         except Exception as exc:  # a live model we cannot load is no reason not to retrain
             log.warning(
-                "live model %s unreadable (%s); gating against popularity only", pointed, exc
+                "live model %s unreadable (%s); gating against popularity only",
+                pointed.version,
+                exc,
             )
     echo(f"evaluating on a per-user holdout ({len(data)} rows) ...")
     split = split_interactions(data, seed=cfg.seed)
@@ -276,7 +277,7 @@ def retrain(
 def _report(cfg: RetrainConfig, result: RetrainResult, model: Model | None) -> None:
     if cfg.report_dir is None:
         return
-    from model.report import write_report
+    from streamrec.model.report import write_report
 
     cfg.report_dir.mkdir(parents=True, exist_ok=True)
     (cfg.report_dir / "report.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))

@@ -14,10 +14,10 @@ import numpy.typing as npt
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
-from model.data import Matrix
-from model.errors import ModelError
 from streamrec.artifact import Model, load_model, write_model
 from streamrec.feedback import Transform
+from streamrec.model.data import Matrix
+from streamrec.model.errors import ModelError
 
 log = logging.getLogger(__name__)
 

@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from model.errors import ModelError
-from model.evaluate import (
+from streamrec.feedback import TRANSFORMS
+from streamrec.model.errors import ModelError
+from streamrec.model.evaluate import (
     EASE_LAMBDA,
     EASE_MAX_ITEMS,
     HISTORY_MAX,
@@ -35,8 +36,7 @@ from model.evaluate import (
     ease_lists,
     ranking_metrics,
 )
-from model.train import Params
-from streamrec.feedback import TRANSFORMS
+from streamrec.model.train import Params
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from producer.replay import Report, finish
 from streamrec.errors import ConfigError
 from streamrec.events import new_event
+from streamrec.producer.replay import Report, finish
 
 if TYPE_CHECKING:
-    from producer.producer import EventProducer
+    from streamrec.producer.producer import EventProducer
 
 TYPES = ("play", "click", "view", "like", "skip")
 TYPE_P = (0.6, 0.15, 0.1, 0.08, 0.07)

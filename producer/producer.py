@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from producer.errors import DeliveryError
 from streamrec.events import Event, encode_avro, encode_json
+from streamrec.producer.errors import DeliveryError
 from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from streamrec.errors import ConfigError, EventError
 from streamrec.events import EVENT_TYPES, MAX_ID_LENGTH, new_event
 
 if TYPE_CHECKING:
-    from producer.producer import EventProducer
+    from streamrec.producer.producer import EventProducer
 
 MOVIELENS_HEADER = ["userid", "movieid", "rating", "timestamp"]
 SECONDS_BELOW = 100_000_000_000  # epoch values below this are seconds, not milliseconds
@@ -64,7 +64,7 @@ class Report:
 
 def finish(producer: EventProducer, started: float, flush_timeout_s: float = 30.0) -> Report:
     """Flush ``producer`` and account for every event it was given (never raises)."""
-    from producer.errors import DeliveryError
+    from streamrec.producer.errors import DeliveryError
 
     with contextlib.suppress(DeliveryError):  # counted as failed below; the caller decides
         producer.flush(flush_timeout_s)

@@ -1,5 +1,5 @@
 import sys
 
-from streamrec.cli import main
+from streamrec.app.cli import main
 
 sys.exit(main())

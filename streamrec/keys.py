@@ -30,15 +30,19 @@ CONTRACT_VERSION + 1, a new key prefix segment, and a note in the README's chang
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
 CONTRACT_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,3 +235,45 @@ def parse_list(raw: bytes | str) -> dict[str, Any]:
     if not isinstance(obj, dict) or not isinstance(obj.get("items"), list):
         raise ValueError("not a streamrec list value")
     return obj
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPointer:
+    """The ``<p>:model`` value: the live model's version and directory; ``raw`` is the value
+    as stored (readers compare it to notice a new publication)."""
+
+    version: str
+    path: Path
+    raw: bytes
+
+
+def parse_model_pointer(raw: bytes | str) -> ModelPointer:
+    """Parse a ``<p>:model`` value; raises ValueError if malformed."""
+    data = raw.encode() if isinstance(raw, str) else bytes(raw)
+    try:
+        obj = json.loads(data)
+        return ModelPointer(version=str(obj["version"]), path=Path(obj["path"]), raw=data)
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"not a streamrec model pointer: {exc!r}") from None
+
+
+class _Getter(Protocol):
+    def get(self, name: str) -> Any: ...
+
+
+def read_model_pointer(client: _Getter, keys: Keys) -> ModelPointer | None:
+    """The live model's pointer, or None when nothing is published or the value is malformed
+    (logged: a reader keeps what it serves rather than failing on a bad write)."""
+    raw = client.get(keys.model)
+    if raw is None:
+        return None
+    try:
+        return parse_model_pointer(raw)
+    except ValueError:
+        log.error("ignoring malformed %s: %r", keys.model, raw[:200])
+        return None
+
+
+def parse_applied(raw: bytes | str | None) -> int | None:
+    """Parse a ``<p>:applied:<topic>:<partition>`` value: the offset, None when absent."""
+    return None if raw is None else int(raw)

@@ -68,7 +68,7 @@ def stack(infra: Settings) -> Iterator[Callable[..., Settings]]:
 @pytest.fixture()
 def run_worker() -> Iterator[Callable[..., Any]]:
     """Factory: start a Worker in a thread; every one started is stopped at teardown."""
-    from worker.loop import Worker
+    from streamrec.worker.loop import Worker
 
     started: list[tuple[Worker, threading.Thread]] = []
     errors: list[BaseException] = []
@@ -112,8 +112,8 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, interval_s: float =
 @pytest.fixture(scope="session")
 def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model trained on the generated dataset (small, fast), written once per session."""
-    from model.data import build_matrix, synthetic
-    from model.train import Params, train
+    from streamrec.model.data import build_matrix, synthetic
+    from streamrec.model.train import Params, train
 
     out = tmp_path_factory.mktemp("models") / "small"
     train(build_matrix(synthetic(400, 300, seed=3)), Params(factors=16, iterations=8), out)

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from streamrec import cli
+from streamrec.app import cli
 from streamrec.settings import CONFIG_ENV, Settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,8 +18,8 @@ from confluent_kafka import KafkaError, Message, Producer
 from streamrec.errors import EventError
 from streamrec.events import Event, decode
 from streamrec.settings import Settings
-from worker.errors import WorkerError
-from worker.source import where
+from streamrec.worker.errors import WorkerError
+from streamrec.worker.source import where
 
 log = logging.getLogger(__name__)
 

@@ -24,17 +24,17 @@ from dataclasses import dataclass
 import numpy as np
 from confluent_kafka import Message
 
+from streamrec.als.history import Rules, UserState, flatten
+from streamrec.als.scorer import Scorer
 from streamrec.connect import ensure_topics, redis_client
 from streamrec.keys import Keys
 from streamrec.settings import Settings
-from worker.decode import DeadLetters, Decoded, decode_batch
-from worker.errors import WorkerError
-from worker.history import Rules, UserState, flatten
-from worker.metrics import Metrics, MetricsServer
-from worker.models import ModelWatcher
-from worker.scorer import Scorer
-from worker.sink import Sink
-from worker.source import Source, last_offsets, position, read_keys
+from streamrec.sink import Sink
+from streamrec.worker.decode import DeadLetters, Decoded, decode_batch
+from streamrec.worker.errors import WorkerError
+from streamrec.worker.metrics import Metrics, MetricsServer
+from streamrec.worker.models import ModelWatcher
+from streamrec.worker.source import Source, last_offsets, position, read_keys
 
 log = logging.getLogger(__name__)
 

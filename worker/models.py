@@ -9,41 +9,26 @@ current one keeps serving.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import redis
 from confluent_kafka import Consumer
 
+from streamrec.als.scorer import Scorer
 from streamrec.artifact import load_model
 from streamrec.connect import blocked_items
 from streamrec.errors import ArtifactError, InfraError
-from streamrec.keys import Keys
+from streamrec.keys import Keys, read_model_pointer
 from streamrec.settings import Settings
-from worker.metrics import Metrics
-from worker.scorer import Scorer
+from streamrec.worker.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 CHECK_S = 2.0
-
-
-def read_pointer(client: redis.Redis, keys: Keys) -> tuple[str, Path] | None:
-    """(version, path) from the ``<p>:model`` pointer, or None when nothing is published."""
-    raw = client.get(keys.model)
-    if raw is None:
-        return None
-    try:
-        pointer = json.loads(raw)
-        return str(pointer["version"]), Path(pointer["path"])
-    except (ValueError, KeyError, TypeError):
-        log.error("ignoring malformed %s: %r", keys.model, raw[:200])
-        return None
 
 
 class ModelWatcher:
@@ -80,13 +65,13 @@ class ModelWatcher:
     def _initial(self) -> Scorer:
         if self._settings.model_path is not None:
             return Scorer.create(load_model(self._settings.model_path))
-        pointed = read_pointer(self._redis, self._keys)
+        pointed = read_model_pointer(self._redis, self._keys)
         if pointed is None:
             raise InfraError(
                 f"no model: {self._keys.model} is not set in Redis and no model path was given; "
                 "run: streamrec train --dataset synthetic --out DIR --publish"
             )
-        return Scorer.create(load_model(pointed[1]))
+        return Scorer.create(load_model(pointed.path))
 
     def refresh(self) -> bool:
         """Swap to a newly published model and reload the blocked set, when due.
@@ -108,10 +93,14 @@ class ModelWatcher:
         return swapped
 
     def _maybe_swap(self) -> bool:
-        pointed = read_pointer(self._redis, self._keys)
-        if pointed is None or pointed[0] == self.scorer.version or pointed[0] in self.refused:
+        pointed = read_model_pointer(self._redis, self._keys)
+        if (
+            pointed is None
+            or pointed.version == self.scorer.version
+            or pointed.version in self.refused
+        ):
             return False
-        version, path = pointed
+        version, path = pointed.version, pointed.path
         try:
             scorer = Scorer.create(load_model(path))
         except ArtifactError as exc:

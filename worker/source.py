@@ -11,7 +11,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from streamrec.connect import read_ranges
 from streamrec.settings import Settings
-from worker.errors import WorkerError
+from streamrec.worker.errors import WorkerError
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from model.publish import publish
+from streamrec.app.web import serve
 from streamrec.artifact import load_model
 from streamrec.connect import redis_client
+from streamrec.model.publish import publish
 from streamrec.settings import Settings
-from streamrec.web import serve
 
 pytestmark = pytest.mark.integration
 

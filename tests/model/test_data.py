@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.data import build_matrix, load_csv, load_lastfm, synthetic
-from model.errors import DataError
+from streamrec.model.data import build_matrix, load_csv, load_lastfm, synthetic
+from streamrec.model.errors import DataError
 from tests.conftest import shared_file
 
 

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from model.data import Interactions, load_lastfm, synthetic
-from model.evaluate import (
+from streamrec.als.scorer import Scorer
+from streamrec.artifact import write_model
+from streamrec.model.data import Interactions, load_lastfm, synthetic
+from streamrec.model.evaluate import (
     aggregate,
     als_model,
     ease_lists,
@@ -27,10 +29,8 @@ from model.evaluate import (
     split_interactions,
     topk,
 )
-from model.train import Params
-from streamrec.artifact import write_model
+from streamrec.model.train import Params
 from tests.conftest import shared_file
-from worker.scorer import Scorer
 
 
 def _rows(rows: list[tuple[str, str, float, int]]) -> Interactions:
@@ -312,7 +312,7 @@ def test_als_beats_popularity_on_lastfm() -> None:
 
 @pytest.mark.parametrize("span", [50, 2**61])
 def test_holdout_order_is_lexsort_by_user_time_and_random_key(span: int) -> None:
-    from model.evaluate import _by_user_time_tiebreak
+    from streamrec.model.evaluate import _by_user_time_tiebreak
 
     rng = np.random.default_rng(8)
     users = rng.integers(0, 40, size=3000).astype(np.int64)

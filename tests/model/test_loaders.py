@@ -9,7 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.data import (
+from streamrec.als.history import Rules, UserState
+from streamrec.events import new_event
+from streamrec.feedback import event_weight
+from streamrec.model.data import (
     build_matrix,
     interactions_from_events,
     load_dataset,
@@ -20,11 +23,8 @@ from model.data import (
     load_parquet,
     rating_weights,
 )
-from model.errors import DataError
-from streamrec.events import new_event
-from streamrec.feedback import event_weight
+from streamrec.model.errors import DataError
 from tests.conftest import shared_file
-from worker.history import Rules, UserState
 
 
 def test_ratings_use_the_shared_feedback_score() -> None:

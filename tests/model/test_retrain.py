@@ -10,23 +10,23 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-import model.retrain as retrain_module
-from model.data import synthetic
-from model.publish import publish
-from model.retrain import RetrainConfig, retrain
-from model.snapshot import Snapshot
-from model.store import versions
-from model.train import Params
-from producer.producer import EventProducer
+import streamrec.model.retrain as retrain_module
+from streamrec.als.history import UserState
+from streamrec.als.scorer import Scorer
 from streamrec.artifact import load_model
 from streamrec.connect import ensure_topics, read_ranges, redis_client
 from streamrec.events import new_event
 from streamrec.keys import Keys
+from streamrec.model.data import synthetic
+from streamrec.model.publish import publish
+from streamrec.model.retrain import RetrainConfig, retrain
+from streamrec.model.snapshot import Snapshot
+from streamrec.model.store import versions
+from streamrec.model.train import Params
+from streamrec.producer.producer import EventProducer
 from streamrec.settings import Settings
+from streamrec.worker.loop import Worker
 from tests.conftest import wait_for
-from worker.history import UserState
-from worker.loop import Worker
-from worker.scorer import Scorer
 
 pytestmark = pytest.mark.integration
 

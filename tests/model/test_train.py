@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from model.data import build_matrix, synthetic
-from model.train import Params, fit, train
+from streamrec.als.scorer import Scorer
 from streamrec.artifact import load_model
-from worker.scorer import Scorer
+from streamrec.model.data import build_matrix, synthetic
+from streamrec.model.train import Params, fit, train
 
 
 def test_train_writes_model_matching_implicit(tmp_path: Path) -> None:
@@ -49,8 +49,8 @@ def test_popularity_is_summed_positive_confidence(tmp_path: Path) -> None:
 
 
 def test_warm_start_maps_factors_by_id_and_converges_like_a_cold_fit() -> None:
-    from model.evaluate import als_fit, ranking_metrics, scorer_lists, split_interactions
-    from model.train import warm_start
+    from streamrec.model.evaluate import als_fit, ranking_metrics, scorer_lists, split_interactions
+    from streamrec.model.train import warm_start
 
     data = synthetic(600, 300, seed=7)
     split = split_interactions(data, seed=0)
@@ -90,7 +90,7 @@ def test_warm_start_maps_factors_by_id_and_converges_like_a_cold_fit() -> None:
 def test_fit_refuses_warm_start_factors_of_another_shape() -> None:
     import pytest
 
-    from model.errors import ModelError
+    from streamrec.model.errors import ModelError
 
     matrix = build_matrix(synthetic(300, 200, seed=4))
     params = Params(factors=8, iterations=1)

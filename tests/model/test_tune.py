@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-import model.tune as tune_module
-from model.data import synthetic
-from model.evaluate import Split, split_interactions
-from model.train import Params
-from model.tune import SPACE, perturb_params, sample_params, tune, tune_ease
+import streamrec.model.tune as tune_module
+from streamrec.model.data import synthetic
+from streamrec.model.evaluate import Split, split_interactions
+from streamrec.model.train import Params
+from streamrec.model.tune import SPACE, perturb_params, sample_params, tune, tune_ease
 
 SMALL = Params(factors=8, iterations=3, regularization=1.0, alpha=2.0)
 SPACE_SMALL: dict[str, Any] = {**SPACE, "factors": (4, 8), "iterations": (2, 3)}

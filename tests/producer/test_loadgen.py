@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer
 
-from model.publish import publish
-from producer.loadgen import TYPES, LoadSpec, Zipf, events, generated_items, run_load
+from streamrec.app.cli import main
 from streamrec.artifact import load_model
-from streamrec.cli import main
 from streamrec.connect import redis_client
 from streamrec.errors import ConfigError
 from streamrec.events import Event, decode
+from streamrec.model.publish import publish
+from streamrec.producer.loadgen import TYPES, LoadSpec, Zipf, events, generated_items, run_load
 from streamrec.settings import Settings
 from tests.conftest import wait_for
 

@@ -8,10 +8,10 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka import Consumer
 
-from producer.producer import EventProducer
 from streamrec.connect import ensure_topics
 from streamrec.errors import EventError
 from streamrec.events import Event, decode, new_event
+from streamrec.producer.producer import EventProducer
 from streamrec.settings import Settings
 from tests.conftest import wait_for
 

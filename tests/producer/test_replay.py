@@ -15,10 +15,10 @@ from typing import Any, cast
 import pytest
 from confluent_kafka import Consumer
 
-from producer.replay import Report, read_rows, replay
-from streamrec.cli import main
+from streamrec.app.cli import main
 from streamrec.errors import ConfigError, EventError
 from streamrec.events import Event, decode
+from streamrec.producer.replay import Report, read_rows, replay
 from streamrec.settings import Settings
 from tests.conftest import shared_file, wait_for
 

@@ -22,15 +22,15 @@ import numpy as np
 import pytest
 import redis
 
-from producer.producer import EventProducer
 from streamrec.artifact import load_model
 from streamrec.connect import ensure_topics, redis_client
 from streamrec.events import new_event
 from streamrec.keys import Keys
+from streamrec.producer.producer import EventProducer
 from streamrec.settings import Settings
+from streamrec.worker.loop import Worker
+from streamrec.worker.source import Source
 from tests.conftest import committed_total, wait_for
-from worker.loop import Worker
-from worker.source import Source
 
 pytestmark = pytest.mark.integration
 

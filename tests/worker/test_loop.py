@@ -16,12 +16,12 @@ import pytest
 import redis
 from confluent_kafka import Consumer, Producer
 
-from model.publish import publish
-from producer.producer import EventProducer
 from streamrec.artifact import load_model
 from streamrec.connect import ensure_topics, redis_client
 from streamrec.events import new_event, schema_text
 from streamrec.keys import Keys
+from streamrec.model.publish import publish
+from streamrec.producer.producer import EventProducer
 from streamrec.settings import Settings
 from tests.conftest import wait_for
 from tests.streamrec.test_events import _rabin
@@ -158,8 +158,8 @@ def test_hot_swap_follows_pointer_and_refuses_a_corrupt_model(
     assert wait_for(lambda: _recs(client, keys, "erin"), 5)["model_version"] == first.version
 
     # A good new model: lists written after the swap carry its version.
-    from model.data import build_matrix, synthetic
-    from model.train import Params, train
+    from streamrec.model.data import build_matrix, synthetic
+    from streamrec.model.train import Params, train
 
     second = train(
         build_matrix(synthetic(400, 300, seed=3)),

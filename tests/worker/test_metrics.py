@@ -5,7 +5,7 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
-from worker.metrics import Metrics, MetricsServer
+from streamrec.worker.metrics import Metrics, MetricsServer
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -51,7 +51,7 @@ def test_bulk_histogram_exposes_what_a_prometheus_histogram_would() -> None:
     from prometheus_client import CollectorRegistry, Histogram
     from prometheus_client.exposition import generate_latest
 
-    from worker.metrics import BulkHistogram
+    from streamrec.worker.metrics import BulkHistogram
 
     buckets = (0.005, 0.01, 0.25, 1.0)
     values = [0.0, 0.005, 0.0051, 0.2, 0.25, 3.0, 1.0, 0.01]

@@ -7,12 +7,12 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from producer.producer import EventProducer
 from streamrec.connect import ensure_topics
 from streamrec.events import new_event
+from streamrec.producer.producer import EventProducer
 from streamrec.settings import Settings
+from streamrec.worker.source import Source
 from tests.conftest import committed_total, wait_for
-from worker.source import Source
 
 
 class _RefuseFirstCommit:

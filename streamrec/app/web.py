@@ -47,12 +47,12 @@ import redis
 
 from streamrec.errors import ArtifactError, ConfigError, EventError, InfraError
 from streamrec.events import MAX_ID_LENGTH, new_event
-from streamrec.keys import Keys
+from streamrec.keys import Keys, read_model_pointer
 from streamrec.settings import Settings
 
 if TYPE_CHECKING:
-    from producer.producer import EventProducer
     from streamrec.artifact import Model
+    from streamrec.producer.producer import EventProducer
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ class DemoApp:
         self.redis = client if client is not None else redis_client(settings)
         self._own_producer = producer is None
         if producer is None:
-            from producer.producer import EventProducer
+            from streamrec.producer.producer import EventProducer
 
             ensure_topics(settings, {settings.topic_events: settings.topic_events_partitions})
             # linger 0: one event at a time, acknowledged before the page hears back.
@@ -251,7 +251,7 @@ class DemoApp:
         self._page_users: list[str] = []  # users this page sent events for, latest last
         self._model_lock = threading.Lock()
         self._live: LiveModel | None = None
-        self._pointer: bytes | str | None = None
+        self._pointer: bytes | None = None
         self._checked = 0.0
 
     def close(self) -> None:
@@ -284,16 +284,15 @@ class DemoApp:
                 if self._live is None:
                     self._live = LiveModel.of(load_model(self.settings.model_path))
                 return self._live
-            raw = self.redis.get(self.keys.model)
-            if raw is None or raw == self._pointer:
+            pointer = read_model_pointer(self.redis, self.keys)
+            if pointer is None or pointer.raw == self._pointer:
                 return self._live
             try:
-                path = Path(json.loads(raw)["path"])
-                self._live = LiveModel.of(load_model(path))
-                log.info("web: serving model %s (%s)", self._live.version, path)
-            except (ValueError, KeyError, TypeError, ArtifactError) as exc:
+                self._live = LiveModel.of(load_model(pointer.path))
+                log.info("web: serving model %s (%s)", self._live.version, pointer.path)
+            except ArtifactError as exc:
                 log.error("web: cannot load the model %s points at: %s", self.keys.model, exc)
-            self._pointer = raw
+            self._pointer = pointer.raw
             return self._live
 
     def _named(
@@ -632,7 +631,7 @@ class _Handler(BaseHTTPRequestHandler):
         if name not in STATIC_FILES:
             self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
             return
-        data = resources.files("streamrec").joinpath("static", name).read_bytes()
+        data = resources.files("streamrec.app").joinpath("static", name).read_bytes()
         self._send(HTTPStatus.OK, data, STATIC_FILES[name])
 
     def _json(self, status: int, obj: Any) -> None:

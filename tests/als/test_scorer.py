@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from streamrec.als.scorer import Scorer
 from streamrec.artifact import load_model
-from worker.scorer import Scorer
 
 
 def test_known_history_is_excluded_and_unknown_items_counted(small_model: Path) -> None:

@@ -8,9 +8,9 @@ import scipy.sparse as sp
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
-from worker import foldin as foldin_module
-from worker.foldin import FoldIn
-from worker.topn import top_n
+from streamrec.als import foldin as foldin_module
+from streamrec.als.foldin import FoldIn
+from streamrec.als.topn import top_n
 
 
 def _fitted(n_users: int, n_items: int, k: int, reg: float, alpha: float, seed: int):

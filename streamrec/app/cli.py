@@ -492,7 +492,7 @@ def install_stop_handlers(stop: threading.Event) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
-    from streamrec import commands
+    from streamrec.app import commands
 
     try:
         return int(commands.run(args) or 0)

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from streamrec.als.foldin import FoldIn
+from streamrec.als.topn import top_n
 from streamrec.artifact import Model
 from streamrec.feedback import confidence
 from streamrec.keys import ListEncoder, round_scores
-from worker.foldin import FoldIn
-from worker.topn import top_n
 
 Ranked = list[tuple[str, list[tuple[str, float]]]]
 
@@ -152,7 +152,7 @@ class Scorer:
 
     def values(self, scored: Scored, now_ms: int) -> list[tuple[str, bytes]]:
         """(user_id, ``<p>:recs:<user_id>`` JSON) for every list of ``scored``, under this
-        model's version (what ``worker.sink.Sink.write`` takes)."""
+        model's version (what ``streamrec.sink.Sink.write`` takes)."""
         encoded = self.encoder.recs(scored.users, scored.items, scored.scores, self.version, now_ms)
         return list(zip(scored.users, encoded, strict=True))
 

@@ -6,12 +6,12 @@ import threading
 
 import numpy as np
 
-from model.data import synthetic
-from model.evaluate import Split, als_model, histories, scorer_lists, split_interactions
-from model.scoring import score_csr, scored_in_order
-from model.train import Params
+from streamrec.als.scorer import Scorer
+from streamrec.als.scoring import score_csr, scored_in_order
 from streamrec.artifact import Model
-from worker.scorer import Scorer
+from streamrec.model.data import synthetic
+from streamrec.model.evaluate import Split, als_model, histories, scorer_lists, split_interactions
+from streamrec.model.train import Params
 
 
 def _model() -> tuple[Model, Split]:

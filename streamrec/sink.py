@@ -1,4 +1,6 @@
-"""Sink: a batch's reads and writes on the worker's own Redis connection.
+"""Sink: the Redis writer of the lists and histories, for the worker and the nightly publisher.
+
+A batch's reads and writes run on the sink's own Redis connection.
 
 Per batch, two round trips:
 

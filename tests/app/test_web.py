@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from model.publish import publish
+from streamrec.app.web import LiveModel, WebServer, load_names, serve, synthetic_label
 from streamrec.artifact import load_model
 from streamrec.connect import redis_client
 from streamrec.errors import ConfigError
 from streamrec.keys import Keys
+from streamrec.model.publish import publish
 from streamrec.settings import Settings
-from streamrec.web import LiveModel, WebServer, load_names, serve, synthetic_label
 from tests.conftest import wait_for
 
 Call = Callable[..., tuple[int, Any]]
@@ -179,7 +179,7 @@ def test_bad_requests_get_a_message_never_a_trace(
     def boom(*_a: Any, **_k: Any) -> Any:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr("streamrec.web.DemoApp.popular", boom)
+    monkeypatch.setattr("streamrec.app.web.DemoApp.popular", boom)
     status, body = call("/api/popular")
     assert status == 500 and body == {"error": "internal error (see the server log)"}
 

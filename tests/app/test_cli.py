@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.cli import build_parser, main
+from streamrec.app.cli import build_parser, main
 
 SUBCOMMANDS = ["infra", "train", "worker", "produce", "demo"]
 
@@ -81,7 +81,7 @@ def test_json_logs(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
-    assert any(rec["logger"] == "model.train" and rec["level"] == "INFO" for rec in lines)
+    assert any(rec["logger"] == "streamrec.model.train" and rec["level"] == "INFO" for rec in lines)
 
 
 def test_missing_data_file_is_a_clear_error(

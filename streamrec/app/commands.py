@@ -18,11 +18,11 @@ from streamrec.errors import ConfigError
 from streamrec.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from model.data import Interactions
-    from model.train import Params
-    from producer.replay import Report
     from streamrec.artifact import Model
     from streamrec.events import Event
+    from streamrec.model.data import Interactions
+    from streamrec.model.train import Params
+    from streamrec.producer.replay import Report
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def cmd_infra(args: argparse.Namespace) -> int:
 
 def _params(args: argparse.Namespace) -> Params:
     """ALS parameters from the flags ``train`` and ``retrain`` share."""
-    from model.train import Params
+    from streamrec.model.train import Params
 
     return Params(
         factors=args.factors,
@@ -80,8 +80,8 @@ def _params(args: argparse.Namespace) -> Params:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from model.data import build_matrix
-    from model.train import train
+    from streamrec.model.data import build_matrix
+    from streamrec.model.train import train
 
     params = _params(args)
     settings = load_settings()  # before the fit: a bad setting should fail fast
@@ -89,8 +89,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"loaded {len(data)} rows from {source}")
     extra: dict[str, Any] = {"source": source}
     if args.tune is not None:
-        from model.evaluate import split_interactions
-        from model.tune import tune
+        from streamrec.model.evaluate import split_interactions
+        from streamrec.model.tune import tune
 
         result = tune(
             split_interactions(data, 0.0),
@@ -118,7 +118,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _load_source(args: argparse.Namespace) -> tuple[Interactions, str]:
     """The rows ``--csv`` or ``--dataset`` (+ ``--data-dir``) name, and a label for them."""
-    from model.data import load_csv, load_dataset
+    from streamrec.model.data import load_csv, load_dataset
 
     if args.csv is not None:
         return load_csv(args.csv), str(args.csv)  # a missing file is a DataError (exit 4)
@@ -130,8 +130,8 @@ def _load_source(args: argparse.Namespace) -> tuple[Interactions, str]:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from model.retrain import EXIT_KEPT, RetrainConfig, retrain
     from streamrec.connect import redis_client
+    from streamrec.model.retrain import EXIT_KEPT, RetrainConfig, retrain
 
     settings = load_settings()
     base, name = (None, None)
@@ -167,7 +167,7 @@ def _daily(at: tuple[int, int], job: Callable[[], object]) -> int:
     the schedule goes on (the live model keeps serving)."""
     import time
 
-    from streamrec.cli import install_stop_handlers
+    from streamrec.app.cli import install_stop_handlers
 
     stop = threading.Event()
     install_stop_handlers(stop)
@@ -189,10 +189,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     import json
     from dataclasses import replace
 
-    from model.evaluate import EASE_LAMBDA, evaluate, split_interactions
-    from model.train import Params
-    from model.tune import tune, tune_ease
     from streamrec.errors import ArtifactError
+    from streamrec.model.evaluate import EASE_LAMBDA, evaluate, split_interactions
+    from streamrec.model.train import Params
+    from streamrec.model.tune import tune, tune_ease
 
     if args.model is not None and not args.model.is_dir():
         raise ArtifactError(f"--model {args.model}: no such model directory")
@@ -243,9 +243,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_recommend(args: argparse.Namespace) -> int:
     import sys
 
-    from model.errors import DataError
-    from model.recommend import recommend_file
     from streamrec.errors import ArtifactError
+    from streamrec.model.errors import DataError
+    from streamrec.model.recommend import recommend_file
 
     # Like train's --csv: a missing input is bad data (exit 4), not a bad flag.
     if not args.model.is_dir():
@@ -265,8 +265,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def _publish(model: Model, settings: Settings) -> None:
-    from model.publish import publish
     from streamrec.connect import redis_client
+    from streamrec.model.publish import publish
 
     publish(model, settings, redis_client(settings))
     print(f"published: {settings.redis_prefix}:model -> {model.version}")
@@ -275,8 +275,8 @@ def _publish(model: Model, settings: Settings) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     from threadpoolctl import threadpool_limits
 
-    from streamrec.cli import install_stop_handlers
-    from worker.loop import Worker
+    from streamrec.app.cli import install_stop_handlers
+    from streamrec.worker.loop import Worker
 
     settings = load_settings(model_path=args.model)
     stop = threading.Event()
@@ -289,8 +289,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from producer.producer import EventProducer
     from streamrec.events import new_event
+    from streamrec.producer.producer import EventProducer
 
     settings = load_settings()
     if args.user is not None and not args.item:
@@ -340,10 +340,10 @@ def _csv_events(path: Path, limit: int | None) -> list[Event]:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from producer.producer import EventProducer
-    from producer.replay import read_rows, replay
-    from streamrec.cli import install_stop_handlers
+    from streamrec.app.cli import install_stop_handlers
     from streamrec.connect import ensure_topics
+    from streamrec.producer.producer import EventProducer
+    from streamrec.producer.replay import read_rows, replay
 
     settings = load_settings()
     rows = read_rows(args.path, args.limit)  # bad file: fail before connecting
@@ -376,10 +376,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_loadgen(args: argparse.Namespace) -> int:
-    from producer.loadgen import LoadSpec, generated_items, run_load
-    from producer.producer import EventProducer
-    from streamrec.cli import install_stop_handlers
+    from streamrec.app.cli import install_stop_handlers
     from streamrec.connect import ensure_topics
+    from streamrec.producer.loadgen import LoadSpec, generated_items, run_load
+    from streamrec.producer.producer import EventProducer
 
     settings = load_settings()
     spec = LoadSpec(
@@ -415,14 +415,12 @@ def _loadgen_items(settings: Settings, catalog: str, n: int) -> tuple[list[str] 
     """The live model's items, most popular first (``catalog`` model/auto), or None."""
     if catalog == "generated":
         return None, ""
-    import json
-
     import numpy as np
 
     from streamrec.artifact import load_model
     from streamrec.connect import redis_client
     from streamrec.errors import InfraError
-    from streamrec.keys import Keys
+    from streamrec.keys import Keys, parse_model_pointer
 
     try:
         raw = redis_client(settings).get(Keys(settings.redis_prefix).model)
@@ -437,8 +435,8 @@ def _loadgen_items(settings: Settings, catalog: str, n: int) -> tuple[list[str] 
             )
         return None, ""
     try:
-        path = Path(json.loads(raw)["path"])
-    except (ValueError, KeyError, TypeError):
+        path = parse_model_pointer(raw).path
+    except ValueError:
         raise ConfigError(f"{settings.redis_prefix}:model is malformed") from None
     model = load_model(path)
     order = np.argsort(-model.item_popularity, kind="stable")[:n]
@@ -448,14 +446,14 @@ def _loadgen_items(settings: Settings, catalog: str, n: int) -> tuple[list[str] 
 def _report(report: Report, topic: str, interrupted: bool) -> int:
     print(f"done: {report.line()} -> {topic}" + (" (interrupted)" if interrupted else ""))
     if report.failed:
-        from producer.errors import DeliveryError
+        from streamrec.producer.errors import DeliveryError
 
         raise DeliveryError(f"{report.failed} of {report.sent} event(s) not delivered")
     return 130 if interrupted else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streamrec.demo import run_demo
+    from streamrec.app.demo import run_demo
 
     return run_demo(
         load_settings(),

@@ -26,18 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
-from model.data import build_matrix, synthetic
-from model.publish import publish
-from model.train import Params, train
-from producer.producer import EventProducer
 from streamrec import infra
-from streamrec.cli import install_stop_handlers
+from streamrec.app.cli import install_stop_handlers
+from streamrec.app.web import DemoApp, WebServer, load_names
 from streamrec.connect import ensure_topics, redis_client
 from streamrec.errors import InfraError
 from streamrec.events import new_event
 from streamrec.keys import Keys
+from streamrec.model.data import build_matrix, synthetic
+from streamrec.model.publish import publish
+from streamrec.model.train import Params, train
+from streamrec.producer.producer import EventProducer
 from streamrec.settings import Settings
-from streamrec.web import DemoApp, WebServer, load_names
 
 SHOW_EVERY_S = 3.0
 NEW_LISTENERS = 3

@@ -6,9 +6,9 @@ import numpy as np
 import orjson
 import pytest
 
+from streamrec.als.history import Rules, UserState, flatten
 from streamrec.events import Event
 from streamrec.feedback import DEFAULT_WEIGHTS
-from worker.history import Rules, UserState, flatten
 
 DAY = 86_400_000
 RULES = Rules(weights=DEFAULT_WEIGHTS, half_life_ms=10 * DAY, history_max=3, dedup_window=4)
@@ -37,7 +37,7 @@ def test_dedup_window_is_bounded() -> None:
 
 
 def test_seen_matches_whole_digests_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    import worker.history as history
+    import streamrec.als.history as history
 
     s = UserState()
     for n in range(4):

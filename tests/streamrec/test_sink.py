@@ -9,7 +9,7 @@ import orjson
 from streamrec.connect import redis_client
 from streamrec.keys import Keys, recs_value
 from streamrec.settings import Settings
-from worker.sink import Sink, pack_set
+from streamrec.sink import Sink, pack_set
 
 
 def test_pack_set_is_the_resp_redis_py_sends() -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from model.data import load_csv, synthetic
-from model.recommend import user_histories
+from streamrec.als.scorer import Scorer
+from streamrec.app.cli import build_parser, main
 from streamrec.artifact import load_model
-from streamrec.cli import build_parser, main
-from worker.scorer import Scorer
+from streamrec.model.data import load_csv, synthetic
+from streamrec.model.recommend import user_histories
 
 
 def _history_csv(path: Path, users: int = 40) -> Path:
@@ -71,7 +71,7 @@ def test_recommend_to_stdout_in_batches(
     small_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     history = _history_csv(tmp_path / "h.csv", users=5)
-    from model.recommend import recommend_file
+    from streamrec.model.recommend import recommend_file
 
     stats = recommend_file(small_model, history, None, 3, batch=2)
     captured = capsys.readouterr().out.splitlines()

@@ -19,7 +19,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from worker.scorer import Scored, Scorer
+from streamrec.als.scorer import Scored, Scorer
 
 #: Threads scoring chunks of users (both cores of the reference machine).
 THREADS = 2

@@ -1,0 +1,1 @@
+"""The application: CLI, commands, demo, web server."""
