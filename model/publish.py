@@ -14,24 +14,20 @@ Kafka snapshot (``worker/models.py``), so no event is left out of a list.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
-import numpy.typing as npt
 import redis
 import scipy.sparse as sp
 from confluent_kafka import KafkaException, Producer
-from threadpoolctl import threadpool_limits
 
 from streamrec.als.history import UserState
-from streamrec.als.scorer import SCORE_ROWS, Scored, Scorer
-from streamrec.als.scoring import THREADS, ordered, score_csr, scored_in_order
-from streamrec.als.topn import top_n
+from streamrec.als.scorer import Scored, Scorer
+from streamrec.als.scoring import score_csr, scored_in_order
+from streamrec.als.similar import similar_items
 from streamrec.artifact import Model
 from streamrec.connect import blocked_items, ensure_topics
 from streamrec.errors import InfraError
@@ -42,38 +38,6 @@ from streamrec.sink import Sink
 log = logging.getLogger(__name__)
 
 CHUNK = 1000
-#: (item rows (c,), neighbour rows (c, n), cosines (c, n)) for a chunk of items.
-Neighbours = tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]
-
-
-def similar_items(
-    model: Model,
-    n: int,
-    blocked: npt.NDArray[np.int64] | None = None,
-    chunk: int = SCORE_ROWS,
-    threads: int = THREADS,
-) -> Iterator[Neighbours]:
-    """Each item's ``n`` nearest items by cosine of their factors (itself and ``blocked``
-    rows excluded), a chunk at a time, in order: (item rows (c,), neighbour rows (c, n),
-    cosines). Chunks as small as the worker's score slices keep the scores in cache for the
-    selection (17.6k items: 0.36 s in chunks of 64 vs 0.75 s in chunks of 1024); they are
-    scored on ``threads`` threads, each with its own buffer."""
-    y = np.asarray(model.item_factors, dtype=np.float32)
-    norms = np.linalg.norm(y, axis=1, keepdims=True)
-    unit = y / np.maximum(norms, 1e-12)
-    local = threading.local()
-
-    def one(lo: int) -> Neighbours:
-        buf = getattr(local, "buf", None)
-        if buf is None:
-            buf = local.buf = np.empty((min(chunk, len(y)), len(y)), dtype=np.float32)
-        rows = np.arange(lo, min(lo + chunk, len(y)), dtype=np.int64)
-        ptr = np.arange(len(rows) + 1, dtype=np.int64)
-        items, scores = top_n(unit[rows], unit, n, ptr, rows, blocked, out=buf)
-        return rows, items, scores
-
-    with ThreadPoolExecutor(threads) as pool, threadpool_limits(1, "blas"):
-        yield from ordered(pool, one, range(0, len(y), chunk), 2 * threads)
 
 
 def live_histories(
@@ -193,7 +157,7 @@ def _write_lists(
             counts["lists"] += len(lists)
         if similar_n:
             ids, batch = model.item_ids, []
-            for item_rows, items, scores in similar_items(model, similar_n, rows):
+            for item_rows, items, scores in similar_items(model.item_factors, similar_n, rows):
                 query = [ids[i] for i in item_rows.tolist()]
                 values = scorer.encoder.similar(query, items, scores, model.version, now)
                 batch += [(keys.similar(i), v) for i, v in zip(query, values, strict=True)]

@@ -45,6 +45,7 @@ import numpy as np
 import numpy.typing as npt
 import redis
 
+from streamrec.als.similar import closest, neighbours, unit_rows
 from streamrec.errors import ArtifactError, ConfigError, EventError, InfraError
 from streamrec.events import MAX_ID_LENGTH, new_event
 from streamrec.keys import Keys, read_model_pointer
@@ -176,9 +177,7 @@ class LiveModel:
 
     @classmethod
     def of(cls, model: Model) -> LiveModel:
-        factors = np.asarray(model.item_factors, dtype=np.float32)
-        norms = np.linalg.norm(factors, axis=1, keepdims=True)
-        unit = np.divide(factors, norms, out=np.zeros_like(factors), where=norms > 0)
+        unit = unit_rows(model.item_factors)
         return cls(
             model=model,
             index={item: n for n, item in enumerate(model.item_ids)},
@@ -192,15 +191,15 @@ class LiveModel:
 
     def similar(self, item_id: str, n: int) -> list[tuple[str, float]]:
         """The ``n`` items closest to ``item_id`` by cosine of their factors (not itself)."""
-        row = self.index[item_id]
-        sims = self.unit @ self.unit[row]
-        sims[row] = -np.inf
-        n = min(n, len(sims) - 1)
+        rows = np.array([self.index[item_id]], dtype=np.int64)
         if n <= 0:
             return []
-        top = np.argpartition(-sims, n - 1)[:n]
-        top = top[np.argsort(-sims[top], kind="stable")]
-        return [(self.model.item_ids[i], float(sims[i])) for i in top]
+        items, sims = neighbours(self.unit, rows, n)
+        return [
+            (self.model.item_ids[i], float(s))
+            for i, s in zip(items[0].tolist(), sims[0].tolist(), strict=True)
+            if i >= 0
+        ]
 
     def closest(self, items: Sequence[str], history: Sequence[str]) -> dict[str, tuple[str, float]]:
         """For each of ``items``, the ``history`` item whose factor has the highest cosine."""
@@ -208,13 +207,14 @@ class LiveModel:
         known = [i for i in items if i in self.index]
         if not hist or not known:
             return {}
-        sims = (
-            self.unit[[self.index[i] for i in known]] @ self.unit[[self.index[h] for h in hist]].T
+        best, sims = closest(
+            self.unit,
+            np.array([self.index[i] for i in known], dtype=np.int64),
+            np.array([self.index[h] for h in hist], dtype=np.int64),
         )
-        best = sims.argmax(axis=1)
         return {
-            i: (hist[b], float(sims[r, b]))
-            for r, (i, b) in enumerate(zip(known, best, strict=True))
+            i: (hist[b], float(s))
+            for i, b, s in zip(known, best.tolist(), sims.tolist(), strict=True)
         }
 
 

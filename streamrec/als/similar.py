@@ -1,0 +1,81 @@
+"""Item-item similarity: cosine of item factors, for the nightly publisher and the web server.
+
+Pure numpy (arrays in, arrays out). Cosine = dot product of unit-length factor rows; a row of
+zeros stays zeros (cosine 0 with everything).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import numpy.typing as npt
+from threadpoolctl import threadpool_limits
+
+from streamrec.als.scorer import SCORE_ROWS
+from streamrec.als.scoring import THREADS, ordered
+from streamrec.als.topn import top_n
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+
+#: (item rows (c,), neighbour rows (c, n), cosines (c, n)) for a chunk of items.
+Neighbours = tuple[I64, I64, F32]
+
+
+def unit_rows(factors: npt.ArrayLike) -> F32:
+    """(n_items, k) float32 item factors scaled to unit length (zero rows stay zero)."""
+    y = np.asarray(factors, dtype=np.float32)
+    norms = np.linalg.norm(y, axis=1, keepdims=True)
+    return np.divide(y, norms, out=np.zeros_like(y), where=norms > 0)
+
+
+def neighbours(
+    unit: F32,
+    rows: I64,
+    n: int,
+    blocked: I64 | None = None,
+    out: F32 | None = None,
+) -> tuple[I64, F32]:
+    """The ``n`` nearest items of each of ``rows`` ((c,) int64) by cosine, best first, each
+    item itself and ``blocked`` rows excluded: ``(items, cosines)``, each (c, min(n, n_items)),
+    padded with -1 / -inf where fewer items are allowed (``top_n``'s contract). ``unit`` is
+    ``unit_rows`` of the factors; ``out``: optional (>= c, n_items) float32 scratch."""
+    ptr = np.arange(len(rows) + 1, dtype=np.int64)
+    return top_n(unit[rows], unit, n, ptr, rows, blocked, out=out)
+
+
+def similar_items(
+    factors: npt.ArrayLike,
+    n: int,
+    blocked: I64 | None = None,
+    chunk: int = SCORE_ROWS,
+    threads: int = THREADS,
+) -> Iterator[Neighbours]:
+    """``neighbours`` of every item, a chunk at a time, in row order. Chunks as small as the
+    worker's score slices keep the scores in cache for the selection (17.6k items: 0.36 s in
+    chunks of 64 vs 0.75 s in chunks of 1024); they are scored on ``threads`` threads, each
+    with its own buffer."""
+    unit = unit_rows(factors)
+    local = threading.local()
+
+    def one(lo: int) -> Neighbours:
+        buf = getattr(local, "buf", None)
+        if buf is None:
+            buf = local.buf = np.empty((min(chunk, len(unit)), len(unit)), dtype=np.float32)
+        rows = np.arange(lo, min(lo + chunk, len(unit)), dtype=np.int64)
+        items, scores = neighbours(unit, rows, n, blocked, out=buf)
+        return rows, items, scores
+
+    with ThreadPoolExecutor(threads) as pool, threadpool_limits(1, "blas"):
+        yield from ordered(pool, one, range(0, len(unit), chunk), 2 * threads)
+
+
+def closest(unit: F32, rows: I64, candidates: I64) -> tuple[I64, F32]:
+    """For each of ``rows`` ((r,) int64), the position in ``candidates`` ((c,) int64, c >= 1)
+    of the candidate with the highest cosine, and that cosine: ((r,) int64, (r,) float32)."""
+    sims = unit[rows] @ unit[candidates].T
+    best = sims.argmax(axis=1).astype(np.int64)
+    return best, sims[np.arange(len(rows)), best]
