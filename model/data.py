@@ -10,18 +10,18 @@ event (5 -> +2.5, 1 -> -1.5), so a model trained on ratings sees what the stream
 from __future__ import annotations
 
 import csv
-import gzip
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
 from streamrec.feedback import DEFAULT_WEIGHTS, Transform, confidence, decay_to_latest, event_weight
+from streamrec.files import open_text
 from streamrec.model.errors import DataError
 
 if TYPE_CHECKING:
@@ -56,12 +56,6 @@ class Matrix:
     item_ids: tuple[str, ...]
 
 
-def _open_text(path: Path, encoding: str = "utf-8") -> TextIO:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding=encoding, newline="")
-    return path.open("r", encoding=encoding, newline="")
-
-
 def load_csv(path: Path) -> Interactions:
     """CSV with a header row: ``user_id,item_id[,weight][,timestamp]`` (``.gz`` allowed).
 
@@ -71,7 +65,7 @@ def load_csv(path: Path) -> Interactions:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    with _open_text(path) as f:
+    with open_text(path) as f:
         reader = csv.reader(f)
         header = [h.strip().lower() for h in next(reader, [])]
         if header[:2] != ["user_id", "item_id"]:
@@ -128,7 +122,7 @@ def load_lastfm(data_dir: Path) -> Interactions:
     users: list[str] = []
     items: list[str] = []
     weights: list[float] = []
-    with _open_text(path, "latin-1") as f:
+    with open_text(path, "latin-1") as f:
         header = f.readline().split()
         if header[:3] != ["userID", "artistID", "weight"]:
             raise DataError(f"{path}: unexpected header {header!r}")
@@ -276,7 +270,7 @@ def _read_columns(
     Returns the header fields ([] without one) and the body. Blank lines are skipped; a row
     with the wrong number of fields raises DataError naming its line.
     """
-    with _open_text(path, encoding) as f:
+    with open_text(path, encoding) as f:
         lines = f.read().splitlines()
     head: list[str] = []
     start = 0
@@ -544,7 +538,7 @@ def load_file(path: Path, weights: Mapping[str, float] = DEFAULT_WEIGHTS) -> Int
         return load_ml1m(path, weights)
     if name.startswith("user_artists.dat"):
         return load_lastfm(path.parent)
-    with _open_text(path) as f:
+    with open_text(path) as f:
         first = f.readline().strip().lower()
     if first.startswith("userid,movieid"):
         return load_movielens_csv(path, weights)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import gzip
 import math
 import threading
 import time
@@ -29,10 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING
 
 from streamrec.errors import ConfigError, EventError
 from streamrec.events import EVENT_TYPES, MAX_ID_LENGTH, new_event
+from streamrec.files import open_text
 
 if TYPE_CHECKING:
     from streamrec.producer.producer import EventProducer
@@ -91,12 +91,6 @@ class Rows:
         return len(self.users)
 
 
-def _open(path: Path) -> TextIO:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return path.open("r", encoding="utf-8", newline="")
-
-
 def _timestamp(text: str) -> float:
     text = text.strip()
     try:
@@ -134,7 +128,7 @@ def read_rows(path: Path, limit: int | None = None) -> Rows:
     values: list[float | None] = []
     stamps: list[float] = []
     try:
-        with _open(path) as f:
+        with open_text(path) as f:
             reader = csv.reader(f)
             header = [h.strip().lower() for h in next(reader, [])]
             movielens = header[:4] == MOVIELENS_HEADER

@@ -25,7 +25,6 @@ Redis with ``streamrec.connect.redis_client`` and publishes with ``EventProducer
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 import logging
 import math
@@ -48,6 +47,7 @@ import redis
 from streamrec.als.similar import closest, neighbours, unit_rows
 from streamrec.errors import ArtifactError, ConfigError, EventError, InfraError
 from streamrec.events import MAX_ID_LENGTH, new_event
+from streamrec.files import open_text
 from streamrec.keys import Keys, read_model_pointer
 from streamrec.settings import Settings
 
@@ -128,8 +128,7 @@ def load_names(path: Path) -> dict[str, str]:
             if not isinstance(obj, dict):
                 raise ValueError("expected a JSON object {item_id: name}")
             return {str(k): str(v) for k, v in obj.items()}
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as f:
+        with open_text(path, errors="replace") as f:
             first = f.readline()
             delim = "\t" if "\t" in first else ","
             header = [h.strip().lower() for h in next(csv.reader([first], delimiter=delim))]
