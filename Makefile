@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 
-.PHONY: demo test lint bench install clean chromium
+.PHONY: demo test test-unit lint bench install clean chromium
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ chromium:
 # The test session starts (or reuses) the real Kafka broker and Redis itself, once.
 test: install chromium
 	$(BIN)/python -m pytest $(ARGS)
+
+# The tests that need no service (no broker, no Redis): `-m "not integration"`.
+test-unit: install
+	$(BIN)/python -m pytest -m "not integration" $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -7,6 +7,7 @@ factory, so tests never see each other's data and the services are never restart
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -21,12 +22,31 @@ from streamrec.settings import Settings, load_settings
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+#: Fixtures that reach the real services: a test using one must carry the integration mark,
+#: so ``pytest -m "not integration"`` runs on a machine with no broker and no Redis.
+SERVICE_FIXTURES = frozenset({"infra", "stack", "run_worker"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [
+        item.nodeid
+        for item in items
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("integration") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "tests that use Kafka or Redis need @pytest.mark.integration: " + ", ".join(unmarked)
+        )
+
 
 @pytest.fixture(scope="session")
 def infra() -> Settings:
     """Settings of the session's real Kafka broker and Redis, started (or found) once."""
     from streamrec import infra as services
 
+    if os.environ.get("STREAMREC_TEST_SERVICES") == "off":
+        pytest.fail("STREAMREC_TEST_SERVICES=off: this run must not start Kafka or Redis")
     settings = load_settings()
     services.up(settings, echo=lambda line: print(f"[infra] {line}"))
     return settings

@@ -210,6 +210,8 @@ def _check_values(values: dict[str, str], where: str, monkeypatch: pytest.Monkey
         for k, v in values.items()
         if k.startswith(prefix) and k != CONFIG_ENV
     }
+    # A file with no settings at all would validate trivially: that is a broken file here.
+    assert fields, f"{where}: no STREAMREC_* settings found"
     try:
         Settings.model_validate(fields)
     except ValidationError as exc:

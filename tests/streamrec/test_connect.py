@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+import pytest
 from confluent_kafka import Producer
 
 from streamrec.connect import ensure_topics, read_ranges
@@ -20,6 +21,7 @@ def _produce(settings: Settings, topic: str, per_partition: int, partitions: int
     assert p.flush(30) == 0
 
 
+@pytest.mark.integration
 def test_reads_exactly_the_ranges(stack: Callable[..., Settings]) -> None:
     s = stack()
     topic = s.topic_events
@@ -36,6 +38,7 @@ def test_reads_exactly_the_ranges(stack: Callable[..., Settings]) -> None:
     assert list(read_ranges(s, topic, {}, "unused", 30)) == []
 
 
+@pytest.mark.integration
 def test_a_range_past_the_last_message_ends_at_the_log_end(stack: Callable[..., Settings]) -> None:
     """A transaction's commit marker takes an offset no consumer ever sees: the watermark
     is one past the last message, and the read must end there, not wait out its timeout."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import orjson
+import pytest
 
 from streamrec.connect import redis_client
 from streamrec.keys import Keys, recs_value
@@ -20,6 +21,7 @@ def test_pack_set_is_the_resp_redis_py_sends() -> None:
     assert pack_set(b"k", b"v", b"60") == b"".join(conn.pack_command("SET", "k", "v", "EX", 60))
 
 
+@pytest.mark.integration
 def test_write_sets_every_key_with_its_ttl(stack: Callable[..., Settings]) -> None:
     s = stack()
     client, keys = redis_client(s), Keys(s.redis_prefix)
@@ -36,6 +38,7 @@ def test_write_sets_every_key_with_its_ttl(stack: Callable[..., Settings]) -> No
     sink.close()
 
 
+@pytest.mark.integration
 def test_a_watched_key_changed_by_another_client_fails_the_write(
     stack: Callable[..., Settings],
 ) -> None:
@@ -55,6 +58,7 @@ def test_a_watched_key_changed_by_another_client_fails_the_write(
     sink.close()
 
 
+@pytest.mark.integration
 def test_plain_writes_and_reset_after_an_error(stack: Callable[..., Settings]) -> None:
     s = stack()
     client, keys = redis_client(s), Keys(s.redis_prefix)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from streamrec.connect import ensure_topics
@@ -35,6 +36,7 @@ class _RefuseFirstCommit:
         return getattr(self._consumer, name)
 
 
+@pytest.mark.integration
 def test_a_refused_commit_is_sent_again_once_idle(stack: Callable[..., Settings]) -> None:
     s = stack(topic_events_partitions=2)
     ensure_topics(s)

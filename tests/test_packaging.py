@@ -1,0 +1,82 @@
+"""The wheel: only ``streamrec`` at the top of site-packages, and it runs from anywhere.
+
+Builds the real wheel from this checkout (pip, the same as ``pip install .``), so a packaging
+change that drops a data file or installs a generic top-level name fails here.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), str(ROOT)],
+        check=True,
+        timeout=300,
+    )
+    (path,) = out.glob("streamrec-*.whl")
+    return path
+
+
+def test_the_wheel_installs_only_streamrec_at_the_top(wheel: Path) -> None:
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"streamrec"}
+    for needed in (
+        "streamrec/worker/loop.py",
+        "streamrec/producer/producer.py",
+        "streamrec/model/retrain.py",
+        "streamrec/als/foldin.py",
+        "streamrec/schema/interaction-v1.avsc",
+        "streamrec/infra/pom.xml",
+    ):
+        assert needed in names, needed
+    assert any(n.startswith("streamrec/app/") and n.endswith("index.html") for n in names)
+
+
+def test_the_installed_cli_runs_beside_a_folder_named_model(wheel: Path, tmp_path: Path) -> None:
+    """Run from a folder with its own ``model`` package (the reported failure:
+    ``No module named 'model.data'``), the installed CLI still finds its own modules."""
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site)]
+        + [str(wheel)],
+        check=True,
+        timeout=300,
+    )
+    work = tmp_path / "work"
+    for name in ("model", "worker", "producer"):
+        (work / name).mkdir(parents=True)
+        (work / name / "__init__.py").write_text("raise ImportError('the wrong package')\n")
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = tmp_path / "m"
+    run = subprocess.run(
+        [sys.executable, "-m", "streamrec", "train", "--dataset", "synthetic", "--out", str(out)]
+        + ["--factors", "8", "--iterations", "2"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (out / "manifest.json").is_file()
+    assert str(site) in subprocess.run(
+        [sys.executable, "-c", "import streamrec.model.data as d; print(d.__file__)"],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
