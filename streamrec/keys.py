@@ -19,7 +19,7 @@ Operator keys::
 
 Internal keys (may change without notice; do not read them from front-ends)::
 
-    <p>:user:<user_id>             STRING, JSON: the user's history (worker/history.py)
+    <p>:user:<user_id>             STRING, JSON: the user's history (streamrec/als/history.py)
     <p>:applied:<topic>:<partition>  last Kafka offset whose effect is in Redis
 
 Rules for changing this module: adding a field to a JSON value is compatible; renaming or

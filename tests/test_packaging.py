@@ -48,9 +48,9 @@ def test_the_installed_cli_runs_beside_a_folder_named_model(wheel: Path, tmp_pat
     """Run from a folder with its own ``model`` package (the reported failure:
     ``No module named 'model.data'``), the installed CLI still finds its own modules."""
     site = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps"]
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site)]
-        + [str(wheel)],
+        [*pip, "--target", str(site), str(wheel)],
         check=True,
         timeout=300,
     )
@@ -61,8 +61,20 @@ def test_the_installed_cli_runs_beside_a_folder_named_model(wheel: Path, tmp_pat
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     out = tmp_path / "m"
     run = subprocess.run(
-        [sys.executable, "-m", "streamrec", "train", "--dataset", "synthetic", "--out", str(out)]
-        + ["--factors", "8", "--iterations", "2"],
+        [
+            sys.executable,
+            "-m",
+            "streamrec",
+            "train",
+            "--dataset",
+            "synthetic",
+            "--out",
+            str(out),
+            "--factors",
+            "8",
+            "--iterations",
+            "2",
+        ],  # fmt: skip
         cwd=work,
         env=env,
         capture_output=True,
@@ -71,12 +83,15 @@ def test_the_installed_cli_runs_beside_a_folder_named_model(wheel: Path, tmp_pat
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert (out / "manifest.json").is_file()
-    assert str(site) in subprocess.run(
-        [sys.executable, "-c", "import streamrec.model.data as d; print(d.__file__)"],
-        cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    assert (
+        str(site)
+        in subprocess.run(
+            [sys.executable, "-c", "import streamrec.model.data as d; print(d.__file__)"],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    )
