@@ -60,21 +60,9 @@ def test_the_installed_cli_runs_beside_a_folder_named_model(wheel: Path, tmp_pat
         (work / name / "__init__.py").write_text("raise ImportError('the wrong package')\n")
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     out = tmp_path / "m"
+    train = ["train", "--dataset", "synthetic", "--out", str(out), "--factors", "8"]
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "streamrec",
-            "train",
-            "--dataset",
-            "synthetic",
-            "--out",
-            str(out),
-            "--factors",
-            "8",
-            "--iterations",
-            "2",
-        ],  # fmt: skip
+        [sys.executable, "-m", "streamrec", *train, "--iterations", "2"],
         cwd=work,
         env=env,
         capture_output=True,
