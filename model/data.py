@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from streamrec.events import epoch_ms, epoch_ms_array
 from streamrec.feedback import DEFAULT_WEIGHTS, Transform, confidence, decay_to_latest, event_weight
 from streamrec.files import open_text
 from streamrec.model.errors import DataError
@@ -59,8 +60,8 @@ class Matrix:
 def load_csv(path: Path) -> Interactions:
     """CSV with a header row: ``user_id,item_id[,weight][,timestamp]`` (``.gz`` allowed).
 
-    ``weight`` defaults to 1 per row; ``timestamp`` is epoch milliseconds (or seconds, when
-    every value is below 1e11).
+    ``weight`` defaults to 1 per row; ``timestamp`` is epoch seconds, milliseconds or ISO 8601,
+    by ``streamrec.events.epoch_ms`` (a number below 1e11 is seconds, decided per value).
     """
     path = Path(path)
     if not path.is_file():
@@ -89,7 +90,7 @@ def load_csv(path: Path) -> Interactions:
                     raise ValueError("empty id")
                 w = float(row[iw]) if has_w else 1.0
                 if has_t:
-                    stamps.append(int(float(row[it])))
+                    stamps.append(epoch_ms(row[it]))
             except (ValueError, IndexError) as exc:
                 raise DataError(f"{path}:{lineno}: bad row {row!r} ({exc})") from None
             users.append(u)
@@ -100,8 +101,6 @@ def load_csv(path: Path) -> Interactions:
     ts = None
     if has_t:
         ts = np.asarray(stamps, dtype=np.int64)
-        if ts.max() < 100_000_000_000:  # seconds, not milliseconds
-            ts = ts * 1000
     return Interactions(
         np.asarray(users, dtype=np.object_),
         np.asarray(items, dtype=np.object_),
@@ -371,8 +370,8 @@ def load_parquet(
     Columns: ``user_id``, ``item_id`` (any type; read as strings), then the weight from the
     first of ``weight`` (used as is), ``rating`` (``event_weight("rating", r)``) or
     ``type`` [+ ``value``] (``event_weight(type, value)`` per row, as the worker scores
-    events), else 1 per row; optional ``timestamp`` (a timestamp type, or epoch ms, or epoch
-    seconds when every value is below 1e11).
+    events), else 1 per row; optional ``timestamp`` (a timestamp type, or numbers or text read by
+    ``streamrec.events.epoch_ms``: a number below 1e11 is epoch seconds, decided per value).
     """
     path = Path(path)
     if not path.is_file():
@@ -427,9 +426,13 @@ def load_parquet(
         if pa.types.is_timestamp(column.type):
             ts = np.asarray(column.cast(pa.timestamp("ms")).cast(pa.int64()).to_numpy(), np.int64)
         else:
-            ts = floats("timestamp").astype(np.int64)
-            if len(ts) and ts.max() < 100_000_000_000:
-                ts = ts * 1000
+            try:
+                if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                    ts = np.asarray([epoch_ms(v) for v in column.to_pylist()], np.int64)
+                else:
+                    ts = epoch_ms_array(floats("timestamp"))
+            except ValueError as exc:
+                raise DataError(f"{path}: bad timestamp ({exc})") from None
     if not len(users):
         raise DataError(f"{path}: no rows")
     return Interactions(users, items, w, ts)

@@ -1,17 +1,12 @@
 """Replay timestamped interactions to Kafka in event-time order, optionally at real-time pace.
 
-Files (CSV with a header row, ``.gz`` allowed)::
-
-    MovieLens ratings.csv    userId,movieId,rating,timestamp   -> "rating" events (value =
-                             the rating, timestamp in epoch seconds)
-    generic                  user_id,item_id[,type][,value][,timestamp]
-                             (type defaults to play; timestamp epoch ms, epoch seconds when
-                             every value is below 1e11, or ISO 8601)
-
-Rows are sorted by timestamp (stable: ties keep file order); a file without timestamps is
-sent in file order with the current time. Events keep their original timestamps. ``speed``
-is how many times faster than real time the gaps between consecutive events are slept
-(``None``: no sleeping at all); ``max_gap_s`` caps one sleep so quiet years pass quickly.
+Files are event CSVs (MovieLens ``ratings.csv`` or ``user_id,item_id[,type][,value][,timestamp]``,
+``.gz`` allowed), read by ``streamrec.producer.eventcsv``, which documents the format and is
+also what ``produce --csv`` reads. ``read_rows`` gives them in send order: sorted by timestamp
+(stable: ties keep file order); a file without timestamps is sent in file order with the current
+time. Events keep their original timestamps. ``speed`` is how many times faster than real time
+the gaps between consecutive events are slept (``None``: no sleeping at all); ``max_gap_s`` caps
+one sleep so quiet years pass quickly.
 
     with EventProducer(settings) as p:
         report = replay(p, read_rows(Path("ratings.csv")), speed=60.0)
@@ -20,8 +15,6 @@ is how many times faster than real time the gaps between consecutive events are 
 from __future__ import annotations
 
 import contextlib
-import csv
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -30,15 +23,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streamrec.errors import ConfigError, EventError
-from streamrec.events import EVENT_TYPES, MAX_ID_LENGTH, new_event
-from streamrec.files import open_text
+from streamrec.events import new_event
+from streamrec.producer.eventcsv import Rows, read
 
 if TYPE_CHECKING:
     from streamrec.producer.producer import EventProducer
 
-MOVIELENS_HEADER = ["userid", "movieid", "rating", "timestamp"]
-SECONDS_BELOW = 100_000_000_000  # epoch values below this are seconds, not milliseconds
 PROGRESS_S = 10.0
 
 
@@ -76,118 +66,10 @@ def finish(producer: EventProducer, started: float, flush_timeout_s: float = 30.
     )
 
 
-@dataclass(frozen=True)
-class Rows:
-    """Parsed rows in send order (chronological when ``timestamps`` is not None)."""
-
-    kind: str  # "movielens" or "generic"
-    users: list[str]
-    items: list[str]
-    types: list[str]
-    values: list[float | None]
-    timestamps: list[int] | None  # epoch ms
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-
-def _timestamp(text: str) -> float:
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000
-    except ValueError:
-        raise ValueError(f"timestamp {text!r} is not a number or ISO 8601") from None
-
-
-def _check_id(value: str, name: str) -> str:
-    value = value.strip()
-    if not value:
-        raise ValueError(f"empty {name}")
-    if len(value) > MAX_ID_LENGTH:
-        raise ValueError(f"{name} longer than {MAX_ID_LENGTH} characters")
-    return value
-
-
 def read_rows(path: Path, limit: int | None = None) -> Rows:
-    """Read and validate a replay file (see the module doc); ``limit``: the earliest N events
-    (the first N rows of a file without timestamps).
-
-    Raises ConfigError if the file is missing, EventError (naming file and line) if a row or
-    the header is not what the format needs.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    users: list[str] = []
-    items: list[str] = []
-    types: list[str] = []
-    values: list[float | None] = []
-    stamps: list[float] = []
-    try:
-        with open_text(path) as f:
-            reader = csv.reader(f)
-            header = [h.strip().lower() for h in next(reader, [])]
-            movielens = header[:4] == MOVIELENS_HEADER
-            if not movielens and header[:2] != ["user_id", "item_id"]:
-                raise EventError(
-                    f"{path}: header must be userId,movieId,rating,timestamp (MovieLens) or "
-                    f"start with user_id,item_id (got {','.join(header)[:80]!r})"
-                )
-            col = {name: n for n, name in enumerate(header)}
-            it, iv = col.get("type"), col.get("value")
-            its = 3 if movielens else col.get("timestamp")
-            for lineno, row in enumerate(reader, start=2):
-                if its is None and limit is not None and len(users) >= limit:
-                    break
-                if not row or not any(c.strip() for c in row):
-                    continue
-                try:
-                    u = _check_id(row[0], "user id")
-                    i = _check_id(row[1], "item id")
-                    v: float | None
-                    if movielens:
-                        t, v = "rating", float(row[2])
-                    else:
-                        t = row[it].strip() if it is not None and row[it].strip() else "play"
-                        v = float(row[iv]) if iv is not None and row[iv].strip() else None
-                    if t not in EVENT_TYPES:
-                        raise ValueError(f"type {t!r} is not one of {', '.join(EVENT_TYPES)}")
-                    if v is not None and not math.isfinite(v):
-                        raise ValueError("value is not finite")
-                    if its is not None:
-                        if not row[its].strip():
-                            raise ValueError("missing timestamp")
-                        ts = _timestamp(row[its])
-                        if not math.isfinite(ts) or ts < 0:
-                            raise ValueError("timestamp must be a non-negative number")
-                        stamps.append(ts)
-                except (ValueError, IndexError) as exc:
-                    raise EventError(f"{path}:{lineno}: bad row {row!r} ({exc})") from None
-                users.append(u)
-                items.append(i)
-                types.append(t)
-                values.append(v)
-    except (OSError, UnicodeDecodeError, EOFError, csv.Error) as exc:
-        raise EventError(f"{path}: unreadable ({exc})") from None
-    if not users:
-        raise EventError(f"{path}: no rows")
-    if its is None:
-        return Rows("generic", users, items, types, values, None)
-    scale = 1000 if movielens or max(stamps) < SECONDS_BELOW else 1
-    ms = [round(s * scale) for s in stamps]
-    order = sorted(range(len(ms)), key=ms.__getitem__)[:limit]  # stable: ties keep file order
-    return Rows(
-        "movielens" if movielens else "generic",
-        [users[n] for n in order],
-        [items[n] for n in order],
-        [types[n] for n in order],
-        [values[n] for n in order],
-        [ms[n] for n in order],
-    )
+    """A replay file's rows in send order; ``limit``: the earliest N events (the first N rows
+    of a file without timestamps). Raises what ``eventcsv.read`` raises."""
+    return read(path, limit, by_time=True)
 
 
 def replay(

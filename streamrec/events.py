@@ -6,6 +6,10 @@ Avro single-object encoding (the Avro spec's "Single object encoding")::
 
 lets a reader tell schema versions apart without a registry. JSON objects with the same field
 names are accepted too (``timestamp`` as epoch milliseconds or an ISO 8601 string).
+
+``Event.timestamp`` is epoch milliseconds everywhere. Files written by others (event CSVs, training
+CSVs and Parquet) may hold seconds, milliseconds or ISO 8601 text: ``epoch_ms`` (and
+``epoch_ms_array`` for a numeric column) is the one rule that turns them into milliseconds.
 """
 
 from __future__ import annotations
@@ -17,15 +21,19 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from streamrec.errors import EventError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 SCHEMA_VERSION = 1
 SCHEMA_FILE = f"interaction-v{SCHEMA_VERSION}.avsc"
@@ -41,6 +49,10 @@ EVENT_TYPES: tuple[str, ...] = (
     "rating",
 )
 MAX_ID_LENGTH = 512
+#: Epoch numbers below this are seconds, the rest milliseconds (see ``epoch_ms``).
+SECONDS_BELOW = 100_000_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +100,78 @@ def new_event(
     )
     _validate(event)
     return event
+
+
+def epoch_ms(value: str | float) -> int:
+    """A timestamp read from a file, as epoch milliseconds; the one rule for every file reader
+    (``produce --csv`` and ``replay``, the training CSV and Parquet loaders).
+
+    * A number below ``SECONDS_BELOW`` (1e11) is epoch seconds, any other number epoch
+      milliseconds.
+    * Text that is not a number is ISO 8601 (``2023-11-14T22:13:20Z``, ``...+01:00``); without
+      a UTC offset it is UTC, so a file means the same on every machine.
+    * Fractions are rounded to the nearest millisecond.
+    * Negative, infinite or NaN values are refused (``ValueError`` naming the value).
+
+    The unit is decided **per value**, not per file. The two readings never overlap in real
+    data: below 1e11, milliseconds would be a date before 1973-03-03 and above it, seconds
+    would be after the year 5138. So each row is read alone, and the same row gives the same
+    time wherever it is: in a file of seconds merged with one of milliseconds, next to ISO text,
+    behind a ``--limit`` or streamed before the rest of the file is read. (A whole-file rule,
+    "seconds when every value is below 1e11", agrees on every file that uses one unit and turned
+    the seconds of a mixed file into dates in January 1970.)
+
+    JSON events on the wire are not files: there a number is always milliseconds (the schema's
+    ``timestamp-millis``); only ISO text goes through ``iso_ms``.
+    """
+    number = _number(value) if isinstance(value, str) else value
+    if number is None:
+        assert isinstance(value, str)
+        try:
+            ms = iso_ms(value)
+        except ValueError:
+            raise ValueError(f"timestamp {value!r} is not a number or ISO 8601") from None
+    elif isinstance(number, int):
+        ms = number * 1000 if number < SECONDS_BELOW else number
+    elif math.isfinite(number):
+        ms = round(number * 1000 if number < SECONDS_BELOW else number)
+    else:
+        raise ValueError(f"timestamp {value!r} is not finite")
+    if ms < 0:
+        raise ValueError(f"timestamp {value!r} is negative")
+    return ms
+
+
+def epoch_ms_array(values: npt.ArrayLike) -> npt.NDArray[np.int64]:
+    """``epoch_ms`` on a numeric column at once: (n,) numbers -> (n,) int64 epoch ms."""
+    import numpy as np  # not at module level: producers and the JSON decoder need no numpy
+
+    x = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(x).all():
+        raise ValueError("timestamp is not finite")
+    if (x < 0).any():
+        raise ValueError(f"timestamp {x[x < 0][0]:g} is negative")
+    return np.rint(np.where(x < SECONDS_BELOW, x * 1000, x)).astype(np.int64)
+
+
+def iso_ms(text: str) -> int:
+    """ISO 8601 text as epoch milliseconds (UTC when it has no offset); ValueError if not."""
+    when = datetime.fromisoformat(text.strip())
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return round((when - _EPOCH) / _ONE_MS)
+
+
+def _number(text: str) -> float | None:
+    """``text`` as a number (an int when it is one: exact beyond float precision), else None."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def schema_text() -> str:
@@ -177,7 +261,7 @@ def _decode_json(raw: bytes) -> Event:
     ts = obj["timestamp"]
     if isinstance(ts, str):
         try:
-            ts = int(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000)
+            ts = iso_ms(ts)
         except ValueError:
             raise EventError(f"timestamp {ts!r} is not ISO 8601 or epoch milliseconds") from None
     value = obj.get("value")

@@ -7,11 +7,9 @@ so ``streamrec --help`` and argument errors stay instant.
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from streamrec.errors import ConfigError
@@ -19,7 +17,6 @@ from streamrec.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from streamrec.artifact import Model
-    from streamrec.events import Event
     from streamrec.model.data import Interactions
     from streamrec.model.train import Params
     from streamrec.producer.replay import Report
@@ -290,6 +287,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_produce(args: argparse.Namespace) -> int:
     from streamrec.events import new_event
+    from streamrec.producer.eventcsv import events, read
     from streamrec.producer.producer import EventProducer
 
     settings = load_settings()
@@ -307,36 +305,10 @@ def cmd_produce(args: argparse.Namespace) -> int:
             )
             producer.send(event)
         else:
-            for event in _csv_events(args.csv, args.limit):
+            for event in events(read(args.csv, args.limit)):  # file order, first N rows
                 producer.send(event)
     print(f"delivered {producer.delivered} event(s) to {producer.topic}")
     return 0
-
-
-def _csv_events(path: Path, limit: int | None) -> list[Event]:
-    from streamrec.errors import EventError
-    from streamrec.events import new_event
-
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    events: list[Event] = []
-    with path.open(newline="", encoding="utf-8") as f:
-        for n, row in enumerate(csv.DictReader(f), start=2):
-            if limit is not None and len(events) >= limit:
-                break
-            try:
-                events.append(
-                    new_event(
-                        row["user_id"],
-                        row["item_id"],
-                        row.get("type") or "play",
-                        float(row["value"]) if row.get("value") else None,
-                        int(row["timestamp"]) if row.get("timestamp") else None,
-                    )
-                )
-            except (KeyError, ValueError, EventError) as exc:
-                raise ConfigError(f"{path}:{n}: bad row ({exc})") from None
-    return events
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
