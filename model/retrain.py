@@ -33,9 +33,10 @@ from streamrec.artifact import Model, load_model
 from streamrec.keys import Keys, read_model_pointer
 from streamrec.model.data import Interactions, interactions_from_events
 from streamrec.model.errors import ModelError
-from streamrec.model.evaluate import EvalReport, als_fit, evaluate, split_interactions
+from streamrec.model.evaluate import EvalReport, als_fit, evaluate
 from streamrec.model.publish import Totals, live_histories, publish
 from streamrec.model.snapshot import Snapshot, read_window
+from streamrec.model.split import split_interactions
 from streamrec.model.store import prune, write_version
 from streamrec.model.train import Params, fit, warm_start
 from streamrec.model.tune import TuneResult, tune

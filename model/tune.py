@@ -26,16 +26,11 @@ from typing import Any
 import numpy as np
 
 from streamrec.feedback import TRANSFORMS
+from streamrec.model.baselines import EASE_LAMBDA, EASE_MAX_ITEMS, ease_lists
 from streamrec.model.errors import ModelError
-from streamrec.model.evaluate import (
-    EASE_LAMBDA,
-    EASE_MAX_ITEMS,
-    HISTORY_MAX,
-    Split,
-    als_lists,
-    ease_lists,
-    ranking_metrics,
-)
+from streamrec.model.evaluate import HISTORY_MAX, als_lists
+from streamrec.model.metrics import ranking_metrics
+from streamrec.model.split import Split
 from streamrec.model.train import Params
 
 log = logging.getLogger(__name__)

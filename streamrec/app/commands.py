@@ -86,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"loaded {len(data)} rows from {source}")
     extra: dict[str, Any] = {"source": source}
     if args.tune is not None:
-        from streamrec.model.evaluate import split_interactions
+        from streamrec.model.split import split_interactions
         from streamrec.model.tune import tune
 
         result = tune(
@@ -187,7 +187,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from streamrec.errors import ArtifactError
-    from streamrec.model.evaluate import EASE_LAMBDA, evaluate, split_interactions
+    from streamrec.model.baselines import EASE_LAMBDA
+    from streamrec.model.evaluate import evaluate
+    from streamrec.model.split import split_interactions
     from streamrec.model.train import Params
     from streamrec.model.tune import tune, tune_ease
 

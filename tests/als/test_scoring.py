@@ -10,7 +10,8 @@ from streamrec.als.scorer import Scorer
 from streamrec.als.scoring import score_csr, scored_in_order
 from streamrec.artifact import Model
 from streamrec.model.data import synthetic
-from streamrec.model.evaluate import Split, als_model, histories, scorer_lists, split_interactions
+from streamrec.model.evaluate import als_model, histories, scorer_lists
+from streamrec.model.split import Split, split_interactions
 from streamrec.model.train import Params
 
 

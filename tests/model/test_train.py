@@ -49,7 +49,9 @@ def test_popularity_is_summed_positive_confidence(tmp_path: Path) -> None:
 
 
 def test_warm_start_maps_factors_by_id_and_converges_like_a_cold_fit() -> None:
-    from streamrec.model.evaluate import als_fit, ranking_metrics, scorer_lists, split_interactions
+    from streamrec.model.evaluate import als_fit, scorer_lists
+    from streamrec.model.metrics import ranking_metrics
+    from streamrec.model.split import split_interactions
     from streamrec.model.train import warm_start
 
     data = synthetic(600, 300, seed=7)

@@ -10,7 +10,7 @@ import pytest
 
 import streamrec.model.tune as tune_module
 from streamrec.model.data import synthetic
-from streamrec.model.evaluate import Split, split_interactions
+from streamrec.model.split import Split, split_interactions
 from streamrec.model.train import Params
 from streamrec.model.tune import SPACE, perturb_params, sample_params, tune, tune_ease
 
