@@ -1,7 +1,8 @@
 """Top-N: score every item for a batch of users and keep the best N, minus excluded items.
 
-Pure numpy: one matrix product for the whole batch, then an exact selection that avoids
-partitioning every row in full:
+Pure numpy: one matrix product for the whole batch (``top_n``), then an exact selection
+(``select_top_n``, also for score matrices computed elsewhere, e.g. the offline baselines) that
+avoids partitioning every row in full:
 
 1. split each row's scores into chunks and take each chunk's maximum (one fast reduction);
 2. the N-th largest chunk maximum ``T`` is a lower bound of the N-th largest score, because N
@@ -56,6 +57,39 @@ def top_n(
         scores = np.matmul(u, y.T, out=out[:b])
     else:
         scores = u @ y.T
+    return select_top_n(scores, n, exclude_indptr, exclude_indices, exclude_all)
+
+
+def select_top_n(
+    scores: F32,
+    n: int,
+    exclude_indptr: I64 | None = None,
+    exclude_indices: I64 | None = None,
+    exclude_all: I64 | None = None,
+    *,
+    chunked: bool = True,
+) -> tuple[I64, F32]:
+    """The ``n`` highest-scoring columns per row of a precomputed score matrix, best first.
+
+    Args:
+        scores: (B, n_items) float32; modified in place (excluded cells become -inf), so
+            pass a copy to keep it.
+        n: list length (>= 1).
+        exclude_indptr, exclude_indices: CSR rows (B + 1,) / (nnz,) int64 (int32 is fine) of
+            column indices never to return for each row, e.g. a ``csr_matrix``'s
+            ``indptr``/``indices``.
+        exclude_all: (m,) int64 column indices never to return for any row.
+        chunked: use the chunked selection where it is faster (long rows, small ``n``).
+            ``False``: always the plain ``argpartition``, slower there, but exact ties are
+            kept and ordered as ``argpartition`` keeps them whatever the row length (the
+            offline baselines, whose scores tie often and whose figures were measured so).
+
+    Returns:
+        ``(items, scores)``, each (B, min(n, n_items)): int64 column indices and float32 scores.
+        Where fewer than that many columns are allowed, the tail is padded with index -1 and
+        score -inf (any selected non-finite score gets index -1).
+    """
+    b, n_items = scores.shape
     if exclude_indptr is not None and exclude_indices is not None:
         rows = np.repeat(np.arange(b), np.diff(exclude_indptr))
         scores[rows, exclude_indices] = -np.inf
@@ -64,7 +98,7 @@ def top_n(
     m = min(n, n_items)
     if b == 0:
         return np.zeros((0, m), np.int64), np.zeros((0, m), np.float32)
-    if n_items >= CHUNKED_MIN_ITEMS and m * 16 * 2 <= n_items:
+    if chunked and n_items >= CHUNKED_MIN_ITEMS and m * 16 * 2 <= n_items:
         items, top = _select_chunked(scores, m)
     else:
         items, top = _select_partition(scores, m)
