@@ -1,8 +1,9 @@
 """Offline evaluation: every model's lists for a split's test users, scored @K into a report.
 
-The pieces, in the order the data flows: ``split.py`` holds out each user's latest pairs,
-the models below make lists for the test users from the training pairs, ``metrics.py`` scores
-the lists against the held-out pairs; ``evaluate`` runs them all into an ``EvalReport``.
+The pieces, in the order the data flows: ``split.py`` holds out a share of each user's pairs
+(the latest, with timestamps), the models make lists for the test users from the training pairs,
+``metrics.py`` scores the lists against the held-out pairs; ``evaluate`` runs them all into an
+``EvalReport``.
 
 Models: ``als`` (implicit ALS from ``streamrec.model.train.fit``, ``als_fit``, whose lists come
 from the worker's own ``Scorer``: fold-in of each test user's training history, then top-N,
@@ -115,9 +116,10 @@ def scorer_lists(
     history_max: int = HISTORY_MAX,
     batch: int = 1024,
 ) -> ScorerLists:
-    """Lists for ``users`` from the worker's ``Scorer`` (fold-in of the training history,
-    then top-N, popular list for cold users), in batches scored on ``streamrec.als.scoring.THREADS``
-    threads; item ids mapped to split indices."""
+    """Lists for ``users`` ((B,) int64 split user indices) from the worker's ``Scorer``
+    (fold-in of the training history, then top-N, popular list for cold users), in batches
+    scored on ``streamrec.als.scoring.THREADS`` threads; item ids mapped to split indices,
+    ``items`` (B, k)."""
     scorer = Scorer.create(model)
     column_rows = scorer.rows_of(split.item_ids)
     known = column_rows >= 0

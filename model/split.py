@@ -212,7 +212,8 @@ def holdout_mask(
     min_interactions: int = MIN_INTERACTIONS,
     seed: int = 0,
 ) -> npt.NDArray[np.bool_]:
-    """(n,) bool: which pairs to hold out, per user, vectorised.
+    """(n,) bool: which of the pairs ``users`` ((n,) int64 user indices, < ``n_users``) and
+    ``times`` ((n,) int64 epoch ms, or None) to hold out, per user, vectorised.
 
     Each user with at least ``min_interactions`` pairs loses ``max(1, floor(fraction * n))``
     of them (never all): the latest by ``times`` (ties broken by a seeded random key) or,
