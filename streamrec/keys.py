@@ -19,7 +19,10 @@ Operator keys::
 
 Internal keys (may change without notice; do not read them from front-ends)::
 
-    <p>:user:<user_id>             STRING, JSON: the user's history (streamrec/als/history.py)
+    <p>:user:<user_id>             STRING, JSON: the user's history (streamrec/als/history.py),
+                                   written by the worker; readers go through that module:
+                                   UserState.from_json (the publisher's fold-ins) or
+                                   parse_history (items most recent first: the demo page)
     <p>:applied:<topic>:<partition>  last Kafka offset whose effect is in Redis
 
 Rules for changing this module: adding a field to a JSON value is compatible; renaming or

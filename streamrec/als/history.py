@@ -15,6 +15,10 @@ dropped, the weight is added after decaying the old total to the event's time, a
 is cut to the strongest items whenever it grows past ``history_max`` (down to
 ``TRIM_TO`` of it, so a heavy user does not pay a sort on every new item). Everything here
 runs in event time, not wall time, so replaying the same events always gives the same state.
+
+The value is the worker's own: only ``UserState`` writes it. A reader outside the worker (the
+demo page's history column) goes through ``parse_history``, which reads ``items`` alone and
+gives the items most recent first, so that the layout stays this module's business.
 """
 
 from __future__ import annotations
@@ -119,6 +123,31 @@ class UserState:
         """Every item's total decayed to the user's latest event time (what the solve uses)."""
         now = self.last_ms
         return {i: decay(t, now - ts, half_life_ms) for i, (t, ts) in self.items.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One item of a stored history as ``parse_history`` gives it: the decayed ``total`` as of
+    ``last_ms``, the item's latest event time (epoch ms)."""
+
+    item_id: str
+    total: float
+    last_ms: int
+
+
+def parse_history(raw: bytes | str) -> list[HistoryEntry]:
+    """The items of a ``<p>:user:<user_id>`` value, most recent first (ties by item id).
+
+    For readers outside the worker; only ``items`` is read (``seen`` is the worker's
+    deduplication state). Raises ValueError if the value is malformed.
+    """
+    try:
+        items = orjson.loads(raw)["items"]
+        rows = [HistoryEntry(str(i), float(v[0]), int(v[1])) for i, v in items.items()]
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise ValueError(f"not a user history ({type(exc).__name__}: {exc})") from None
+    rows.sort(key=lambda r: (-r.last_ms, r.item_id))
+    return rows
 
 
 def flatten(
