@@ -5,8 +5,8 @@
 3. start ``streamrec worker`` as its own process,
 4. publish play events: a few brand-new listeners, each hooked on one genre, and some
    existing users, and print their lists as read back from Redis, with how fresh they are,
-5. serve the demo page on http://127.0.0.1:8000 (``--port``; streamrec/web.py): a person picks
-   a user or starts as a new one, plays / likes / skips items (real events, through the
+5. serve the demo page on http://127.0.0.1:8000 (``--port``; ``streamrec.app.web``): a person
+   picks a user or starts as a new one, plays / likes / skips items (real events, through the
    server, to Kafka) and watches their list in Redis change,
 6. until Ctrl-C or ``--duration``; then stop the page and the worker (the services keep
    running: ``streamrec infra down`` stops them).
@@ -28,7 +28,9 @@ import numpy as np
 
 from streamrec import infra
 from streamrec.app.cli import install_stop_handlers
-from streamrec.app.web import DemoApp, WebServer, load_names
+from streamrec.app.web.api import DemoApp
+from streamrec.app.web.names import load_names
+from streamrec.app.web.server import WebServer
 from streamrec.connect import ensure_topics, redis_client
 from streamrec.errors import InfraError
 from streamrec.events import new_event

@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamrec.app.web import LiveModel, WebServer, load_names, serve, synthetic_label
+from streamrec.app.web.api import LiveModel
+from streamrec.app.web.names import load_names, synthetic_label
+from streamrec.app.web.server import WebServer, serve
 from streamrec.artifact import load_model
 from streamrec.connect import redis_client
 from streamrec.errors import ConfigError
@@ -179,7 +181,7 @@ def test_bad_requests_get_a_message_never_a_trace(
     def boom(*_a: Any, **_k: Any) -> Any:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr("streamrec.app.web.DemoApp.popular", boom)
+    monkeypatch.setattr("streamrec.app.web.api.DemoApp.popular", boom)
     status, body = call("/api/popular")
     assert status == 500 and body == {"error": "internal error (see the server log)"}
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from streamrec.app.web import serve
+from streamrec.app.web.server import serve
 from streamrec.artifact import load_model
 from streamrec.connect import redis_client
 from streamrec.model.publish import publish
