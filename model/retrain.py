@@ -30,6 +30,7 @@ import numpy as np
 import redis
 
 from streamrec.artifact import Model, load_model
+from streamrec.exits import Exit
 from streamrec.keys import Keys, read_model_pointer
 from streamrec.model.data import Interactions, interactions_from_events
 from streamrec.model.errors import ModelError
@@ -44,7 +45,7 @@ from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
 
-EXIT_KEPT = 5
+EXIT_KEPT = Exit.KEPT
 METRIC = "ndcg@10"
 
 

@@ -1,7 +1,8 @@
 """The ``streamrec`` command: one entry point, a subcommand per job.
 
 Bad arguments or settings print one line (``streamrec: error: ...``) and exit 2; a service
-that is down prints one line and exits 3; an interrupted command exits 130.
+that is down prints one line and exits 3; an interrupted command exits 130: every status is
+in ``streamrec.exits``.
 """
 
 from __future__ import annotations
@@ -10,29 +11,23 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from streamrec import __version__
 from streamrec.errors import ArtifactError, ConfigError, EventError, InfraError, StreamrecError
 from streamrec.events import EVENT_TYPES
+from streamrec.exits import Exit
 from streamrec.feedback import TRANSFORMS
 
-log = logging.getLogger(__name__)
-
-EXIT_USAGE = 2
-EXIT_INFRA = 3
-EXIT_DATA = 4
 DATASETS = ("synthetic", "lastfm-2k", "ml-latest-small", "ml-100k", "ml-1m")
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(Exit.USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def _int_at_least(low: int) -> Callable[[str], int]:
@@ -232,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate a candidate against the live model and popularity on a per-user holdout, and "
         "promote it only if it passes the gate: write a versioned model, publish every known "
         "user's list, popular and similar items, move the pointer, announce, keep the last K. "
-        "Exits 5 when the live model is kept.",
+        f"Exits {int(Exit.KEPT)} when the live model is kept.",
     )
     rsrc = retrain.add_mutually_exclusive_group()
     rsrc.add_argument("--csv", type=Path, metavar="PATH", help="dataset rows to train on too")
@@ -478,17 +473,6 @@ def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
-def install_stop_handlers(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT only set ``stop``; the loop finishes its batch and exits cleanly."""
-
-    def handler(signum: int, _frame: Any) -> None:
-        log.info("got %s, stopping after this batch", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
@@ -498,18 +482,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(commands.run(args) or 0)
     except ConfigError as exc:
         print(f"streamrec: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     except InfraError as exc:
         print(f"streamrec: {exc}", file=sys.stderr)
-        return EXIT_INFRA
+        return Exit.INFRA
     except (ArtifactError, EventError) as exc:
         print(f"streamrec: {exc}", file=sys.stderr)
-        return EXIT_DATA
+        return Exit.DATA
     except StreamrecError as exc:
         print(f"streamrec: {exc}", file=sys.stderr)
-        return EXIT_DATA
+        return Exit.DATA
     except KeyboardInterrupt:
-        return 130
+        return Exit.INTERRUPTED
 
 
 if __name__ == "__main__":

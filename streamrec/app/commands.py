@@ -1,7 +1,11 @@
 """What each ``streamrec`` subcommand does; ``cli`` parses, this module runs.
 
 Heavy imports (numpy, implicit, confluent-kafka) happen here, inside the commands that need them,
-so ``streamrec --help`` and argument errors stay instant.
+so ``streamrec --help`` and argument errors stay instant. A command returns its exit status
+(``streamrec.exits.Exit``) or raises one of ``streamrec.errors`` (``cli.main`` maps it).
+
+May import anything below the application (``streamrec.model``, ``.worker``, ``.producer``,
+``.infra``, ``.als``, the floor) and ``streamrec.app.demo``, ``.signals``; never ``cli``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from streamrec.errors import ConfigError
+from streamrec.exits import Exit
 from streamrec.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -59,7 +64,7 @@ def cmd_infra(args: argparse.Namespace) -> int:
     state = infra.status(settings)
     for line in state.lines():
         print(line)
-    return 0 if state.ok else 3
+    return Exit.OK if state.ok else Exit.INFRA
 
 
 def _params(args: argparse.Namespace) -> Params:
@@ -128,7 +133,7 @@ def _load_source(args: argparse.Namespace) -> tuple[Interactions, str]:
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     from streamrec.connect import redis_client
-    from streamrec.model.retrain import EXIT_KEPT, RetrainConfig, retrain
+    from streamrec.model.retrain import RetrainConfig, retrain
 
     settings = load_settings()
     base, name = (None, None)
@@ -155,7 +160,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         result = retrain(settings, cfg, redis_client(settings))
         if args.report:
             print(f"report: {args.report / 'report.html'}")
-        return 0 if result.promoted else EXIT_KEPT
+        return Exit.OK if result.promoted else Exit.KEPT
     return _daily(args.at, lambda: retrain(settings, cfg, redis_client(settings)).promoted)
 
 
@@ -164,7 +169,7 @@ def _daily(at: tuple[int, int], job: Callable[[], object]) -> int:
     the schedule goes on (the live model keeps serving)."""
     import time
 
-    from streamrec.app.cli import install_stop_handlers
+    from streamrec.app.signals import install_stop_handlers
 
     stop = threading.Event()
     install_stop_handlers(stop)
@@ -274,7 +279,7 @@ def _publish(model: Model, settings: Settings) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     from threadpoolctl import threadpool_limits
 
-    from streamrec.app.cli import install_stop_handlers
+    from streamrec.app.signals import install_stop_handlers
     from streamrec.worker.loop import Worker
 
     settings = load_settings(model_path=args.model)
@@ -314,7 +319,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from streamrec.app.cli import install_stop_handlers
+    from streamrec.app.signals import install_stop_handlers
     from streamrec.connect import ensure_topics
     from streamrec.producer.producer import EventProducer
     from streamrec.producer.replay import read_rows, replay
@@ -350,7 +355,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_loadgen(args: argparse.Namespace) -> int:
-    from streamrec.app.cli import install_stop_handlers
+    from streamrec.app.signals import install_stop_handlers
     from streamrec.connect import ensure_topics
     from streamrec.producer.loadgen import LoadSpec, generated_items, run_load
     from streamrec.producer.producer import EventProducer
@@ -423,7 +428,7 @@ def _report(report: Report, topic: str, interrupted: bool) -> int:
         from streamrec.producer.errors import DeliveryError
 
         raise DeliveryError(f"{report.failed} of {report.sent} event(s) not delivered")
-    return 130 if interrupted else 0
+    return Exit.INTERRUPTED if interrupted else Exit.OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -10,6 +10,9 @@
    server, to Kafka) and watches their list in Redis change,
 6. until Ctrl-C or ``--duration``; then stop the page and the worker (the services keep
    running: ``streamrec infra down`` stops them).
+
+Uses every layer below the application (``infra``, ``model``, ``producer``, the floor) and, in
+the application, ``web`` and ``signals``; never ``cli`` or ``commands`` (which import it).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from streamrec import infra
-from streamrec.app.cli import install_stop_handlers
+from streamrec.app.signals import install_stop_handlers
 from streamrec.app.web.api import DemoApp
 from streamrec.app.web.names import load_names
 from streamrec.app.web.server import WebServer
