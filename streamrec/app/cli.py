@@ -1,8 +1,17 @@
-"""The ``streamrec`` command: one entry point, a subcommand per job.
+"""The ``streamrec`` command: its argument parser (one function per subcommand) and ``main``.
 
 Bad arguments or settings print one line (``streamrec: error: ...``) and exit 2; a service
 that is down prints one line and exits 3; an interrupted command exits 130: every status is
-in ``streamrec.exits``.
+in ``streamrec.exits``. ``commands`` runs what was parsed.
+
+A subcommand's arguments are added the first time that subcommand is parsed or its help shown:
+train's and retrain's defaults and the dataset names come from ``streamrec.model``, whose numpy,
+scipy and implicit only the commands that use them should load (``streamrec --help`` stays
+instant; a worker process never imports implicit).
+
+Imports the floor (``errors``, ``events``, ``feedback``, ``exits``) at import time,
+``streamrec.model`` only inside the argument functions that need it, and ``commands`` (and
+through it everything else) only in ``main``.
 """
 
 from __future__ import annotations
@@ -13,8 +22,9 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from streamrec import __version__
 from streamrec.errors import ArtifactError, ConfigError, EventError, InfraError, StreamrecError
@@ -22,12 +32,66 @@ from streamrec.events import EVENT_TYPES
 from streamrec.exits import Exit
 from streamrec.feedback import TRANSFORMS
 
-DATASETS = ("synthetic", "lastfm-2k", "ml-latest-small", "ml-100k", "ml-1m")
+if TYPE_CHECKING:
+    from streamrec.model.train import Params
 
 
 class _Parser(argparse.ArgumentParser):
+    """One-line errors with exit 2; a subcommand's arguments may be added on first use."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending: _Arguments | None = None
+
+    def defer_arguments(self, add: _Arguments) -> None:
+        """Call ``add(self)`` before this parser first parses or prints its usage or help."""
+        self._pending = add
+
+    def _add_pending(self) -> None:
+        if self._pending is not None:
+            add, self._pending = self._pending, None
+            add(self)
+
+    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:
+        self._add_pending()
+        return super().parse_known_args(*args, **kwargs)
+
+    def format_usage(self) -> str:
+        self._add_pending()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self._add_pending()
+        return super().format_help()
+
     def error(self, message: str) -> NoReturn:
         self.exit(Exit.USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+#: A function that adds one subcommand's arguments to its parser.
+_Arguments = Callable[[_Parser], None]
+
+
+@dataclass(frozen=True)
+class _Command:
+    name: str
+    summary: str  # the line in ``streamrec --help``
+    description: str  # the top of ``streamrec NAME --help``
+    arguments: _Arguments
+
+
+_COMMANDS: list[_Command] = []
+
+
+def _command(name: str, summary: str, description: str) -> Callable[[_Arguments], _Arguments]:
+    """Register the decorated function as the one that adds subcommand ``name``'s arguments
+    (``streamrec --help`` lists the subcommands in the order they are registered)."""
+
+    def register(arguments: _Arguments) -> _Arguments:
+        _COMMANDS.append(_Command(name, summary, description, arguments))
+        return arguments
+
+    return register
 
 
 def _int_at_least(low: int) -> Callable[[str], int]:
@@ -106,49 +170,82 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"streamrec {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    for c in _COMMANDS:
+        sub.add_parser(c.name, help=c.summary, description=c.description).defer_arguments(
+            c.arguments
+        )
+    return p
 
-    infra = sub.add_parser(
-        "infra",
-        help="run the local Kafka broker and Redis server",
-        description="Start, inspect or stop the local Apache Kafka broker "
-        "(KRaft, 127.0.0.1) and Redis server.",
-    )
-    infra.add_argument("action", choices=("up", "status", "down"))
 
-    train = sub.add_parser(
-        "train",
-        help="fit ALS and write a model directory",
-        description="Fit implicit ALS on a dataset and write a verified "
-        "model directory (float32 .npy, JSON manifest with sha256).",
+def _source_arguments(p: _Parser, *, required: bool, csv: str, dataset: str) -> None:
+    """``--csv`` or ``--dataset``, then ``--data-dir``: the rows train, evaluate and retrain
+    read (``commands._load_source``); the dataset names are ``streamrec.model.data``'s."""
+    from streamrec.model.data import DATASETS
+
+    src = p.add_mutually_exclusive_group(required=required)
+    src.add_argument("--csv", type=Path, metavar="PATH", help=csv)
+    src.add_argument("--dataset", choices=DATASETS, help=dataset)
+    p.add_argument("--data-dir", type=Path, metavar="DIR", help="folder of --dataset files")
+
+
+def _als_arguments(p: _Parser, d: Params, *, alpha: str) -> None:
+    """``--factors``, ``--regularization``, ``--alpha``, ``--iterations``, defaulting to ``d``'s
+    (``commands._params`` turns them back into ``Params``)."""
+    p.add_argument(
+        "--factors", type=_positive_int, default=d.factors, help=f"latent factors ({d.factors})"
     )
-    src = train.add_mutually_exclusive_group(required=True)
-    src.add_argument(
-        "--csv",
-        type=Path,
-        metavar="PATH",
-        help="CSV with header user_id,item_id[,weight][,timestamp]",
+    p.add_argument(
+        "--regularization",
+        type=_nonneg_float,
+        default=d.regularization,
+        help=f"λ ({d.regularization:g})",
     )
-    src.add_argument(
-        "--dataset",
-        choices=DATASETS,
-        help="synthetic: generated, needs nothing; lastfm-2k: HetRec "
+    p.add_argument("--alpha", type=_positive_float, default=d.alpha, help=alpha)
+    p.add_argument(
+        "--iterations",
+        type=_positive_int,
+        default=d.iterations,
+        help=f"ALS sweeps ({d.iterations})",
+    )
+
+
+@_command(
+    "infra",
+    "run the local Kafka broker and Redis server",
+    "Start, inspect or stop the local Apache Kafka broker (KRaft, 127.0.0.1) and Redis server.",
+)
+def _infra(p: _Parser) -> None:
+    p.add_argument("action", choices=("up", "status", "down"))
+
+
+@_command(
+    "train",
+    "fit ALS and write a model directory",
+    "Fit implicit ALS on a dataset and write a verified "
+    "model directory (float32 .npy, JSON manifest with sha256).",
+)
+def _train(p: _Parser) -> None:
+    from streamrec.model.train import Params
+
+    d = Params()
+    _source_arguments(
+        p,
+        required=True,
+        csv="CSV with header user_id,item_id[,weight][,timestamp]",
+        dataset="synthetic: generated, needs nothing; lastfm-2k: HetRec "
         "user_artists.dat[.gz]; ml-latest-small, ml-100k, ml-1m: MovieLens ratings "
         "(from --data-dir)",
     )
-    train.add_argument("--data-dir", type=Path, metavar="DIR", help="folder of --dataset files")
-    train.add_argument("--out", type=Path, required=True, metavar="DIR", help="model directory")
-    train.add_argument("--factors", type=_positive_int, default=64, help="latent factors (64)")
-    train.add_argument("--regularization", type=_nonneg_float, default=0.5, help="λ (0.5)")
-    train.add_argument("--alpha", type=_positive_float, default=4.0, help="confidence scale (4)")
-    train.add_argument("--iterations", type=_positive_int, default=15, help="ALS sweeps (15)")
-    train.add_argument(
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="model directory")
+    _als_arguments(p, d, alpha=f"confidence scale ({d.alpha:g})")
+    p.add_argument(
         "--transform",
         choices=TRANSFORMS,
-        default="log",
+        default=d.transform,
         help="weight -> confidence: log1p (default) or linear",
     )
-    train.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    train.add_argument(
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed ({d.seed})")
+    p.add_argument(
         "--tune",
         type=_positive_float,
         metavar="SECONDS",
@@ -156,127 +253,135 @@ def build_parser() -> argparse.ArgumentParser:
         "this long on a validation split of the data (the flags above are the first "
         "trial), then fit on all of it with the best",
     )
-    train.add_argument(
+    p.add_argument(
         "--publish",
         action="store_true",
         help="point Redis' <prefix>:model at the new model (workers hot-swap) "
         "and write <prefix>:popular",
     )
 
-    evaluate = sub.add_parser(
-        "evaluate",
-        help="compare ALS with baselines on a held-out split",
-        description="Hold out each user's latest 20% of items (random 20% without "
-        "timestamps), then report precision, recall, NDCG, MAP and coverage at K and 2K "
-        "for popularity, item-kNN, EASE and ALS (lists from the worker's fold-in), "
-        "optionally a tuned ALS and an existing model directory.",
+
+@_command(
+    "evaluate",
+    "compare ALS with baselines on a held-out split",
+    "Hold out each user's latest 20% of items (random 20% without "
+    "timestamps), then report precision, recall, NDCG, MAP and coverage at K and 2K "
+    "for popularity, item-kNN, EASE and ALS (lists from the worker's fold-in), "
+    "optionally a tuned ALS and an existing model directory.",
+)
+def _evaluate(p: _Parser) -> None:
+    _source_arguments(
+        p,
+        required=True,
+        csv="user_id,item_id[,weight][,timestamp] CSV",
+        dataset="a named dataset (see train)",
     )
-    esrc = evaluate.add_mutually_exclusive_group(required=True)
-    esrc.add_argument(
-        "--csv", type=Path, metavar="PATH", help="user_id,item_id[,weight][,timestamp] CSV"
-    )
-    esrc.add_argument("--dataset", choices=DATASETS, help="a named dataset (see train)")
-    evaluate.add_argument("--data-dir", type=Path, metavar="DIR", help="folder of --dataset files")
-    evaluate.add_argument(
+    p.add_argument(
         "--model", type=Path, metavar="DIR", help="also evaluate this model directory ('live')"
     )
-    evaluate.add_argument("--k", type=_positive_int, default=10, help="list length K (10)")
-    evaluate.add_argument(
+    p.add_argument("--k", type=_positive_int, default=10, help="list length K (10)")
+    p.add_argument(
         "--tune",
         type=_positive_float,
         metavar="SECONDS",
         help="also tune ALS for about this long (and EASE's λ) on a validation split "
         "carved from the training part; adds an als-tuned row",
     )
-    evaluate.add_argument(
+    p.add_argument(
         "--ease-max-items",
         type=_positive_int,
         default=20_000,
         metavar="N",
         help="skip EASE above this many items (20000)",
     )
-    evaluate.add_argument("--seed", type=int, default=0, help="split and search seed (0)")
-    evaluate.add_argument("--out", type=Path, metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--seed", type=int, default=0, help="split and search seed (0)")
+    p.add_argument("--out", type=Path, metavar="FILE", help="also write the report as JSON")
 
-    recommend = sub.add_parser(
-        "recommend",
-        help="offline lists for every user of a history file",
-        description="For every user in a history file, fold the user's item totals in "
-        "against a model and write their top-N list as one JSON line "
-        '{"user_id", "items": [{"item_id", "score"}]}, exactly as the worker computes it.',
-    )
-    recommend.add_argument("--model", type=Path, required=True, metavar="DIR", help="model dir")
-    recommend.add_argument(
+
+@_command(
+    "recommend",
+    "offline lists for every user of a history file",
+    "For every user in a history file, fold the user's item totals in "
+    "against a model and write their top-N list as one JSON line "
+    '{"user_id", "items": [{"item_id", "score"}]}, exactly as the worker computes it.',
+)
+def _recommend(p: _Parser) -> None:
+    p.add_argument("--model", type=Path, required=True, metavar="DIR", help="model dir")
+    p.add_argument(
         "--history",
         type=Path,
         required=True,
         metavar="PATH",
         help="CSV user_id,item_id[,weight][,timestamp], or a MovieLens/HetRec/Parquet file",
     )
-    recommend.add_argument(
+    p.add_argument(
         "--n", type=_positive_int, metavar="N", help="items per list (default: STREAMREC_TOP_N)"
     )
-    recommend.add_argument(
-        "--out", type=Path, metavar="FILE", help="JSON lines file (default: stdout)"
-    )
+    p.add_argument("--out", type=Path, metavar="FILE", help="JSON lines file (default: stdout)")
 
-    retrain = sub.add_parser(
-        "retrain",
-        help="the nightly job: retrain, evaluate, gate, publish",
-        description="Read the events topic over a time window (plus optional dataset rows), "
-        "evaluate a candidate against the live model and popularity on a per-user holdout, and "
-        "promote it only if it passes the gate: write a versioned model, publish every known "
-        "user's list, popular and similar items, move the pointer, announce, keep the last K. "
-        f"Exits {int(Exit.KEPT)} when the live model is kept.",
+
+@_command(
+    "retrain",
+    "the nightly job: retrain, evaluate, gate, publish",
+    "Read the events topic over a time window (plus optional dataset rows), "
+    "evaluate a candidate against the live model and popularity on a per-user holdout, and "
+    "promote it only if it passes the gate: write a versioned model, publish every known "
+    "user's list, popular and similar items, move the pointer, announce, keep the last K. "
+    f"Exits {int(Exit.KEPT)} when the live model is kept.",
+)
+def _retrain(p: _Parser) -> None:
+    from streamrec.model.train import Params
+
+    d = Params()
+    _source_arguments(
+        p,
+        required=False,
+        csv="dataset rows to train on too",
+        dataset="a named dataset to train on too",
     )
-    rsrc = retrain.add_mutually_exclusive_group()
-    rsrc.add_argument("--csv", type=Path, metavar="PATH", help="dataset rows to train on too")
-    rsrc.add_argument("--dataset", choices=DATASETS, help="a named dataset to train on too")
-    retrain.add_argument("--data-dir", type=Path, metavar="DIR", help="folder of --dataset files")
-    retrain.add_argument(
+    p.add_argument(
         "--since-days",
         type=_positive_float,
         default=30.0,
         metavar="DAYS",
         help="window of events read from Kafka (30)",
     )
-    retrain.add_argument("--no-kafka", action="store_true", help="train on the dataset only")
-    retrain.add_argument(
+    p.add_argument("--no-kafka", action="store_true", help="train on the dataset only")
+    p.add_argument(
         "--models-dir",
         type=Path,
         metavar="DIR",
         help="root of the versioned model directories (default: <home>/models)",
     )
-    retrain.add_argument("--keep", type=_positive_int, default=5, help="versions kept (5)")
-    retrain.add_argument(
+    p.add_argument("--keep", type=_positive_int, default=5, help="versions kept (5)")
+    p.add_argument(
         "--tune", type=_positive_float, metavar="SECONDS", help="search parameters first"
     )
-    retrain.add_argument(
+    p.add_argument(
         "--tolerance",
         type=_nonneg_float,
         default=0.02,
         help="how far (fraction) the candidate may trail the live model's NDCG@10 (0.02)",
     )
-    retrain.add_argument(
+    p.add_argument(
         "--min-lift",
         type=_nonneg_float,
         default=0.10,
         help="how far (fraction) the candidate must beat popularity's NDCG@10 (0.10)",
     )
-    retrain.add_argument("--report", type=Path, metavar="DIR", help="write report.json + .html")
-    retrain.add_argument("--factors", type=_positive_int, default=64, help="latent factors (64)")
-    retrain.add_argument("--regularization", type=_nonneg_float, default=0.5, help="λ (0.5)")
-    retrain.add_argument("--alpha", type=_positive_float, default=4.0, help="confidence scale")
-    retrain.add_argument("--iterations", type=_positive_int, default=15, help="ALS sweeps (15)")
-    retrain.add_argument(
+    p.add_argument("--report", type=Path, metavar="DIR", help="write report.json + .html")
+    _als_arguments(p, d, alpha="confidence scale")
+    p.add_argument(
         "--final-iterations",
         type=_nonneg_int,
         default=3,
         help="sweeps of the final fit on all the data, started from the evaluated candidate "
         "(3); 0 = a cold fit of --iterations",
     )
-    retrain.add_argument("--seed", type=int, default=0, help="split, search and fit seed (0)")
-    retrain.add_argument(
+    p.add_argument(
+        "--seed", type=int, default=d.seed, help=f"split, search and fit seed ({d.seed})"
+    )
+    p.add_argument(
         "--at",
         type=_hhmm,
         metavar="HH:MM",
@@ -284,167 +389,164 @@ def build_parser() -> argparse.ArgumentParser:
         "without it, run once and exit",
     )
 
-    worker = sub.add_parser(
-        "worker",
-        help="consume events and keep lists fresh in Redis",
-        description="Consume interaction events, fold users in against the "
-        "model's item factors, write top-N lists to Redis. Stops on "
-        "SIGTERM/SIGINT after finishing the batch.",
-    )
-    worker.add_argument(
+
+@_command(
+    "worker",
+    "consume events and keep lists fresh in Redis",
+    "Consume interaction events, fold users in against the "
+    "model's item factors, write top-N lists to Redis. Stops on "
+    "SIGTERM/SIGINT after finishing the batch.",
+)
+def _worker(p: _Parser) -> None:
+    p.add_argument(
         "--model",
         type=Path,
         metavar="DIR",
         help="model directory (default: the one <prefix>:model names; then the "
         "worker also hot-swaps when the pointer moves)",
     )
-    worker.add_argument(
+    p.add_argument(
         "--duration", type=_positive_float, metavar="SECONDS", help="stop after this long"
     )
-    worker.add_argument(
-        "--max-events", type=_positive_int, metavar="N", help="stop after N messages"
-    )
+    p.add_argument("--max-events", type=_positive_int, metavar="N", help="stop after N messages")
 
-    produce = sub.add_parser(
-        "produce",
-        help="publish one event, or replay a CSV",
-        description="Publish an interaction event from flags, or every row "
-        "of a CSV (user_id,item_id[,type][,value][,timestamp]).",
-    )
-    what = produce.add_mutually_exclusive_group(required=True)
+
+@_command(
+    "produce",
+    "publish one event, or replay a CSV",
+    "Publish an interaction event from flags, or every row "
+    "of a CSV (user_id,item_id[,type][,value][,timestamp]).",
+)
+def _produce(p: _Parser) -> None:
+    what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--user", metavar="USER_ID", help="user id (with --item)")
     what.add_argument("--csv", type=Path, metavar="PATH", help="replay this CSV in file order")
-    produce.add_argument("--item", metavar="ITEM_ID", help="item id")
-    produce.add_argument("--type", choices=EVENT_TYPES, default="play", help="event type (play)")
-    produce.add_argument("--value", type=float, help="play seconds, rating or dwell")
-    produce.add_argument("--timestamp", type=int, metavar="MS", help="epoch ms (default: now)")
-    produce.add_argument("--event-id", help="default: a random id")
-    produce.add_argument(
+    p.add_argument("--item", metavar="ITEM_ID", help="item id")
+    p.add_argument("--type", choices=EVENT_TYPES, default="play", help="event type (play)")
+    p.add_argument("--value", type=float, help="play seconds, rating or dwell")
+    p.add_argument("--timestamp", type=int, metavar="MS", help="epoch ms (default: now)")
+    p.add_argument("--event-id", help="default: a random id")
+    p.add_argument(
         "--format",
         choices=("avro", "json"),
         default="avro",
         help="wire encoding (avro single-object, default)",
     )
-    produce.add_argument("--limit", type=_positive_int, metavar="N", help="CSV: first N rows")
+    p.add_argument("--limit", type=_positive_int, metavar="N", help="CSV: first N rows")
 
-    replay = sub.add_parser(
-        "replay",
-        help="replay timestamped interactions in time order",
-        description="Publish every row of a file as an event, in timestamp order, keeping "
-        "the original timestamps and sleeping the gaps (scaled by --speed). Files: MovieLens "
-        "ratings.csv (userId,movieId,rating,timestamp -> rating events) or CSV "
-        "user_id,item_id[,type][,value][,timestamp]; .gz allowed.",
-    )
-    replay.add_argument("path", type=Path, metavar="PATH", help="the file to replay")
-    replay.add_argument(
+
+@_command(
+    "replay",
+    "replay timestamped interactions in time order",
+    "Publish every row of a file as an event, in timestamp order, keeping "
+    "the original timestamps and sleeping the gaps (scaled by --speed). Files: MovieLens "
+    "ratings.csv (userId,movieId,rating,timestamp -> rating events) or CSV "
+    "user_id,item_id[,type][,value][,timestamp]; .gz allowed.",
+)
+def _replay(p: _Parser) -> None:
+    p.add_argument("path", type=Path, metavar="PATH", help="the file to replay")
+    p.add_argument(
         "--speed",
         type=_speed,
         default=None,
         metavar="FACTOR",
         help="60x = sixty times faster than real time; max = no sleeping (default)",
     )
-    replay.add_argument(
+    p.add_argument(
         "--max-gap",
         type=_nonneg_float,
         metavar="SECONDS",
         help="longest sleep between two events, after --speed (quiet periods pass quickly)",
     )
-    replay.add_argument(
-        "--limit", type=_positive_int, metavar="N", help="the earliest N events only"
-    )
-    replay.add_argument(
+    p.add_argument("--limit", type=_positive_int, metavar="N", help="the earliest N events only")
+    p.add_argument(
         "--progress", type=_positive_int, default=10_000, metavar="N", help="report every N"
     )
-    replay.add_argument(
+    p.add_argument(
         "--format", choices=("avro", "json"), default="avro", help="wire encoding (avro)"
     )
 
-    loadgen = sub.add_parser(
-        "loadgen",
-        help="publish synthetic load: Zipf users and items, session bursts",
-        description="Publish events at a steady rate: users and items drawn from Zipf "
-        "distributions, each user active in short bursts (sessions). Items come from the "
-        "live model (most popular first) when one is published, else item-000000...",
-    )
-    loadgen.add_argument(
+
+@_command(
+    "loadgen",
+    "publish synthetic load: Zipf users and items, session bursts",
+    "Publish events at a steady rate: users and items drawn from Zipf "
+    "distributions, each user active in short bursts (sessions). Items come from the "
+    "live model (most popular first) when one is published, else item-000000...",
+)
+def _loadgen(p: _Parser) -> None:
+    p.add_argument(
         "--rate", type=_positive_float, default=100.0, metavar="EVENTS_PER_S", help="(100)"
     )
-    loadgen.add_argument("--users", type=_positive_int, default=10_000, help="users (10000)")
-    loadgen.add_argument(
+    p.add_argument("--users", type=_positive_int, default=10_000, help="users (10000)")
+    p.add_argument(
         "--items", type=_positive_int, default=1_000, help="distinct items drawn from (1000)"
     )
-    loadgen.add_argument(
+    p.add_argument(
         "--duration",
         type=_positive_float,
         metavar="SECONDS",
         help="stop after this long (default: until Ctrl-C or --max-events)",
     )
-    loadgen.add_argument("--max-events", type=_positive_int, metavar="N", help="stop after N")
-    loadgen.add_argument(
-        "--burst", type=_positive_float, default=8.0, help="mean events per session (8)"
-    )
-    loadgen.add_argument(
-        "--sessions", type=_positive_int, default=32, help="users active at once (32)"
-    )
-    loadgen.add_argument(
-        "--zipf", type=_nonneg_float, default=1.1, help="item popularity exponent (1.1)"
-    )
-    loadgen.add_argument(
+    p.add_argument("--max-events", type=_positive_int, metavar="N", help="stop after N")
+    p.add_argument("--burst", type=_positive_float, default=8.0, help="mean events per session (8)")
+    p.add_argument("--sessions", type=_positive_int, default=32, help="users active at once (32)")
+    p.add_argument("--zipf", type=_nonneg_float, default=1.1, help="item popularity exponent (1.1)")
+    p.add_argument(
         "--zipf-users", type=_nonneg_float, default=1.0, help="user activity exponent (1.0)"
     )
-    loadgen.add_argument(
+    p.add_argument(
         "--catalog",
         choices=("auto", "model", "generated"),
         default="auto",
         help="item ids: the live model's (model), item-NNNNNN (generated), or model when "
         "one is published (auto)",
     )
-    loadgen.add_argument(
-        "--user-prefix", default="loadgen-user-", help="user ids are PREFIX + number"
-    )
-    loadgen.add_argument("--seed", type=int, help="random seed (default: random)")
-    loadgen.add_argument(
+    p.add_argument("--user-prefix", default="loadgen-user-", help="user ids are PREFIX + number")
+    p.add_argument("--seed", type=int, help="random seed (default: random)")
+    p.add_argument(
         "--format", choices=("avro", "json"), default="avro", help="wire encoding (avro)"
     )
 
-    demo = sub.add_parser(
-        "demo",
-        help="the whole pipeline on this machine, live",
-        description="Bring up Kafka and Redis, train on a generated dataset, "
-        "start the worker, publish events and show lists read back from "
-        "Redis, until Ctrl-C or --duration.",
-    )
-    demo.add_argument(
+
+@_command(
+    "demo",
+    "the whole pipeline on this machine, live",
+    "Bring up Kafka and Redis, train on a generated dataset, "
+    "start the worker, publish events and show lists read back from "
+    "Redis, until Ctrl-C or --duration.",
+)
+def _demo(p: _Parser) -> None:
+    p.add_argument(
         "--duration",
         type=_positive_float,
         metavar="SECONDS",
         help="stop after this long (default: run until Ctrl-C)",
     )
-    demo.add_argument(
+    p.add_argument(
         "--rate",
         type=_positive_float,
         default=50.0,
         metavar="EVENTS_PER_S",
         help="events published per second (50)",
     )
-    demo.add_argument(
+    p.add_argument(
         "--dir", type=Path, metavar="DIR", help="where the demo model goes (default: <home>/demo)"
     )
-    demo.add_argument(
+    p.add_argument(
         "--port",
         type=_port,
         default=8000,
         help="the demo page's port on 127.0.0.1 (8000; 0 = any free port)",
     )
-    demo.add_argument("--no-browser", action="store_true", help="do not open the page in a browser")
-    demo.add_argument("--no-web", action="store_true", help="console only: no demo page")
-    demo.add_argument(
+    p.add_argument("--no-browser", action="store_true", help="do not open the page in a browser")
+    p.add_argument("--no-web", action="store_true", help="console only: no demo page")
+    p.add_argument(
         "--names",
         type=Path,
         metavar="PATH",
         help="item display names: JSON {id: name}, or CSV/TSV with id and name/title columns",
     )
-    return p
 
 
 class JsonFormatter(logging.Formatter):

@@ -107,3 +107,105 @@ def test_train_csv_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["train", "--csv", str(csv), "--out", str(out), "--factors", "8"]) == 0
     assert (out / "manifest.json").is_file()
     assert "40 items x 8 factors" in capsys.readouterr().out
+
+
+def test_als_flags_default_to_params(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dataclasses import dataclass
+
+    from streamrec.model import train as train_module
+
+    @dataclass(frozen=True)
+    class Other(train_module.Params):
+        factors: int = 7
+        regularization: float = 0.25
+        alpha: float = 2.5
+        iterations: int = 3
+        seed: int = 11
+
+    monkeypatch.setattr(train_module, "Params", Other)
+    for argv in (["train", "--dataset", "synthetic", "--out", "x"], ["retrain"]):
+        args = build_parser().parse_args(argv)
+        got = (args.factors, args.regularization, args.alpha, args.iterations, args.seed)
+        assert got == (7, 0.25, 2.5, 3, 11), argv
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for fragment in ("latent factors (7)", "λ (0.25)", "confidence scale (2.5)", "ALS sweeps (3)",
+                     "random seed (11)"):  # fmt: skip
+        assert fragment in text
+
+
+def test_dataset_choices_are_the_loaders(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamrec.model import data as data_module
+
+    for command in (["train", "--out", "x"], ["evaluate"], ["retrain"]):
+        args = build_parser().parse_args([*command, "--dataset", data_module.DATASETS[-1]])
+        assert args.dataset == data_module.DATASETS[-1]
+    monkeypatch.setattr(data_module, "DATASETS", (*data_module.DATASETS, "brand-new"))
+    assert build_parser().parse_args(["evaluate", "--dataset", "brand-new"]).dataset == "brand-new"
+
+
+def test_parsing_other_commands_loads_no_training_code() -> None:
+    # The worker's process and `streamrec --help` must not pay for scipy and implicit.
+    code = (
+        "import sys\n"
+        "from streamrec.app.cli import build_parser\n"
+        "p = build_parser()\n"
+        "p.parse_args(['worker', '--duration', '1'])\n"
+        "p.format_help()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('scipy', 'implicit')\n"
+        "             or m.startswith('streamrec.model')))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert proc.stdout.strip() == "[]"
+
+
+def test_help_of_every_command_is_complete(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["retrain", "--help"])
+    out = capsys.readouterr().out
+    assert "--final-iterations" in out and "--data-dir" in out and "Exits 5 when" in out
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        ("ConfigError", 2),
+        ("InfraError", 3),
+        ("ArtifactError", 4),
+        ("EventError", 4),
+        ("StreamrecError", 4),
+        ("KeyboardInterrupt", 130),
+    ],
+)
+def test_errors_map_to_the_exit_table(
+    error: str, status: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import builtins
+
+    from streamrec import errors
+    from streamrec.app import commands
+
+    exc = getattr(errors, error, None) or getattr(builtins, error)
+
+    def fail(_args: object) -> int:
+        raise exc("boom")
+
+    monkeypatch.setattr(commands, "run", fail)
+    assert main(["worker"]) == status
+
+
+def test_the_exit_table_documents_every_status() -> None:
+    import re
+
+    from streamrec import exits
+    from streamrec.exits import Exit
+
+    rows = dict(re.findall(r"^(\d+)\s+``([A-Z]+)``", exits.__doc__ or "", re.M))
+    assert rows == {str(e.value): e.name for e in Exit}
+    assert len({e.value for e in Exit}) == len(Exit)
+    assert (Exit.USAGE, Exit.INFRA, Exit.DATA, Exit.KEPT, Exit.INTERRUPTED) == (2, 3, 4, 5, 130)
