@@ -7,8 +7,8 @@ value: this module never reads its layout). Events from the page are validated w
 ``streamrec.events.new_event`` and published with ``EventProducer``. An answer other than 200 is
 an ``ApiError`` (status and message); ``server.py`` turns it into HTTP.
 
-Imports the floor, ``streamrec.als`` and ``streamrec.producer``; never ``server.py`` (tests
-call ``DemoApp`` directly).
+Imports ``names``, the floor, ``streamrec.als`` and ``streamrec.producer``; never ``server``
+(tests call ``DemoApp`` directly).
 """
 
 from __future__ import annotations
