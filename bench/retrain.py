@@ -28,10 +28,11 @@ from _common import emit, machine_fields, machine_line
 from streamrec.connect import ensure_topics, redis_client
 from streamrec.events import new_event
 from streamrec.model.data import build_matrix, interactions_from_events, load_dataset, synthetic
+from streamrec.model.params import Params
 from streamrec.model.retrain import RetrainConfig, concat, retrain
 from streamrec.model.snapshot import read_window
 from streamrec.model.split import split_interactions
-from streamrec.model.train import Params, fit
+from streamrec.model.train import fit
 from streamrec.producer.producer import EventProducer
 from streamrec.settings import load_settings
 

@@ -23,6 +23,7 @@ import scipy.sparse as sp
 from streamrec.events import epoch_ms, epoch_ms_array
 from streamrec.feedback import DEFAULT_WEIGHTS, Transform, confidence, decay_to_latest, event_weight
 from streamrec.files import open_text
+from streamrec.model.datasets import DATASET_FOLDERS, DATASETS
 from streamrec.model.errors import DataError
 
 if TYPE_CHECKING:
@@ -228,16 +229,6 @@ def iter_rows(data: Interactions) -> Iterator[tuple[str, str, float, int | None]
 
 
 # --- MovieLens, Parquet, events, and one entry point per dataset name -------------------------
-
-#: Names ``load_dataset`` knows; every one but ``synthetic`` reads files from a data directory.
-DATASETS: tuple[str, ...] = ("synthetic", "lastfm-2k", "ml-latest-small", "ml-100k", "ml-1m")
-#: The folder each dataset unpacks to; ``load_dataset`` looks in ``data_dir`` and in this one.
-DATASET_FOLDERS: Mapping[str, str] = {
-    "lastfm-2k": "hetrec2011-lastfm-2k",
-    "ml-latest-small": "ml-latest-small",
-    "ml-100k": "ml-100k",
-    "ml-1m": "ml-1m",
-}
 
 
 def rating_weights(

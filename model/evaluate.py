@@ -38,8 +38,9 @@ from streamrec.model.baselines import (
 )
 from streamrec.model.errors import DataError, ModelError
 from streamrec.model.metrics import KS, ranking_metrics
+from streamrec.model.params import Params
 from streamrec.model.split import Split
-from streamrec.model.train import Params, fit
+from streamrec.model.train import fit
 
 log = logging.getLogger(__name__)
 

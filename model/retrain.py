@@ -35,11 +35,12 @@ from streamrec.keys import Keys, read_model_pointer
 from streamrec.model.data import Interactions, interactions_from_events
 from streamrec.model.errors import ModelError
 from streamrec.model.evaluate import EvalReport, als_fit, evaluate
+from streamrec.model.params import Params
 from streamrec.model.publish import Totals, live_histories, publish
 from streamrec.model.snapshot import Snapshot, read_window
 from streamrec.model.split import split_interactions
 from streamrec.model.store import prune, write_version
-from streamrec.model.train import Params, fit, warm_start
+from streamrec.model.train import fit, warm_start
 from streamrec.model.tune import TuneResult, tune
 from streamrec.settings import Settings
 

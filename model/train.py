@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,29 +15,11 @@ from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
 from streamrec.artifact import Model, load_model, write_model
-from streamrec.feedback import Transform
 from streamrec.model.data import Matrix
 from streamrec.model.errors import ModelError
+from streamrec.model.params import Params
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Params:
-    """ALS hyper-parameters; ``alpha`` scales confidences exactly as implicit's ``alpha``."""
-
-    factors: int = 64
-    regularization: float = 0.5
-    alpha: float = 4.0
-    iterations: int = 15
-    transform: Transform = "log"
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.factors < 1 or self.iterations < 1:
-            raise ModelError("factors and iterations must be >= 1")
-        if self.regularization < 0 or self.alpha <= 0:
-            raise ModelError("regularization must be >= 0 and alpha > 0")
 
 
 def fit(

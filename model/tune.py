@@ -30,8 +30,8 @@ from streamrec.model.baselines import EASE_LAMBDA, EASE_MAX_ITEMS, ease_lists
 from streamrec.model.errors import ModelError
 from streamrec.model.evaluate import HISTORY_MAX, als_lists
 from streamrec.model.metrics import ranking_metrics
+from streamrec.model.params import Params
 from streamrec.model.split import Split
-from streamrec.model.train import Params
 
 log = logging.getLogger(__name__)
 

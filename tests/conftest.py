@@ -133,7 +133,8 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float, interval_s: float =
 def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model trained on the generated dataset (small, fast), written once per session."""
     from streamrec.model.data import build_matrix, synthetic
-    from streamrec.model.train import Params, train
+    from streamrec.model.params import Params
+    from streamrec.model.train import train
 
     out = tmp_path_factory.mktemp("models") / "small"
     train(build_matrix(synthetic(400, 300, seed=3)), Params(factors=16, iterations=8), out)

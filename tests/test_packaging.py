@@ -6,6 +6,8 @@ change that drops a data file or installs a generic top-level name fails here.
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -19,8 +21,22 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # A copy of the tracked files (symlinks kept): the build leaves build/ and *.egg-info in
+    # the tree it builds, and a stale build/ of the checkout must not leak into the wheel.
+    src = out / "src"
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=60
+    ).stdout.decode().split("\0")
+    for name in filter(None, tracked):
+        target = src / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = ROOT / name
+        if source.is_symlink():
+            target.symlink_to(os.readlink(source))
+        elif source.is_file():
+            shutil.copy2(source, target)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), str(src)],
         check=True,
         timeout=300,
     )

@@ -4,14 +4,13 @@ Bad arguments or settings print one line (``streamrec: error: ...``) and exit 2;
 that is down prints one line and exits 3; an interrupted command exits 130: every status is
 in ``streamrec.exits``. ``commands`` runs what was parsed.
 
-A subcommand's arguments are added the first time that subcommand is parsed or its help shown:
-train's and retrain's defaults and the dataset names come from ``streamrec.model``, whose numpy,
-scipy and implicit only the commands that use them should load (``streamrec --help`` stays
-instant; a worker process never imports implicit).
+The ALS defaults and the dataset names in the help come from ``streamrec.model.params`` and
+``streamrec.model.datasets``: small modules without numeric imports, so building the parser
+loads neither scipy nor implicit (``streamrec --help`` stays instant; a worker process never
+imports implicit).
 
-Imports the floor (``errors``, ``events``, ``feedback``, ``exits``) at import time,
-``streamrec.model`` only inside the argument functions that need it, and ``commands`` (and
-through it everything else) only in ``main``.
+Imports the floor (``errors``, ``events``, ``feedback``, ``exits``) and those two modules at
+import time, and ``commands`` (and through it everything else) only in ``main``.
 """
 
 from __future__ import annotations
@@ -24,45 +23,19 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import NoReturn
 
 from streamrec import __version__
 from streamrec.errors import ArtifactError, ConfigError, EventError, InfraError, StreamrecError
 from streamrec.events import EVENT_TYPES
 from streamrec.exits import Exit
 from streamrec.feedback import TRANSFORMS
-
-if TYPE_CHECKING:
-    from streamrec.model.train import Params
+from streamrec.model import datasets, params
+from streamrec.model.params import Params
 
 
 class _Parser(argparse.ArgumentParser):
-    """One-line errors with exit 2; a subcommand's arguments may be added on first use."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._pending: _Arguments | None = None
-
-    def defer_arguments(self, add: _Arguments) -> None:
-        """Call ``add(self)`` before this parser first parses or prints its usage or help."""
-        self._pending = add
-
-    def _add_pending(self) -> None:
-        if self._pending is not None:
-            add, self._pending = self._pending, None
-            add(self)
-
-    def parse_known_args(self, *args: Any, **kwargs: Any) -> Any:
-        self._add_pending()
-        return super().parse_known_args(*args, **kwargs)
-
-    def format_usage(self) -> str:
-        self._add_pending()
-        return super().format_usage()
-
-    def format_help(self) -> str:
-        self._add_pending()
-        return super().format_help()
+    """One-line errors with exit 2."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(Exit.USAGE, f"{self.prog}: error: {message} (see --help)\n")
@@ -171,20 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for c in _COMMANDS:
-        sub.add_parser(c.name, help=c.summary, description=c.description).defer_arguments(
-            c.arguments
-        )
+        c.arguments(sub.add_parser(c.name, help=c.summary, description=c.description))
     return p
 
 
 def _source_arguments(p: _Parser, *, required: bool, csv: str, dataset: str) -> None:
     """``--csv`` or ``--dataset``, then ``--data-dir``: the rows train, evaluate and retrain
     read (``commands._load_source``); the dataset names are ``streamrec.model.data``'s."""
-    from streamrec.model.data import DATASETS
-
     src = p.add_mutually_exclusive_group(required=required)
     src.add_argument("--csv", type=Path, metavar="PATH", help=csv)
-    src.add_argument("--dataset", choices=DATASETS, help=dataset)
+    src.add_argument("--dataset", choices=datasets.DATASETS, help=dataset)
     p.add_argument("--data-dir", type=Path, metavar="DIR", help="folder of --dataset files")
 
 
@@ -225,9 +194,7 @@ def _infra(p: _Parser) -> None:
     "model directory (float32 .npy, JSON manifest with sha256).",
 )
 def _train(p: _Parser) -> None:
-    from streamrec.model.train import Params
-
-    d = Params()
+    d = params.Params()
     _source_arguments(
         p,
         required=True,
@@ -330,9 +297,7 @@ def _recommend(p: _Parser) -> None:
     f"Exits {int(Exit.KEPT)} when the live model is kept.",
 )
 def _retrain(p: _Parser) -> None:
-    from streamrec.model.train import Params
-
-    d = Params()
+    d = params.Params()
     _source_arguments(
         p,
         required=False,

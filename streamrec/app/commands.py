@@ -23,7 +23,7 @@ from streamrec.settings import Settings, load_settings
 if TYPE_CHECKING:
     from streamrec.artifact import Model
     from streamrec.model.data import Interactions
-    from streamrec.model.train import Params
+    from streamrec.model.params import Params
     from streamrec.producer.replay import Report
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def cmd_infra(args: argparse.Namespace) -> int:
 
 def _params(args: argparse.Namespace) -> Params:
     """ALS parameters from the flags ``train`` and ``retrain`` share."""
-    from streamrec.model.train import Params
+    from streamrec.model.params import Params
 
     return Params(
         factors=args.factors,
@@ -194,8 +194,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from streamrec.errors import ArtifactError
     from streamrec.model.baselines import EASE_LAMBDA
     from streamrec.model.evaluate import evaluate
+    from streamrec.model.params import Params
     from streamrec.model.split import split_interactions
-    from streamrec.model.train import Params
     from streamrec.model.tune import tune, tune_ease
 
     if args.model is not None and not args.model.is_dir():

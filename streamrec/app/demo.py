@@ -39,8 +39,9 @@ from streamrec.errors import InfraError
 from streamrec.events import new_event
 from streamrec.keys import Keys
 from streamrec.model.data import build_matrix, synthetic
+from streamrec.model.params import Params
 from streamrec.model.publish import publish
-from streamrec.model.train import Params, train
+from streamrec.model.train import train
 from streamrec.producer.producer import EventProducer
 from streamrec.settings import Settings
 

@@ -11,8 +11,8 @@ from streamrec.als.scoring import score_csr, scored_in_order
 from streamrec.artifact import Model
 from streamrec.model.data import synthetic
 from streamrec.model.evaluate import als_model, histories, scorer_lists
+from streamrec.model.params import Params
 from streamrec.model.split import Split, split_interactions
-from streamrec.model.train import Params
 
 
 def _model() -> tuple[Model, Split]:

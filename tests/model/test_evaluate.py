@@ -19,8 +19,8 @@ from streamrec.model.evaluate import (
     scorer_lists,
 )
 from streamrec.model.metrics import ranking_metrics
+from streamrec.model.params import Params
 from streamrec.model.split import split_interactions
-from streamrec.model.train import Params
 from tests.conftest import shared_file
 
 

@@ -9,9 +9,9 @@ import numpy as np
 
 from streamrec.artifact import Model
 from streamrec.model.evaluate import EvalReport, ModelResult
+from streamrec.model.params import Params
 from streamrec.model.report import bars, line, scatter, write_report
 from streamrec.model.retrain import RetrainResult
-from streamrec.model.train import Params
 from streamrec.model.tune import Trial, TuneResult
 
 # The plot area is x in [44, 516], y in [44, 216] (W 560, H 260, PAD 44): 472 x 172.

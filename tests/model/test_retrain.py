@@ -18,11 +18,11 @@ from streamrec.connect import ensure_topics, read_ranges, redis_client
 from streamrec.events import new_event
 from streamrec.keys import Keys
 from streamrec.model.data import synthetic
+from streamrec.model.params import Params
 from streamrec.model.publish import publish
 from streamrec.model.retrain import RetrainConfig, retrain
 from streamrec.model.snapshot import Snapshot
 from streamrec.model.store import versions
-from streamrec.model.train import Params
 from streamrec.producer.producer import EventProducer
 from streamrec.settings import Settings
 from streamrec.worker.loop import Worker

@@ -11,7 +11,8 @@ import numpy as np
 from streamrec.als.scorer import Scorer
 from streamrec.artifact import load_model
 from streamrec.model.data import build_matrix, synthetic
-from streamrec.model.train import Params, fit, train
+from streamrec.model.params import Params
+from streamrec.model.train import fit, train
 
 
 def test_train_writes_model_matching_implicit(tmp_path: Path) -> None:

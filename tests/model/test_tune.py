@@ -10,8 +10,8 @@ import pytest
 
 import streamrec.model.tune as tune_module
 from streamrec.model.data import synthetic
+from streamrec.model.params import Params
 from streamrec.model.split import Split, split_interactions
-from streamrec.model.train import Params
 from streamrec.model.tune import SPACE, perturb_params, sample_params, tune, tune_ease
 
 SMALL = Params(factors=8, iterations=3, regularization=1.0, alpha=2.0)

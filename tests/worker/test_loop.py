@@ -159,7 +159,8 @@ def test_hot_swap_follows_pointer_and_refuses_a_corrupt_model(
 
     # A good new model: lists written after the swap carry its version.
     from streamrec.model.data import build_matrix, synthetic
-    from streamrec.model.train import Params, train
+    from streamrec.model.params import Params
+    from streamrec.model.train import train
 
     second = train(
         build_matrix(synthetic(400, 300, seed=3)),
