@@ -165,9 +165,7 @@ class Worker:
         histories = {u: UserState.from_json(r).totals(self.rules.half_life_ms)
                      for u, r in zip(users, raw, strict=True) if r is not None}  # fmt: skip
         scorer = self.scorer
-        scored = scorer.score(
-            histories, self.settings.top_n, self.settings.history_max, self.models.blocked
-        )
+        scored = scorer.score(histories)
         lists = scorer.values(scored, int(time.time() * 1000))
         self._sink.write(lists, transaction=False)
         self.metrics.users_updated.inc(len(lists))
@@ -212,7 +210,7 @@ class Worker:
         dead: DeadLetters,
     ) -> bool:
         """One attempt at a batch; False when another writer changed its keys meanwhile."""
-        m, s = self.metrics, self.settings
+        m = self.metrics
         with m.stage("state_read").time():
             raw = self._sink.watch_read(applied_keys + state_keys)
             applied = {
@@ -245,8 +243,7 @@ class Worker:
         with m.stage("foldin_topn").time():
             scorer = self.scorer
             rows = scorer.rows_of(item_ids)
-            scored = scorer.score_flat(list(touched), counts, rows, totals, s.top_n,
-                                       s.history_max, self.models.blocked)  # fmt: skip
+            scored = scorer.score_flat(list(touched), counts, rows, totals)
 
         with m.stage("redis_write").time():
             ok = self._sink.write(
