@@ -19,7 +19,6 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from confluent_kafka import Message
@@ -32,7 +31,7 @@ from streamrec.settings import Settings
 from streamrec.sink import Sink
 from streamrec.worker.decode import DeadLetters, Decoded, decode_batch
 from streamrec.worker.errors import WorkerError
-from streamrec.worker.metrics import Metrics, MetricsServer
+from streamrec.worker.metrics import Metrics, MetricsServer, Stats
 from streamrec.worker.models import ModelWatcher
 from streamrec.worker.source import Source, last_offsets, position, read_keys
 
@@ -50,26 +49,12 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-@dataclass
-class Stats:
-    messages: int = 0
-    decoded: int = 0
-    dead_lettered: int = 0
-    redelivered: int = 0
-    duplicates: int = 0
-    users_updated: int = 0
-    batches: int = 0
-    unknown_items: int = 0
-    refolded: int = 0
-
-
 class Worker:
     """Runs until ``stop`` is set (or the limits given to ``run`` are reached)."""
 
     def __init__(self, settings: Settings, stop: threading.Event | None = None) -> None:
         self.settings = settings
         self.stop = stop or threading.Event()
-        self.stats = Stats()
         self.metrics = Metrics()
         self.keys = Keys(settings.redis_prefix)
         self._redis = redis_client(settings)
@@ -82,6 +67,11 @@ class Worker:
         )
         self._sink = Sink(self._redis, self.keys, settings.recs_ttl_s, settings.history_ttl_s)
         self.assigned: set[tuple[str, int]] = set()  # the partitions this worker owns now
+
+    @property
+    def stats(self) -> Stats:
+        """What this worker has done (``Metrics.stats``: the counts its metrics export)."""
+        return self.metrics.stats
 
     @property
     def scorer(self) -> Scorer:
@@ -168,7 +158,6 @@ class Worker:
         scored = scorer.score(histories)
         lists = scorer.values(scored, int(time.time() * 1000))
         self._sink.write(lists, transaction=False)
-        self.metrics.users_updated.inc(len(lists))
         self.stats.refolded += len(lists)
         log.info("re-folded %d users with events after the snapshot %s", len(lists), ranges)
 
@@ -194,7 +183,6 @@ class Worker:
                 f"could not apply a batch of {len(msgs)} in {MAX_ATTEMPTS} attempts: its state "
                 "kept changing (another worker writing the same partitions?)"
             )
-        m.messages.inc(len(msgs))
         m.batch_size.observe(len(msgs))
         self.stats.messages += len(msgs)
         self.stats.batches += 1
@@ -259,13 +247,6 @@ class Worker:
         written_ms = time.time() * 1000
         stamps = np.fromiter((ev.timestamp for ev in events), dtype=np.float64, count=len(events))
         m.latency.observe_many(np.maximum(0.0, written_ms - stamps) / 1000)
-        m.decoded.inc(len(events))
-        m.dead_lettered.inc(len(failed))
-        m.redelivered.inc(redelivered)
-        m.duplicates.inc(duplicates)
-        m.users_updated.inc(len(scored.users))
-        m.unknown_items.inc(scored.unknown)
-        m.cold_users.inc(scored.cold)
         st = self.stats
         st.decoded += len(events)
         st.dead_lettered += len(failed)
@@ -273,4 +254,5 @@ class Worker:
         st.duplicates += duplicates
         st.users_updated += len(scored.users)
         st.unknown_items += scored.unknown
+        st.cold_users += scored.cold
         return True

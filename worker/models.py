@@ -114,7 +114,7 @@ class ModelWatcher:
             scorer = self._scorer(load_model(path))
         except ArtifactError as exc:
             self.refused.add(version)
-            self._metrics.models_refused.inc()
+            self._metrics.stats.models_refused += 1
             log.error("refusing model %s: %s; still serving %s", version, exc, self.scorer.version)
             return False
         log.info("model swap %s -> %s", self.scorer.version, scorer.version)

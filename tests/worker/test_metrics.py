@@ -18,7 +18,7 @@ def _get(url: str) -> tuple[int, bytes]:
 
 def test_metrics_and_health() -> None:
     m = Metrics()
-    m.messages.inc(3)
+    m.stats.messages += 3
     m.stage("decode").observe(0.002)
     m.model_loaded("v1")
     m.model_loaded("v2")
