@@ -33,12 +33,21 @@ CHECK_S = 2.0
 
 class ModelWatcher:
     """Holds the serving ``Scorer``, configured with the settings' ``top_n`` and
-    ``history_max`` and the blocked rows; ``refresh()`` between batches."""
+    ``history_max`` and the blocked rows; ``refresh()`` between batches.
+
+    ``check_s``: how often ``refresh`` reads the pointer and the blocked set from Redis.
+    """
 
     def __init__(
-        self, settings: Settings, client: redis.Redis, keys: Keys, metrics: Metrics
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        keys: Keys,
+        metrics: Metrics,
+        check_s: float = CHECK_S,
     ) -> None:
         self._settings = settings
+        self._check_s = check_s
         self._redis = client
         self._keys = keys
         self._metrics = metrics
@@ -96,7 +105,7 @@ class ModelWatcher:
         now = time.monotonic()
         if not announced and now < self._next_check:
             return False
-        self._next_check = now + CHECK_S
+        self._next_check = now + self._check_s
         swapped = not self._pinned and self._maybe_swap()
         self._reload_blocked()
         return swapped
