@@ -81,7 +81,7 @@ def child(model_dir: Path, users: int, seed: int, wait_s: float) -> None:
         histories[f"user-{u}"] = {model.item_ids[i]: float(rng.integers(1, 20)) for i in chosen}
     mark("histories")
     t = time.perf_counter()
-    result = scorer.recommend(histories, 50, history_max=500)
+    result = scorer.with_(n=50, history_max=500).recommend(histories)
     seconds = time.perf_counter() - t
     lists = result[0]
     mark("recommend")

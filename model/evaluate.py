@@ -121,7 +121,7 @@ def scorer_lists(
     (fold-in of the training history, then top-N, popular list for cold users), in batches
     scored on ``streamrec.als.scoring.THREADS`` threads; item ids mapped to split indices,
     ``items`` (B, k)."""
-    scorer = Scorer.create(model)
+    scorer = Scorer.create(model, n=k, history_max=history_max)
     column_rows = scorer.rows_of(split.item_ids)
     known = column_rows >= 0
     # model row -> split index; the extra last entry maps the -1 padding to -1.
@@ -132,8 +132,7 @@ def scorer_lists(
     starts = range(0, len(users), batch)
 
     def one(sc: Scorer, start: int) -> Scored:
-        return score_csr(sc, totals, users[start : start + batch], split.user_ids, column_rows,
-                         k, history_max)  # fmt: skip
+        return score_csr(sc, totals, users[start : start + batch], split.user_ids, column_rows)
 
     unknown = cold = 0
     for start, scored in zip(starts, scored_in_order(scorer, one, starts), strict=True):

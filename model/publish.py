@@ -127,26 +127,24 @@ def _write_lists(
     """Every user's list and every item's similar items, under ``model``'s version
     (``blocked`` item ids left out; ``now`` epoch ms)."""
     counts = {"lists": 0, "similar": 0}
-    scorer = Scorer.create(model)
+    scorer = Scorer.create(model, n=settings.top_n, history_max=settings.history_max)
     rows = scorer.blocked_rows(blocked)
+    scorer = scorer.with_(blocked=rows)
     sink = Sink(client, keys, settings.recs_ttl_s, settings.history_ttl_s)
     try:
-        n, cap = settings.top_n, settings.history_max
         jobs: list[Callable[[Scorer], Scored]] = []
         if histories:
             users = list(histories)
             for lo in range(0, len(users), CHUNK):
                 part = {u: histories[u] for u in users[lo : lo + CHUNK]}
-                jobs.append(partial(Scorer.score, histories=part, n=n, history_max=cap,
-                                    blocked=rows))  # fmt: skip
+                jobs.append(partial(Scorer.score, histories=part))
         if totals is not None:
             m = totals.matrix.tocsr()
             column_rows = scorer.rows_of(totals.item_ids)
             todo = [r for r, u in enumerate(totals.user_ids) if not histories or u not in histories]
             for lo in range(0, len(todo), CHUNK):
                 jobs.append(partial(score_csr, m=m, part_rows=todo[lo : lo + CHUNK],
-                                    user_ids=totals.user_ids, column_rows=column_rows, n=n,
-                                    history_max=cap, blocked=rows))  # fmt: skip
+                                    user_ids=totals.user_ids, column_rows=column_rows))  # fmt: skip
 
         def run(own: Scorer, job: Callable[[Scorer], Scored]) -> list[tuple[str, bytes]]:
             return own.values(job(own), now)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamrec.als.scorer import Scorer
+from streamrec.als.scorer import HISTORY_MAX, Scorer
 from streamrec.artifact import Model, load_model
 from streamrec.model.data import Interactions, factorize, load_file
 from streamrec.model.errors import DataError
@@ -68,18 +68,18 @@ def recommend(
     model: Model,
     histories: Mapping[str, Mapping[str, float]],
     n: int,
-    history_max: int = 500,
+    history_max: int = HISTORY_MAX,
     batch: int = BATCH,
     stats: list[RecommendStats] | None = None,
 ) -> Iterator[tuple[str, list[tuple[str, float]]]]:
     """``(user_id, [(item_id, score), ...])`` for every user in ``histories``, in order,
     ``batch`` users per ``Scorer.recommend`` call. Appends the totals to ``stats`` when given."""
-    scorer = Scorer.create(model)
+    scorer = Scorer.create(model, n=n, history_max=history_max)
     users = list(histories)
     unknown = cold = 0
     for start in range(0, len(users), batch):
         chunk = {u: histories[u] for u in users[start : start + batch]}
-        lists, unk, cld = scorer.recommend(chunk, n, history_max=history_max)
+        lists, unk, cld = scorer.recommend(chunk)
         unknown += unk
         cold += cld
         yield from lists
@@ -100,7 +100,7 @@ def recommend_file(
     history: Path,
     out: Path | None,
     n: int,
-    history_max: int = 500,
+    history_max: int = HISTORY_MAX,
     batch: int = BATCH,
 ) -> RecommendStats:
     """Lists for every user of ``history`` (any format ``load_file`` reads) from the model at

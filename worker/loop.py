@@ -10,6 +10,10 @@ skipped when they come again (a crash between EXEC and the Kafka commit, or a re
 WATCH makes a zombie worker that lost its partitions fail its EXEC instead of applying twice.
 Kafka offsets are committed only after EXEC (in the background every commit interval, and
 synchronously on revocation and at stop: ``worker/source.py``).
+
+The source, the sink and the dead-letter writer are parameters (``worker/seams.py``), the real
+Kafka and Redis ones unless given; what the worker counts is in ``Worker.stats``, which its
+Prometheus metrics export (``worker/metrics.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from confluent_kafka import Message
@@ -30,11 +33,13 @@ from streamrec.connect import ensure_topics, redis_client
 from streamrec.keys import Keys
 from streamrec.settings import Settings
 from streamrec.sink import Sink
-from streamrec.worker.decode import DeadLetters, Decoded, decode_batch
+from streamrec.worker.batch import Batch
+from streamrec.worker.decode import DeadLetters, decode_batch
 from streamrec.worker.errors import WorkerError
-from streamrec.worker.metrics import Metrics, MetricsServer
+from streamrec.worker.metrics import Metrics, MetricsServer, Stats
 from streamrec.worker.models import ModelWatcher
-from streamrec.worker.source import Source, last_offsets, position, read_keys
+from streamrec.worker.seams import BatchSink, BatchSource, DeadLetterWriter
+from streamrec.worker.source import Source, position, read_keys
 
 log = logging.getLogger(__name__)
 
@@ -50,26 +55,25 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-@dataclass
-class Stats:
-    messages: int = 0
-    decoded: int = 0
-    dead_lettered: int = 0
-    redelivered: int = 0
-    duplicates: int = 0
-    users_updated: int = 0
-    batches: int = 0
-    unknown_items: int = 0
-    refolded: int = 0
-
-
 class Worker:
-    """Runs until ``stop`` is set (or the limits given to ``run`` are reached)."""
+    """Runs until ``stop`` is set (or the limits given to ``run`` are reached).
 
-    def __init__(self, settings: Settings, stop: threading.Event | None = None) -> None:
+    ``source``, ``sink`` and ``dead_letters`` default to the real ones (``Source``: the
+    events topic in the worker's group; ``Sink``: Redis; ``DeadLetters``: the DLQ topic). The
+    worker owns what it is given: ``run`` closes it at the end.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        stop: threading.Event | None = None,
+        *,
+        source: BatchSource | None = None,
+        sink: BatchSink | None = None,
+        dead_letters: DeadLetterWriter | None = None,
+    ) -> None:
         self.settings = settings
         self.stop = stop or threading.Event()
-        self.stats = Stats()
         self.metrics = Metrics()
         self.keys = Keys(settings.redis_prefix)
         self._redis = redis_client(settings)
@@ -80,8 +84,17 @@ class Worker:
             history_max=settings.history_max,
             dedup_window=settings.dedup_window,
         )
-        self._sink = Sink(self._redis, self.keys, settings.recs_ttl_s, settings.history_ttl_s)
+        if sink is None:
+            sink = Sink(self._redis, self.keys, settings.recs_ttl_s, settings.history_ttl_s)
+        self._sink = sink
+        self._source = source  # built in ``run`` when None: after the topics exist
+        self._dead = dead_letters
         self.assigned: set[tuple[str, int]] = set()  # the partitions this worker owns now
+
+    @property
+    def stats(self) -> Stats:
+        """What this worker has done (``Metrics.stats``: the counts its metrics export)."""
+        return self.metrics.stats
 
     @property
     def scorer(self) -> Scorer:
@@ -91,9 +104,12 @@ class Worker:
     def run(self, max_messages: int | None = None, duration_s: float | None = None) -> Stats:
         s = self.settings
         ensure_topics(s)
-        source = Source(s)
+        if self._source is None:
+            self._source = Source(s)
+        if self._dead is None:
+            self._dead = DeadLetters(s)
+        source, dead = self._source, self._dead
         self.assigned = source.assigned
-        dead = DeadLetters(s)
         server = MetricsServer(self.metrics, s.metrics_bind) if s.metrics_bind else None
         started = time.monotonic()
         next_report = started + PROGRESS_S
@@ -125,7 +141,7 @@ class Worker:
                 if not msgs:
                     source.idle()
                     continue
-                self._process(msgs, dead)
+                self._process(msgs)
                 with self.metrics.stage("commit").time():
                     source.commit(msgs, asynchronous=True)
         finally:
@@ -165,69 +181,53 @@ class Worker:
         histories = {u: UserState.from_json(r).totals(self.rules.half_life_ms)
                      for u, r in zip(users, raw, strict=True) if r is not None}  # fmt: skip
         scorer = self.scorer
-        scored = scorer.score(
-            histories, self.settings.top_n, self.settings.history_max, self.models.blocked
-        )
+        scored = scorer.score(histories)
         lists = scorer.values(scored, int(time.time() * 1000))
         self._sink.write(lists, transaction=False)
-        self.metrics.users_updated.inc(len(lists))
         self.stats.refolded += len(lists)
         log.info("re-folded %d users with events after the snapshot %s", len(lists), ranges)
 
-    def _process(self, msgs: Sequence[Message], dead: DeadLetters) -> None:
+    def _process(self, msgs: Sequence[Message]) -> None:
         m = self.metrics
         with m.stage("decode").time():
             decoded = decode_batch(msgs)
-        last = last_offsets(msgs)
-        parts = sorted(last)
-        applied_keys = [self.keys.applied(t, p) for t, p in parts]
-        users = list(dict.fromkeys(d.event.user_id for d in decoded if d.event is not None))
-        state_keys = [self.keys.user(u) for u in users]
+        batch = Batch.of(msgs, decoded, self.keys)
         for _attempt in range(MAX_ATTEMPTS):
             try:
-                if self._apply(decoded, parts, last, applied_keys, users, state_keys, dead):
+                if self._apply(batch):
                     break
             except BaseException:
                 self._sink.reset()  # drop the connection and its WATCH
                 raise
-            log.warning("batch raced with another writer on %s; retrying", parts)
+            log.warning("batch raced with another writer on %s; retrying", batch.parts)
         else:
             raise WorkerError(
                 f"could not apply a batch of {len(msgs)} in {MAX_ATTEMPTS} attempts: its state "
                 "kept changing (another worker writing the same partitions?)"
             )
-        m.messages.inc(len(msgs))
         m.batch_size.observe(len(msgs))
         self.stats.messages += len(msgs)
         self.stats.batches += 1
 
-    def _apply(
-        self,
-        decoded: list[Decoded],
-        parts: list[tuple[str, int]],
-        last: dict[tuple[str, int], int],
-        applied_keys: list[str],
-        users: list[str],
-        state_keys: list[str],
-        dead: DeadLetters,
-    ) -> bool:
+    def _apply(self, batch: Batch) -> bool:
         """One attempt at a batch; False when another writer changed its keys meanwhile."""
-        m, s = self.metrics, self.settings
+        m, parts, users = self.metrics, batch.parts, batch.users
+        assert self._dead is not None  # set by ``run``
         with m.stage("state_read").time():
-            raw = self._sink.watch_read(applied_keys + state_keys)
+            raw = self._sink.watch_read(batch.watched)
             applied = {
                 p: int(v) if v is not None else -1
                 for p, v in zip(parts, raw[: len(parts)], strict=True)
             }
             raw_states = raw[len(parts) :]
         fresh = []
-        for d in decoded:
+        for d in batch.decoded:
             part, offset = position(d.msg)
             if offset > applied[part]:
                 fresh.append(d)
-        redelivered = len(decoded) - len(fresh)
+        redelivered = len(batch) - len(fresh)
         failed = [(d.msg, d.reason or "") for d in fresh if d.event is None]
-        dead.send(failed)
+        self._dead.send(failed)
 
         with m.stage("history").time():
             states = {u: UserState.from_json(r) for u, r in zip(users, raw_states, strict=True)}
@@ -245,16 +245,15 @@ class Worker:
         with m.stage("foldin_topn").time():
             scorer = self.scorer
             rows = scorer.rows_of(item_ids)
-            scored = scorer.score_flat(list(touched), counts, rows, totals, s.top_n,
-                                       s.history_max, self.models.blocked)  # fmt: skip
+            scored = scorer.score_flat(list(touched), counts, rows, totals)
 
         with m.stage("redis_write").time():
             ok = self._sink.write(
                 lists=scorer.values(scored, int(time.time() * 1000)),
                 states=[(u, states[u].to_json()) for u in touched],
                 applied=[
-                    (key, max(last[part], applied[part]))
-                    for part, key in zip(parts, applied_keys, strict=True)
+                    (key, max(batch.last[part], applied[part]))
+                    for part, key in zip(parts, batch.applied_keys, strict=True)
                 ],
             )
         if not ok:
@@ -262,13 +261,6 @@ class Worker:
         written_ms = time.time() * 1000
         stamps = np.fromiter((ev.timestamp for ev in events), dtype=np.float64, count=len(events))
         m.latency.observe_many(np.maximum(0.0, written_ms - stamps) / 1000)
-        m.decoded.inc(len(events))
-        m.dead_lettered.inc(len(failed))
-        m.redelivered.inc(redelivered)
-        m.duplicates.inc(duplicates)
-        m.users_updated.inc(len(scored.users))
-        m.unknown_items.inc(scored.unknown)
-        m.cold_users.inc(scored.cold)
         st = self.stats
         st.decoded += len(events)
         st.dead_lettered += len(failed)
@@ -276,4 +268,5 @@ class Worker:
         st.duplicates += duplicates
         st.users_updated += len(scored.users)
         st.unknown_items += scored.unknown
+        st.cold_users += scored.cold
         return True

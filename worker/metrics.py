@@ -1,5 +1,11 @@
 """Worker metrics (Prometheus) and the /metrics + /healthz HTTP endpoint.
 
+What the worker counts is counted once, in ``Stats`` (plain ints, bumped per batch by the
+loop and per model check by the model watcher): ``Worker.stats``, the progress logs and tests
+read it, and ``Metrics`` exports it as Prometheus counters (``COUNTERS``) when scraped.
+Timings, sizes, lag and the serving version are Prometheus histograms and gauges of
+``Metrics``.
+
 Each ``Metrics`` owns its registry, so several workers in one process (tests) never collide.
 ``/healthz`` answers 200 while the loop has completed an iteration within ``stale_after_s``
 and 503 otherwise (stuck on Kafka or Redis, or stopped).
@@ -11,12 +17,13 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import numpy.typing as npt
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
@@ -27,35 +34,80 @@ _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+@dataclass(slots=True)
+class Stats:
+    """Totals since the worker started; the one place each is counted.
+
+    Written by the worker's thread only (per batch or model check, never per event); the
+    metrics server's thread reads them when scraped.
+    """
+
+    messages: int = 0  # Kafka messages consumed, redelivered ones included
+    decoded: int = 0  # events decoded and not already applied
+    dead_lettered: int = 0  # messages sent to the dead-letter topic
+    redelivered: int = 0  # messages skipped: their effect was already in Redis
+    duplicates: int = 0  # events dropped as a duplicate event_id
+    users_updated: int = 0  # lists written by batches
+    batches: int = 0  # batches applied
+    unknown_items: int = 0  # history entries naming items the model does not know
+    refolded: int = 0  # lists written again after a model swap (``Worker._refold``)
+    cold_users: int = 0  # lists served from popularity (no usable history)
+    models_refused: int = 0  # published models that failed verification
+    model_swaps: int = 0  # models loaded, the first one included
+
+
+#: The Prometheus counters exported from ``Stats``: name, help, the fields summed into it.
+COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("streamrec_messages", "Kafka messages consumed", ("messages",)),
+    ("streamrec_events_decoded", "events decoded", ("decoded",)),
+    ("streamrec_events_dead_lettered", "messages sent to the DLQ", ("dead_lettered",)),
+    (
+        "streamrec_messages_redelivered",
+        "messages skipped because their effect was already in Redis",
+        ("redelivered",),
+    ),
+    ("streamrec_events_duplicate", "events dropped as duplicate event_id", ("duplicates",)),
+    ("streamrec_users_updated", "lists written", ("users_updated", "refolded")),
+    (
+        "streamrec_unknown_items",
+        "history entries skipped in the solve: item unknown to the model",
+        ("unknown_items",),
+    ),
+    (
+        "streamrec_cold_users",
+        "lists served from popularity (no usable history)",
+        ("cold_users",),
+    ),
+    (
+        "streamrec_models_refused",
+        "published models that failed verification",
+        ("models_refused",),
+    ),
+    ("streamrec_model_swaps", "models loaded", ("model_swaps",)),
+)
+
+
+class StatsCollector(Collector):
+    """Exposes a ``Stats`` as the Prometheus counters of ``COUNTERS``, read at each scrape."""
+
+    def __init__(self, stats: Stats) -> None:
+        self._stats = stats
+        self._created = time.time()
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        st = self._stats
+        for name, doc, fields in COUNTERS:
+            value = float(sum(getattr(st, f) for f in fields))
+            yield CounterMetricFamily(name, doc, value=value, created=self._created)
+
+
 class Metrics:
+    """The worker's ``stats`` and its Prometheus registry (``registry``)."""
+
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.messages = Counter("streamrec_messages", "Kafka messages consumed", registry=r)
-        self.decoded = Counter("streamrec_events_decoded", "events decoded", registry=r)
-        self.dead_lettered = Counter(
-            "streamrec_events_dead_lettered", "messages sent to the DLQ", registry=r
-        )
-        self.redelivered = Counter(
-            "streamrec_messages_redelivered",
-            "messages skipped because their effect was already in Redis",
-            registry=r,
-        )
-        self.duplicates = Counter(
-            "streamrec_events_duplicate", "events dropped as duplicate event_id", registry=r
-        )
-        self.users_updated = Counter("streamrec_users_updated", "lists written", registry=r)
-        self.unknown_items = Counter(
-            "streamrec_unknown_items",
-            "history entries skipped in the solve: item unknown to the model",
-            registry=r,
-        )
-        self.cold_users = Counter(
-            "streamrec_cold_users", "lists served from popularity (no usable history)", registry=r
-        )
-        self.models_refused = Counter(
-            "streamrec_models_refused", "published models that failed verification", registry=r
-        )
-        self.model_swaps = Counter("streamrec_model_swaps", "models loaded", registry=r)
+        self.stats = Stats()
+        r.register(StatsCollector(self.stats))
         self.batch_size = Histogram(
             "streamrec_batch_messages",
             "messages per batch",
@@ -93,7 +145,7 @@ class Metrics:
             self.model_version.remove(self._current_version)
         self.model_version.labels(version=version).set(1)
         self._current_version = version
-        self.model_swaps.inc()
+        self.stats.model_swaps += 1
 
     def looped(self) -> None:
         self._last_loop_mono = time.monotonic()

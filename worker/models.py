@@ -19,7 +19,7 @@ import redis
 from confluent_kafka import Consumer
 
 from streamrec.als.scorer import Scorer
-from streamrec.artifact import load_model
+from streamrec.artifact import Model, load_model
 from streamrec.connect import blocked_items
 from streamrec.errors import ArtifactError, InfraError
 from streamrec.keys import Keys, read_model_pointer
@@ -32,12 +32,22 @@ CHECK_S = 2.0
 
 
 class ModelWatcher:
-    """Holds the serving ``Scorer`` and the blocked rows; ``refresh()`` between batches."""
+    """Holds the serving ``Scorer``, configured with the settings' ``top_n`` and
+    ``history_max`` and the blocked rows; ``refresh()`` between batches.
+
+    ``check_s``: how often ``refresh`` reads the pointer and the blocked set from Redis.
+    """
 
     def __init__(
-        self, settings: Settings, client: redis.Redis, keys: Keys, metrics: Metrics
+        self,
+        settings: Settings,
+        client: redis.Redis,
+        keys: Keys,
+        metrics: Metrics,
+        check_s: float = CHECK_S,
     ) -> None:
         self._settings = settings
+        self._check_s = check_s
         self._redis = client
         self._keys = keys
         self._metrics = metrics
@@ -45,7 +55,6 @@ class ModelWatcher:
         self._pinned = settings.model_path is not None
         self.scorer = self._initial()
         self._blocked_ids: set[str] = set()
-        self.blocked: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
         self._next_check = 0.0
         self._announcements: Consumer | None = None
         if not self._pinned:
@@ -62,16 +71,25 @@ class ModelWatcher:
             self._announcements.subscribe([settings.topic_models])
         metrics.model_loaded(self.scorer.version)
 
+    @property
+    def blocked(self) -> npt.NDArray[np.int64]:
+        """(m,) int64 rows of the serving model never recommended (the blocked items it knows)."""
+        return self.scorer.blocked
+
+    def _scorer(self, model: Model) -> Scorer:
+        s = self._settings
+        return Scorer.create(model, n=s.top_n, history_max=s.history_max)
+
     def _initial(self) -> Scorer:
         if self._settings.model_path is not None:
-            return Scorer.create(load_model(self._settings.model_path))
+            return self._scorer(load_model(self._settings.model_path))
         pointed = read_model_pointer(self._redis, self._keys)
         if pointed is None:
             raise InfraError(
                 f"no model: {self._keys.model} is not set in Redis and no model path was given; "
                 "run: streamrec train --dataset synthetic --out DIR --publish"
             )
-        return Scorer.create(load_model(pointed.path))
+        return self._scorer(load_model(pointed.path))
 
     def refresh(self) -> bool:
         """Swap to a newly published model and reload the blocked set, when due.
@@ -87,7 +105,7 @@ class ModelWatcher:
         now = time.monotonic()
         if not announced and now < self._next_check:
             return False
-        self._next_check = now + CHECK_S
+        self._next_check = now + self._check_s
         swapped = not self._pinned and self._maybe_swap()
         self._reload_blocked()
         return swapped
@@ -102,17 +120,16 @@ class ModelWatcher:
             return False
         version, path = pointed.version, pointed.path
         try:
-            scorer = Scorer.create(load_model(path))
+            scorer = self._scorer(load_model(path))
         except ArtifactError as exc:
             self.refused.add(version)
-            self._metrics.models_refused.inc()
+            self._metrics.stats.models_refused += 1
             log.error("refusing model %s: %s; still serving %s", version, exc, self.scorer.version)
             return False
         log.info("model swap %s -> %s", self.scorer.version, scorer.version)
         self.scorer = scorer
         # Re-map the blocked ids onto the new model's rows on the reload just below.
         self._blocked_ids = set()
-        self.blocked = np.zeros(0, dtype=np.int64)
         self._metrics.model_loaded(scorer.version)
         return True
 
@@ -120,7 +137,7 @@ class ModelWatcher:
         ids = blocked_items(self._redis, self._keys)
         if ids != self._blocked_ids:
             self._blocked_ids = ids
-            self.blocked = self.scorer.blocked_rows(ids)
+            self.scorer = self.scorer.with_(blocked=self.scorer.blocked_rows(ids))
             log.info("blocked items: %d (%d known to the model)", len(ids), len(self.blocked))
 
     def close(self) -> None:

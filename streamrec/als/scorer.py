@@ -4,12 +4,17 @@ No I/O: ``Scorer.score`` turns ``{user: {item: total}}`` into arrays of item row
 (``Scorer.encoder`` makes the Redis values from them); ``Scorer.recommend`` into
 ``[(user, [(item, score)])]``. Users with no positive history among the model's items get the
 popularity ranking.
+
+The knobs of a request (``n``, ``history_max``, ``blocked``) are the scorer's configuration,
+given to ``Scorer.create`` and changed on a copy (``Scorer.with_``) that shares the model, its
+index and the score buffer: the worker swaps in new blocked rows at runtime, the evaluation
+scores one model with several ``n``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -19,6 +24,7 @@ from streamrec.als.topn import top_n
 from streamrec.artifact import Model
 from streamrec.feedback import confidence
 from streamrec.keys import ListEncoder, round_scores
+from streamrec.settings import Settings
 
 Ranked = list[tuple[str, list[tuple[str, float]]]]
 
@@ -28,28 +34,75 @@ Ranked = list[tuple[str, list[tuple[str, float]]]]
 SCORE_ROWS = 64
 #: ... and never more than this many bytes of scores, whatever the catalogue size.
 SCORE_BUFFER_BYTES = 8 << 20
+#: The knobs' defaults are the settings' (``STREAMREC_TOP_N``, ``STREAMREC_HISTORY_MAX``),
+#: defined there once.
+TOP_N: int = Settings.model_fields["top_n"].default
+HISTORY_MAX: int = Settings.model_fields["history_max"].default
+
+
+def _no_rows() -> npt.NDArray[np.int64]:
+    return np.zeros(0, dtype=np.int64)
 
 
 @dataclass(frozen=True)
 class Scorer:
+    """One model, ready to score, and the knobs every call uses:
+
+    ``n``: list length (>= 1); ``history_max``: most items per user entering the solve (the
+    strongest by absolute total; all of them are still excluded from the list); ``blocked``:
+    (m,) int64 model rows never returned to anyone (``blocked_rows``).
+    """
+
     model: Model
     foldin: FoldIn
     index: Mapping[str, int] = field(repr=False)
     popular_order: npt.NDArray[np.int64] = field(repr=False)
     ids_array: npt.NDArray[np.object_] = field(repr=False)
     encoder: ListEncoder = field(repr=False)
-    # Scratch reused across batches (one worker thread uses a Scorer at a time).
+    n: int = TOP_N
+    history_max: int = HISTORY_MAX
+    blocked: npt.NDArray[np.int64] = field(default_factory=_no_rows, repr=False)
+    # Scratch reused across batches (one worker thread uses a Scorer at a time); copies made
+    # by ``with_`` share it, so a copy per call allocates nothing.
     buffers: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def create(cls, model: Model) -> Scorer:
+    def create(
+        cls,
+        model: Model,
+        *,
+        n: int = TOP_N,
+        history_max: int = HISTORY_MAX,
+        blocked: npt.ArrayLike | None = None,
+    ) -> Scorer:
+        """The model's id index, popularity order and solver state (built once per model)."""
         return cls(
             model=model,
             foldin=FoldIn.create(model.item_factors, float(model.params["regularization"])),
-            index={item: n for n, item in enumerate(model.item_ids)},
+            index={item: row for row, item in enumerate(model.item_ids)},
             popular_order=np.argsort(-model.item_popularity, kind="stable").astype(np.int64),
             ids_array=np.asarray(model.item_ids, dtype=np.object_),
             encoder=ListEncoder(model.item_ids),
+            n=n,
+            history_max=history_max,
+            blocked=_no_rows() if blocked is None else np.asarray(blocked, dtype=np.int64),
+        )
+
+    def with_(
+        self,
+        *,
+        n: int | None = None,
+        history_max: int | None = None,
+        blocked: npt.ArrayLike | None = None,
+    ) -> Scorer:
+        """A copy with other knobs (None keeps this one's; ``blocked=[]`` clears them). Cheap:
+        it shares the model, its index and the score buffer with this one, so use the two
+        from one thread at a time (``dataclasses.replace(sc, buffers={})`` for another)."""
+        return replace(
+            self,
+            n=self.n if n is None else n,
+            history_max=self.history_max if history_max is None else history_max,
+            blocked=self.blocked if blocked is None else np.asarray(blocked, dtype=np.int64),
         )
 
     @property
@@ -68,13 +121,11 @@ class Scorer:
     def _top_n(
         self,
         vectors: npt.NDArray[np.float32],
-        n: int,
         excl_ptr: npt.NDArray[np.int64],
         excl_idx: npt.NDArray[np.int64],
-        blocked: npt.NDArray[np.int64] | None,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         """``top_n`` over the batch in slices of ``score_rows`` users, one buffer for all."""
-        rows = self.score_rows
+        rows, n, blocked = self.score_rows, self.n, self.blocked
         if len(vectors) <= rows:
             return top_n(
                 vectors,
@@ -110,28 +161,16 @@ class Scorer:
         """Row indices of the given item ids that the model knows."""
         return np.fromiter((self.index[i] for i in item_ids if i in self.index), dtype=np.int64)
 
-    def recommend(
-        self,
-        histories: Mapping[str, Mapping[str, float]],
-        n: int,
-        history_max: int = 500,
-        blocked: npt.NDArray[np.int64] | None = None,
-    ) -> tuple[Ranked, int, int]:
+    def recommend(self, histories: Mapping[str, Mapping[str, float]]) -> tuple[Ranked, int, int]:
         """``score``, as (user, [(item_id, score), ...]) lists (scores rounded for JSON).
 
         Returns the lists, how many history entries named items unknown to the model, and how
         many users got the popularity ranking.
         """
-        scored = self.score(histories, n, history_max, blocked)
+        scored = self.score(histories)
         return scored.lists(self.ids_array), scored.unknown, scored.cold
 
-    def score(
-        self,
-        histories: Mapping[str, Mapping[str, float]],
-        n: int,
-        history_max: int = 500,
-        blocked: npt.NDArray[np.int64] | None = None,
-    ) -> Scored:
+    def score(self, histories: Mapping[str, Mapping[str, float]]) -> Scored:
         """Top-``n`` item rows and scores for every user in ``histories`` (item -> total).
 
         Every item in a user's history, and every ``blocked`` row, is excluded from their list.
@@ -145,9 +184,6 @@ class Scorer:
             counts,
             self.rows_of([i for h in histories.values() for i in h]),
             np.fromiter(totals, dtype=np.float64, count=int(counts.sum())),
-            n,
-            history_max,
-            blocked,
         )
 
     def values(self, scored: Scored, now_ms: int) -> list[tuple[str, bytes]]:
@@ -167,13 +203,11 @@ class Scorer:
         counts: npt.NDArray[np.int64],
         all_rows: npt.NDArray[np.int64],
         all_totals: npt.NDArray[np.float64],
-        n: int,
-        history_max: int = 500,
-        blocked: npt.NDArray[np.int64] | None = None,
     ) -> Scored:
         """``score`` with the histories flattened: user ``b`` owns the next ``counts[b]``
         entries of ``all_rows`` ((nnz,) int64 model rows, ``rows_of``; -1 = unknown item) and
         ``all_totals`` ((nnz,) float64 feedback totals)."""
+        n, history_max = self.n, self.history_max
         alpha = float(self.model.params["alpha"])
         transform = self.model.params["transform"]
         total = len(all_rows)
@@ -196,10 +230,10 @@ class Scorer:
         conf = (alpha * confidence(totals, transform)).astype(np.float32)
         warm = np.bincount(owner[conf > 0], minlength=len(users)) > 0
         vectors = self.foldin.solve(solve_ptr, solve_idx, conf)
-        items, scores = self._top_n(vectors, n, excl_ptr, excl_idx, blocked)
+        items, scores = self._top_n(vectors, excl_ptr, excl_idx)
         cold = np.flatnonzero(~warm).tolist()
         if cold:
-            never = set(blocked.tolist()) if blocked is not None else set()
+            never = set(self.blocked.tolist())
             pop = self.model.item_popularity
             for b in cold:
                 seen = set(excl_idx[excl_ptr[b] : excl_ptr[b + 1]].tolist()) | never

@@ -32,17 +32,15 @@ def score_csr(
     part_rows: Sequence[int] | npt.NDArray[np.int64],
     user_ids: Sequence[str],
     column_rows: npt.NDArray[np.int64],
-    n: int,
-    history_max: int,
-    blocked: npt.NDArray[np.int64] | None = None,
 ) -> Scored:
-    """``Scorer.score`` for rows ``part_rows`` of the totals matrix ``m`` (n_users, n_cols),
-    whose column ``c`` is model row ``column_rows[c]`` (-1: unknown to the model); the
-    histories in CSR order, as ``Scorer.score`` reads a dict built from the same row."""
+    """``sc.score`` (with ``sc``'s ``n``, ``history_max`` and ``blocked``) for rows
+    ``part_rows`` of the totals matrix ``m`` (n_users, n_cols) float, whose column ``c`` is
+    model row ``column_rows[c]`` ((n_cols,) int64; -1: unknown to the model); the histories in
+    CSR order, as ``Scorer.score`` reads a dict built from the same row."""
     sub = m[np.asarray(part_rows, dtype=np.int64)]
     users = [user_ids[r] for r in np.asarray(part_rows).tolist()]
     return sc.score_flat(users, np.diff(sub.indptr).astype(np.int64), column_rows[sub.indices],
-                         sub.data.astype(np.float64), n, history_max, blocked)  # fmt: skip
+                         sub.data.astype(np.float64))  # fmt: skip
 
 
 def ordered(
@@ -65,8 +63,8 @@ def scored_in_order(
     threads: int = THREADS,
 ) -> Iterator[T]:
     """``fn(scorer, arg)`` for every arg, on ``threads`` threads, in order. Each thread gets
-    a copy of ``scorer`` sharing the model but with its own score buffer; BLAS runs one
-    thread per caller so the threads do not oversubscribe the cores."""
+    a copy of ``scorer`` sharing the model and its knobs but with its own score buffer; BLAS
+    runs one thread per caller so the threads do not oversubscribe the cores."""
     local = threading.local()
 
     def run(arg: Any) -> T:

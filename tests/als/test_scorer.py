@@ -12,7 +12,7 @@ def test_known_history_is_excluded_and_unknown_items_counted(small_model: Path) 
     scorer = Scorer.create(load_model(small_model))
     ids = scorer.model.item_ids
     history = {ids[0]: 3.0, ids[5]: 1.0, "never-seen": 2.0}
-    lists, unknown, _ = scorer.recommend({"u": history}, 20)
+    lists, unknown, _ = scorer.with_(n=20).recommend({"u": history})
     got = [i for i, _ in lists[0][1]]
     assert unknown == 1
     assert len(got) == 20 and len(set(got)) == 20
@@ -22,13 +22,13 @@ def test_known_history_is_excluded_and_unknown_items_counted(small_model: Path) 
 
 
 def test_cold_user_gets_popular_minus_own_items(small_model: Path) -> None:
-    scorer = Scorer.create(load_model(small_model))
+    scorer = Scorer.create(load_model(small_model), n=5)
     popular = [i for i, _ in scorer.model.popular(10)]
-    lists, unknown, _ = scorer.recommend({"new": {"never-seen": 1.0}}, 5)
+    lists, unknown, _ = scorer.recommend({"new": {"never-seen": 1.0}})
     assert unknown == 1
     assert [i for i, _ in lists[0][1]] == popular[:5]
     # only a dislike of the top item: still cold, and the disliked item is left out
-    lists, _, _ = scorer.recommend({"new": {popular[0]: -2.0}}, 5)
+    lists, _, _ = scorer.recommend({"new": {popular[0]: -2.0}})
     assert [i for i, _ in lists[0][1]] == popular[1:6]
 
 
@@ -36,19 +36,39 @@ def test_history_cap_keeps_strongest_items(small_model: Path) -> None:
     scorer = Scorer.create(load_model(small_model))
     ids = scorer.model.item_ids
     history = {ids[i]: float(i + 1) for i in range(30)}
-    capped, _, _ = scorer.recommend({"u": history}, 10, history_max=5)
-    strongest, _, _ = scorer.recommend({"u": {ids[i]: float(i + 1) for i in range(25, 30)}}, 40)
+    capped, _, _ = scorer.with_(n=10, history_max=5).recommend({"u": history})
+    strongest, _, _ = scorer.with_(n=40).recommend(
+        {"u": {ids[i]: float(i + 1) for i in range(25, 30)}}
+    )
     allowed = [i for i, _ in strongest[0][1] if i not in history]
     assert [i for i, _ in capped[0][1]] == allowed[:10]  # same solve, all 30 still excluded
 
 
 def test_batch_equals_one_by_one(small_model: Path) -> None:
-    scorer = Scorer.create(load_model(small_model))
+    scorer = Scorer.create(load_model(small_model), n=10)
     ids = scorer.model.item_ids
     histories = {
         f"u{n}": {ids[(n * 13 + j) % len(ids)]: 1.0 + j for j in range(n % 9)} for n in range(40)
     }
-    batch, _, _ = scorer.recommend(histories, 10)
+    batch, _, _ = scorer.recommend(histories)
     for user, items in batch:
-        single, _, _ = scorer.recommend({user: histories[user]}, 10)
+        single, _, _ = scorer.recommend({user: histories[user]})
         assert [i for i, _ in single[0][1]] == [i for i, _ in items]
+
+
+def test_knobs_live_on_copies_that_share_the_score_buffer(small_model: Path) -> None:
+    scorer = Scorer.create(load_model(small_model), n=10)
+    ids = scorer.model.item_ids
+    history = {ids[3]: 2.0, ids[8]: 1.0}
+    first, _, _ = scorer.recommend({"u": history})
+    buffer = scorer.buffers["scores"]
+    top = [i for i, _ in first[0][1]]
+    blocked = scorer.with_(n=5, blocked=scorer.blocked_rows([top[0], "never-seen"]))
+    assert (blocked.n, blocked.history_max) == (5, scorer.history_max)
+    assert blocked.blocked.tolist() == [scorer.index[top[0]]]
+    got, _, _ = blocked.recommend({"u": history})
+    assert [i for i, _ in got[0][1]] == top[1:6]  # the blocked item out, the rest moves up
+    assert scorer.n == 10 and len(scorer.blocked) == 0  # the original keeps its knobs
+    again, _, _ = blocked.with_(blocked=[]).with_(n=10).recommend({"u": history})
+    assert again == first
+    assert blocked.buffers is scorer.buffers and scorer.buffers["scores"] is buffer  # no new one

@@ -22,13 +22,12 @@ def _model() -> tuple[Model, Split]:
 
 def test_score_csr_is_score_of_the_same_histories() -> None:
     model, split = _model()
-    sc = Scorer.create(model)
+    blocked = np.array([0, 5], dtype=np.int64)
+    sc = Scorer.create(model, n=10, history_max=4, blocked=blocked)
     users = np.arange(0, 300, 7, dtype=np.int64)
     totals = split.train_totals()
-    blocked = np.array([0, 5], dtype=np.int64)
-    got = score_csr(sc, totals, users, split.user_ids, sc.rows_of(split.item_ids), 10,
-                    history_max=4, blocked=blocked)  # fmt: skip
-    want = sc.score(histories(split, users, totals), 10, history_max=4, blocked=blocked)
+    got = score_csr(sc, totals, users, split.user_ids, sc.rows_of(split.item_ids))
+    want = sc.score(histories(split, users, totals))
     assert got.users == want.users
     assert np.array_equal(got.items, want.items)
     assert np.array_equal(got.scores, want.scores)

@@ -58,7 +58,7 @@ def test_recommend_writes_the_workers_lists(
 
     # exactly what the worker's Scorer gives for the same item totals
     hist = user_histories(load_csv(history))
-    expected, _, _ = Scorer.create(load_model(small_model)).recommend(hist, 7)
+    expected, _, _ = Scorer.create(load_model(small_model), n=7).recommend(hist)
     assert [row["user_id"] for row in lines] == [u for u, _ in expected]
     for row, (_user, ranked) in zip(lines, expected, strict=True):
         assert [(it["item_id"], it["score"]) for it in row["items"]] == ranked

@@ -30,7 +30,7 @@ def test_als_lists_are_the_workers_lists(tmp_path: Path) -> None:
     model = als_model(split, params)
     users = split.eval_users()[:40]
     got = scorer_lists(split, model, users, 10)
-    lists, _, _ = Scorer.create(model).recommend(histories(split, users), 10)
+    lists, _, _ = Scorer.create(model, n=10).recommend(histories(split, users))
     index = {item: n for n, item in enumerate(split.item_ids)}
     assert got.items.tolist() == [[index[i] for i, _ in ranked] for _, ranked in lists]
     # the same model through a directory ("live") gives the same metrics

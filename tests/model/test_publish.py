@@ -35,11 +35,9 @@ def _expected(
     model: Model, histories: dict[str, dict[str, float]], s: Settings, blocked: set[str]
 ) -> dict[str, list[tuple[str, float]]]:
     """The Scorer's lists for ``histories``, as one batch on one BLAS thread (as published)."""
-    scorer = Scorer.create(model)
+    scorer = Scorer.create(model, n=s.top_n, history_max=s.history_max)
     with threadpool_limits(1, "blas"):
-        lists, _, _ = scorer.recommend(
-            histories, s.top_n, s.history_max, scorer.blocked_rows(blocked)
-        )
+        lists, _, _ = scorer.with_(blocked=scorer.blocked_rows(blocked)).recommend(histories)
     return dict(lists)
 
 

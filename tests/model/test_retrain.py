@@ -172,7 +172,7 @@ def test_events_during_a_retrain_all_show_up_afterwards(
     new = result.version
     wait_for(lambda: worker.scorer.version == new, 15)
     wait_for(lambda: worker.stats.refolded >= len(late_users), 10)
-    scorer = Scorer.create(load_model(tmp_path / "models" / str(new)))
+    scorer = Scorer.create(load_model(tmp_path / "models" / str(new)), n=s.top_n)
 
     def fresh_list(user: str) -> Callable[[], bytes | str | None]:
         def check() -> bytes | str | None:
@@ -186,5 +186,5 @@ def test_events_during_a_retrain_all_show_up_afterwards(
         got = [i["item_id"] for i in value["items"]]
         assert items[40 + n] not in got
         state = UserState.from_json(client.get(keys.user(user)))
-        want, _, _ = scorer.recommend({user: state.totals(s.half_life_ms)}, s.top_n)
+        want, _, _ = scorer.recommend({user: state.totals(s.half_life_ms)})
         assert got == [i for i, _ in want[0][1]]

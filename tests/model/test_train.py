@@ -26,13 +26,13 @@ def test_train_writes_model_matching_implicit(tmp_path: Path) -> None:
 
     # A training user's history folded in through the worker's scorer reproduces
     # implicit's recommend(recalculate_user=True).
-    scorer = Scorer.create(load_model(tmp_path / "m"))
+    scorer = Scorer.create(load_model(tmp_path / "m"), n=10)
     u = 7
     row = matrix.confidence[u]
     history = {
         matrix.item_ids[i]: float(np.expm1(c)) for i, c in zip(row.indices, row.data, strict=True)
     }
-    lists, unknown, _ = scorer.recommend({"x": history}, 10)
+    lists, unknown, _ = scorer.recommend({"x": history})
     ref_items, _ = reference.recommend(
         u, row, N=10, filter_already_liked_items=True, recalculate_user=True
     )

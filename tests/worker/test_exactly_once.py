@@ -14,13 +14,14 @@ import subprocess
 import sys
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import redis
+from confluent_kafka import Message
 
 from streamrec.artifact import load_model
 from streamrec.connect import ensure_topics, redis_client
@@ -28,6 +29,7 @@ from streamrec.events import new_event
 from streamrec.keys import Keys
 from streamrec.producer.producer import EventProducer
 from streamrec.settings import Settings
+from streamrec.sink import Sink
 from streamrec.worker.loop import Worker
 from streamrec.worker.source import Source
 from tests.conftest import committed_total, wait_for
@@ -236,3 +238,97 @@ def test_blocked_items_never_appear(
     again = json.loads(client.get(keys.recs("gina")) or b"{}")
     assert top not in {i["item_id"] for i in again["items"]}
     assert len(again["items"]) == s.top_n
+
+
+class _Recorded:
+    """The real source, noting each commit in ``calls`` ("c"; "C" for the final one)."""
+
+    def __init__(self, source: Source, calls: list[str]) -> None:
+        self._source, self.calls = source, calls
+
+    @property
+    def assigned(self) -> set[tuple[str, int]]:
+        return self._source.assigned
+
+    def poll(self) -> list[Message]:
+        return self._source.poll()
+
+    def commit(self, msgs: Sequence[Message], asynchronous: bool = False) -> None:
+        self.calls.append("c")
+        self._source.commit(msgs, asynchronous)
+
+    def commit_all(self) -> None:
+        self.calls.append("C")
+        self._source.commit_all()
+
+    def idle(self) -> None:
+        self._source.idle()
+
+    def lag(self) -> int:
+        return self._source.lag()
+
+    def close(self) -> None:
+        self._source.close()
+
+
+class _FailingSink:
+    """The real sink, except that write number ``nth`` raises, before anything reaches Redis
+    or (``after``) once its EXEC has stored the batch; each write is noted in ``calls``."""
+
+    def __init__(self, sink: Sink, nth: int, after: bool, calls: list[str]) -> None:
+        self._sink, self._nth, self._after, self.calls = sink, nth, after, calls
+
+    def watch_read(self, keys: Sequence[str]) -> list[bytes | None]:
+        return self._sink.watch_read(keys)
+
+    def write(
+        self,
+        lists: Sequence[tuple[str, bytes]],
+        states: Sequence[tuple[str, bytes]] = (),
+        applied: Sequence[tuple[str, int]] = (),
+        transaction: bool = True,
+    ) -> bool:
+        self.calls.append("w")
+        failing = self.calls.count("w") == self._nth
+        if failing and not self._after:
+            raise ConnectionError("injected: Redis gone before the write")
+        ok = self._sink.write(lists, states, applied, transaction)
+        if failing:
+            raise ConnectionError("injected: connection lost after EXEC")
+        return ok
+
+    def reset(self) -> None:
+        self._sink.reset()
+
+    def close(self) -> None:
+        self._sink.close()
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["before-write", "after-exec"])
+def test_a_sink_failing_mid_stream_then_a_restart_equals_one_clean_pass(
+    stack: Callable[..., Settings], small_model: Path, after: bool
+) -> None:
+    total, nth = 600, 5
+    s = stack(model_path=small_model, batch_max=25)
+    ensure_topics(s)
+    _produce(s, small_model, total, users=60, seed=5)
+    keys, client = Keys(s.redis_prefix), redis_client(s)
+    calls: list[str] = []
+    sink = _FailingSink(Sink(client, keys, s.recs_ttl_s, s.history_ttl_s), nth, after, calls)
+    first = Worker(s, source=_Recorded(Source(s), calls), sink=sink)
+    with pytest.raises(ConnectionError, match="injected"):
+        first.run(max_messages=total, duration_s=60)
+    # Each batch is written, then committed; the failed one never is; the stop commits.
+    assert "".join(calls) == "wc" * (nth - 1) + "w" + "C"
+    done, stored = committed_total(s), _applied(client, keys, s)
+    assert first.stats.messages == done and first.stats.batches == nth - 1
+    assert 0 < done < total
+    assert (stored > done) == after  # after EXEC: in Redis, not committed to Kafka
+
+    again = Worker(s)  # same group and prefix: resumes at the committed offsets
+    again.run(max_messages=total - done, duration_s=60)
+    assert again.stats.messages == total - done
+    assert again.stats.redelivered == stored - done  # the stored batch is skipped, not redone
+    assert _applied(client, keys, s) == total
+    _assert_same(_snapshot(client, keys), _clean_pass(s, stack, total))
+    client.close()

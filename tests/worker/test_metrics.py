@@ -18,7 +18,7 @@ def _get(url: str) -> tuple[int, bytes]:
 
 def test_metrics_and_health() -> None:
     m = Metrics()
-    m.messages.inc(3)
+    m.stats.messages += 3
     m.stage("decode").observe(0.002)
     m.model_loaded("v1")
     m.model_loaded("v2")
@@ -70,3 +70,28 @@ def test_bulk_histogram_exposes_what_a_prometheus_histogram_would() -> None:
                 if line.startswith("x_seconds_") and "_created" not in line]  # fmt: skip
 
     assert samples(bulk) == samples(reference)
+
+
+def test_the_counters_are_the_stats_read_at_each_scrape() -> None:
+    from dataclasses import fields
+
+    from prometheus_client.exposition import generate_latest
+
+    from streamrec.worker.metrics import COUNTERS, Stats
+
+    m = Metrics()
+    st = m.stats
+    st.users_updated += 4
+    st.refolded += 3
+    st.dead_lettered += 2
+    st.cold_users += 1
+    body = generate_latest(m.registry)
+    assert b"streamrec_users_updated_total 7.0" in body  # lists written: batches + re-folds
+    assert b"streamrec_events_dead_lettered_total 2.0" in body
+    assert b"streamrec_cold_users_total 1.0" in body
+    assert b"streamrec_messages_total 0.0" in body
+    st.dead_lettered += 1
+    assert b"streamrec_events_dead_lettered_total 3.0" in generate_latest(m.registry)
+    # Every count is exported, but batches: the batch-size histogram counts those.
+    exported = {f for _, _, summed in COUNTERS for f in summed}
+    assert {f.name for f in fields(Stats)} - exported == {"batches"}
