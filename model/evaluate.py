@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from streamrec.als.scorer import Scored, Scorer
+from streamrec.als.scorer import HISTORY_MAX, Scored, Scorer
 from streamrec.als.scoring import score_csr, scored_in_order
 from streamrec.artifact import Model, load_model
 from streamrec.model.baselines import (
@@ -48,8 +48,6 @@ I64 = npt.NDArray[np.int64]
 
 #: Models ``evaluate`` runs by default (``live`` only when a model directory is given).
 MODELS: tuple[str, ...] = ("popularity", "itemknn", "ease", "als")
-#: STREAMREC_HISTORY_MAX's default: at most this many history items enter a fold-in.
-HISTORY_MAX = 500
 
 
 # --- ALS, served as the worker serves it ----------------------------------------------------------

@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from streamrec.als.scorer import HISTORY_MAX
 from streamrec.feedback import TRANSFORMS
 from streamrec.model.baselines import EASE_LAMBDA, EASE_MAX_ITEMS, ease_lists
 from streamrec.model.errors import ModelError
-from streamrec.model.evaluate import HISTORY_MAX, als_lists
+from streamrec.model.evaluate import als_lists
 from streamrec.model.metrics import ranking_metrics
 from streamrec.model.params import Params
 from streamrec.model.split import Split

@@ -24,9 +24,13 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # A copy of the tracked files (symlinks kept): the build leaves build/ and *.egg-info in
     # the tree it builds, and a stale build/ of the checkout must not leak into the wheel.
     src = out / "src"
-    tracked = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=60
-    ).stdout.decode().split("\0")
+    tracked = (
+        subprocess.run(
+            ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True, timeout=60
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, tracked):
         target = src / name
         target.parent.mkdir(parents=True, exist_ok=True)
