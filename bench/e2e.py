@@ -56,7 +56,7 @@ from streamrec.artifact import write_model
 from streamrec.connect import ensure_topics, redis_client
 from streamrec.errors import InfraError
 from streamrec.events import encode_avro, new_event
-from streamrec.keys import Keys
+from streamrec.keys import Keys, parse_applied
 from streamrec.producer.producer import EventProducer
 from streamrec.settings import Settings, load_settings
 
@@ -132,7 +132,7 @@ class Offsets:
         """Events whose effect is in Redis: the sum of each partition's applied offset + 1
         (what the worker's Kafka commits follow, at most ``commit_interval_s`` later)."""
         raw = self._redis.mget([self._keys.applied(tp.topic, tp.partition) for tp in self._tps])
-        return sum(int(v) + 1 for v in raw if v is not None)
+        return sum(parse_applied(v, missing=-1) + 1 for v in raw)
 
     def close(self) -> None:
         self._consumer.close()

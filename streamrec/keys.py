@@ -25,6 +25,19 @@ Internal keys (may change without notice; do not read them from front-ends)::
                                    parse_history (items most recent first: the demo page)
     <p>:applied:<topic>:<partition>  last Kafka offset whose effect is in Redis
 
+Each key is written and read in one place::
+
+    key                    written by                              read by
+    <p>:recs:<user_id>     ListEncoder.recs (worker, publisher)    parse_list
+    <p>:popular            popular_value (publisher)               parse_list
+    <p>:similar:<item_id>  ListEncoder.similar (publisher)         parse_list
+    <p>:model              model_value (publisher)                 parse_model_pointer,
+                                                                   read_model_pointer
+    <p>:blocked            operators (SADD / SREM)                 connect.blocked_items
+    <p>:user:<user_id>     als.history.UserState.to_json           UserState.from_json,
+                                                                   als.history.parse_history
+    <p>:applied:...        streamrec.sink.Sink.write               parse_applied
+
 Rules for changing this module: adding a field to a JSON value is compatible; renaming or
 removing a field, changing a type or a key's meaning is a breaking change and needs
 CONTRACT_VERSION + 1, a new key prefix segment, and a note in the README's changelog.
@@ -37,7 +50,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -277,6 +290,11 @@ def read_model_pointer(client: _Getter, keys: Keys) -> ModelPointer | None:
         return None
 
 
-def parse_applied(raw: bytes | str | None) -> int | None:
-    """Parse a ``<p>:applied:<topic>:<partition>`` value: the offset, None when absent."""
-    return None if raw is None else int(raw)
+@overload
+def parse_applied(raw: bytes | str | None) -> int | None: ...
+@overload
+def parse_applied(raw: bytes | str | None, missing: int) -> int: ...
+def parse_applied(raw: bytes | str | None, missing: int | None = None) -> int | None:
+    """Parse a ``<p>:applied:<topic>:<partition>`` value: the last applied offset, ``missing``
+    when the key is absent (nothing of that partition applied yet)."""
+    return missing if raw is None else int(raw)

@@ -30,7 +30,7 @@ from confluent_kafka import Message
 from streamrec.als.history import Rules, UserState, flatten
 from streamrec.als.scorer import Scorer
 from streamrec.connect import ensure_topics, redis_client
-from streamrec.keys import Keys
+from streamrec.keys import Keys, parse_applied
 from streamrec.settings import Settings
 from streamrec.sink import Sink
 from streamrec.worker.batch import Batch
@@ -171,9 +171,9 @@ class Worker:
         start = {int(p): int(o) for p, o in snap.get("offsets", {}).items()}
         ranges = {}
         for topic, part in sorted(self.assigned):
-            applied = self._redis.get(self.keys.applied(topic, part))
+            applied = parse_applied(self._redis.get(self.keys.applied(topic, part)))
             if topic == self.settings.topic_events and applied is not None:
-                ranges[part] = (start.get(part, 0), int(applied))
+                ranges[part] = (start.get(part, 0), applied)
         users = sorted(read_keys(self.settings, self.settings.topic_events, ranges))
         if not users:
             return
@@ -216,7 +216,7 @@ class Worker:
         with m.stage("state_read").time():
             raw = self._sink.watch_read(batch.watched)
             applied = {
-                p: int(v) if v is not None else -1
+                p: parse_applied(v, missing=-1)
                 for p, v in zip(parts, raw[: len(parts)], strict=True)
             }
             raw_states = raw[len(parts) :]

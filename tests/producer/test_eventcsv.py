@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-import streamrec.app.cli
+import streamrec.app.signals
 import streamrec.connect
 import streamrec.producer.producer
 from streamrec.app.cli import main
@@ -75,7 +75,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Any:
     """``sent(*argv)``: run the CLI with the fakes; (exit code, events it sent)."""
     monkeypatch.setattr(streamrec.producer.producer, "EventProducer", FakeProducer)
     monkeypatch.setattr(streamrec.connect, "ensure_topics", lambda settings: None)
-    monkeypatch.setattr(streamrec.app.cli, "install_stop_handlers", lambda stop: None)
+    monkeypatch.setattr(streamrec.app.signals, "install_stop_handlers", lambda stop: None)
 
     def run(*argv: str) -> tuple[int, list[Event]]:
         FakeProducer.last = None
