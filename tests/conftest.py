@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from streamrec.events import Event
 from streamrec.settings import Settings, load_settings
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -163,5 +164,42 @@ def committed_total(s: Settings) -> int:
     try:
         parts = [TopicPartition(s.topic_events, p) for p in range(s.topic_events_partitions)]
         return sum(max(0, tp.offset) for tp in consumer.committed(parts, timeout=10))
+    finally:
+        consumer.close()
+
+
+def consume_events(
+    s: Settings, count: int, timeout_s: float = 30
+) -> list[tuple[bytes | None, Event]]:
+    """The first ``count`` (key, event) pairs of ``s.topic_events`` (all partitions), read by a
+    fresh consumer group from the earliest offset; fails the test after ``timeout_s``."""
+    from confluent_kafka import Consumer
+
+    from streamrec.events import decode
+
+    c = Consumer(
+        {**s.kafka_common(), "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest"}
+    )
+    c.subscribe([s.topic_events])
+    got: list[tuple[bytes | None, Event]] = []
+    try:
+
+        def more() -> bool:
+            got.extend((m.key(), decode(m.value())) for m in c.consume(1000, 0.5) if not m.error())
+            return len(got) >= count
+
+        wait_for(more, timeout_s=timeout_s)
+    finally:
+        c.close()
+    return got
+
+
+def log_end(s: Settings, topic: str, partition: int = 0) -> int:
+    """The log-end offset of ``topic[partition]``."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**s.kafka_common(), "group.id": "g-log-end"})
+    try:
+        return int(consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)[1])
     finally:
         consumer.close()

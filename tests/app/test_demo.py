@@ -12,21 +12,18 @@ import sys
 import threading
 import time
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer
 
 from streamrec.app import demo
 from streamrec.connect import ensure_topics, redis_client
 from streamrec.errors import ConfigError, InfraError
-from streamrec.events import Event, decode
 from streamrec.keys import Keys, read_model_pointer, recs_value
 from streamrec.settings import Settings, load_settings
-from tests.conftest import wait_for
+from tests.conftest import consume_events
 
 GENRE = re.compile(r"^(g\d{2})-track-\d{4}$")
 
@@ -38,25 +35,6 @@ def own_signals() -> Iterator[None]:
     yield
     for s, handler in saved.items():
         signal.signal(s, handler)
-
-
-def _events(s: Settings, count: int) -> list[Event]:
-    """The first ``count`` events of ``s.topic_events`` (all partitions)."""
-    c = Consumer(
-        {**s.kafka_common(), "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest"}
-    )
-    c.subscribe([s.topic_events])
-    got: list[Event] = []
-    try:
-
-        def more() -> bool:
-            got.extend(decode(m.value()) for m in c.consume(1000, 0.5) if not m.error())
-            return len(got) >= count
-
-        wait_for(more, timeout_s=30)
-    finally:
-        c.close()
-    return got
 
 
 def _delivered(out: str) -> int:
@@ -153,7 +131,7 @@ def test_stream_hooks_each_new_listener_on_one_genre(
     out = capsys.readouterr().out
     sent = _delivered(out)
     assert sent >= 75  # enough for every new listener to have played
-    events = _events(s, sent)
+    events = [e for _, e in consume_events(s, sent)]
     assert len(events) == sent
     assert all(e.type == "play" and 30 <= (e.value or 0) < 300 for e in events)
     assert all(e.item_id in catalog for e in events)
@@ -233,7 +211,7 @@ def test_the_whole_demo(
     # the worker folded the demo's events in: every listener it wrote has a list of this model
     sent = _delivered(out)
     assert sent > 0
-    users = {e.user_id for e in _events(s, sent)}
+    users = {e.user_id for e in [e for _, e in consume_events(s, sent)]}
     written = {u: raw for u in users if (raw := client.get(keys.recs(u))) is not None}
     assert written, f"no list written for any of {len(users)} users (see {home / 'worker.log'})"
     for user, raw in written.items():

@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from confluent_kafka import Consumer, TopicPartition
 from threadpoolctl import threadpool_limits
 
 from streamrec.als.history import UserState
@@ -22,6 +21,7 @@ from streamrec.connect import read_ranges, redis_client
 from streamrec.keys import Keys, parse_model_pointer, recs_value
 from streamrec.model.publish import Totals, live_histories, publish
 from streamrec.settings import Settings
+from tests.conftest import log_end
 
 pytestmark = pytest.mark.integration
 
@@ -39,14 +39,6 @@ def _expected(
     with threadpool_limits(1, "blas"):
         lists, _, _ = scorer.with_(blocked=scorer.blocked_rows(blocked)).recommend(histories)
     return dict(lists)
-
-
-def _log_end(s: Settings, topic: str) -> int:
-    consumer = Consumer({**s.kafka_common(), "group.id": "g-log-end"})
-    try:
-        return int(consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)[1])
-    finally:
-        consumer.close()
 
 
 def test_publish_writes_the_scorers_lists_then_moves_the_pointer(
@@ -129,7 +121,7 @@ def test_publish_writes_the_scorers_lists_then_moves_the_pointer(
     # The pointer, and its announcement on the models topic.
     pointer = parse_model_pointer(client.get(keys.model) or b"")
     assert pointer.version == model.version and pointer.path == small_model.resolve()
-    end = _log_end(s, s.topic_models)
+    end = log_end(s, s.topic_models)
     announced = list(read_ranges(s, s.topic_models, {0: (0, end)}, "g-announce", 30))
     assert [(m.key(), m.value()) for m in announced] == [
         (model.version.encode(), client.get(keys.model))

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 import streamrec.model.retrain as retrain_module
 from streamrec.als.history import UserState
@@ -26,7 +25,7 @@ from streamrec.model.store import versions
 from streamrec.producer.producer import EventProducer
 from streamrec.settings import Settings
 from streamrec.worker.loop import Worker
-from tests.conftest import wait_for
+from tests.conftest import log_end, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -41,14 +40,6 @@ def _events(s: Settings, items: tuple[str, ...], users: int, per_user: int, seed
             genre = [i for i in items if i.startswith(f"g{u % 12:02d}")] or list(items)
             for _ in range(per_user):
                 p.send(new_event(f"user-{u:04d}", str(rng.choice(genre)), "play", value=60.0))
-
-
-def _log_end(s: Settings, topic: str) -> int:
-    consumer = Consumer({**s.kafka_common(), "group.id": "g-log-end"})
-    try:
-        return int(consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=30)[1])
-    finally:
-        consumer.close()
 
 
 def test_retrain_promotes_publishes_and_prunes(
@@ -100,7 +91,7 @@ def test_retrain_promotes_publishes_and_prunes(
     kept = [d.name for d in versions(root)]
     assert len(kept) == 2 and str(again.version) in kept
     # each promotion was announced on the models topic, after the pointer moved to it
-    end = {0: _log_end(s, s.topic_models)}
+    end = {0: log_end(s, s.topic_models)}
     announced = [(m.key(), m.value()) for m in read_ranges(s, s.topic_models, {0: (0, end[0])},
                                                            "g-announcements", 30)]  # fmt: skip
     assert [k.decode() for k, _ in announced if k] == [

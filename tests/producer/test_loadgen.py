@@ -7,7 +7,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -15,17 +14,16 @@ from typing import Any, cast
 
 import numpy as np
 import pytest
-from confluent_kafka import Consumer
 
 from streamrec.app.cli import main
 from streamrec.artifact import load_model
 from streamrec.connect import redis_client
 from streamrec.errors import ConfigError
-from streamrec.events import Event, decode
+from streamrec.events import Event
 from streamrec.model.publish import publish
 from streamrec.producer.loadgen import TYPES, LoadSpec, Zipf, events, generated_items, run_load
 from streamrec.settings import Settings
-from tests.conftest import wait_for
+from tests.conftest import consume_events
 
 
 class FakeProducer:
@@ -150,23 +148,9 @@ def test_cli_against_kafka_with_the_models_items(
     assert "sent 60, delivered 60, failed 0" in out
 
     top30 = {item for item, _ in model.popular(30)}
-    c = Consumer(
-        {**s.kafka_common(), "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest"}
-    )
-    c.subscribe([s.topic_events])
-    got: list[Event] = []
-    try:
-
-        def more() -> bool:
-            m = c.poll(0.5)
-            if m is not None and not m.error():
-                event = decode(m.value())
-                assert m.key() == event.user_id.encode()
-                got.append(event)
-            return len(got) == 60
-
-        wait_for(more, timeout_s=20)
-    finally:
-        c.close()
+    pairs = consume_events(s, 60, timeout_s=20)
+    assert len(pairs) == 60
+    assert all(key == event.user_id.encode() for key, event in pairs)
+    got = [event for _, event in pairs]
     assert {e.item_id for e in got} <= top30
     assert len({e.user_id for e in got}) <= 20

@@ -7,20 +7,18 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from confluent_kafka import Consumer
 
 from streamrec.app.cli import main
 from streamrec.errors import ConfigError, EventError
-from streamrec.events import Event, decode
+from streamrec.events import Event
 from streamrec.producer.replay import Report, read_rows, replay
 from streamrec.settings import Settings
-from tests.conftest import shared_file, wait_for
+from tests.conftest import consume_events, shared_file
 
 
 class FakeProducer:
@@ -209,23 +207,10 @@ def test_cli_replays_into_kafka_keeping_timestamps(
     assert "replaying 12 movielens events" in out
     assert "sent 12, delivered 12, failed 0" in out
 
-    c = Consumer(
-        {**s.kafka_common(), "group.id": uuid.uuid4().hex, "auto.offset.reset": "earliest"}
-    )
-    c.subscribe([s.topic_events])
-    got: list[Event] = []
-    try:
-
-        def more() -> bool:
-            m = c.poll(0.5)
-            if m is not None and not m.error():
-                assert m.key() == decode(m.value()).user_id.encode()
-                got.append(decode(m.value()))
-            return len(got) == 12
-
-        wait_for(more, timeout_s=20)
-    finally:
-        c.close()
+    pairs = consume_events(s, 12, timeout_s=20)
+    assert len(pairs) == 12
+    assert all(key == event.user_id.encode() for key, event in pairs)
+    got = [event for _, event in pairs]
     for user in ("1", "2"):
         mine = [e for e in got if e.user_id == user]
         assert [e.timestamp for e in mine] == sorted(e.timestamp for e in mine)  # per-user order
