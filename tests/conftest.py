@@ -25,7 +25,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 #: Fixtures that reach the real services: a test using one must carry the integration mark,
 #: so ``pytest -m "not integration"`` runs on a machine with no broker and no Redis.
-SERVICE_FIXTURES = frozenset({"infra", "stack", "run_worker"})
+SERVICE_FIXTURES = frozenset({"infra", "stack", "run_worker", "own"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
