@@ -282,6 +282,19 @@ def stop_pid(pid: int, name: str, timeout_s: float, echo: Echo) -> None:
         raise InfraError(f"{name}: pid {pid} survived SIGKILL")
 
 
+def kill_pid(pid: int, name: str, echo: Echo, timeout_s: float = 10.0) -> None:
+    """SIGKILL ``pid`` (no shutdown: a crash, for fault tests and the soak benchmark) and poll
+    until it is gone (at most ``timeout_s``)."""
+    echo(f"{name}: killing pid {pid}")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and pid_alive(pid):
+        time.sleep(POLL_S)
+    if pid_alive(pid):
+        raise InfraError(f"{name}: pid {pid} survived SIGKILL")
+
+
 _TRAMPOLINE = '"$@" >>"$0" 2>&1 </dev/null & echo $!'
 
 

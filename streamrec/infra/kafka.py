@@ -28,6 +28,7 @@ from streamrec.infra import (
     ServiceStatus,
     decide,
     is_loopback,
+    kill_pid,
     our_pid,
     pid_alive,
     port_open,
@@ -541,3 +542,14 @@ def down(settings: Settings, echo: Echo) -> None:
     stop_pid(pid, NAME, STOP_TIMEOUT_S, echo)
     paths.pid_file.unlink(missing_ok=True)
     echo("kafka: stopped")
+
+
+def kill(settings: Settings, echo: Echo) -> None:
+    """SIGKILL our broker, as a crash would (its log is recovered at the next start); for fault
+    tests and the soak benchmark. A broker that is not ours is never touched."""
+    paths = KafkaPaths.of(settings)
+    pid = _ours(paths)
+    if pid is None:
+        raise InfraError(f"kafka: no broker of ours at {settings.kafka_bootstrap} to kill")
+    kill_pid(pid, NAME, echo)
+    paths.pid_file.unlink(missing_ok=True)

@@ -25,6 +25,7 @@ from streamrec.infra import (
     ServiceStatus,
     decide,
     is_loopback,
+    kill_pid,
     our_pid,
     pid_alive,
     port_open,
@@ -329,3 +330,16 @@ def down(settings: Settings, echo: Echo) -> None:
     stop_pid(pid, NAME, STOP_TIMEOUT_S, echo)
     paths.pid_file.unlink(missing_ok=True)
     echo("redis: stopped")
+
+
+def kill(settings: Settings, echo: Echo) -> None:
+    """SIGKILL our redis-server, as a crash would (no save, no shutdown); for fault tests and
+    the soak benchmark. A server that is not ours is never touched."""
+    paths = RedisPaths.of(settings)
+    pid = _ours(settings, paths)
+    if pid is None:
+        raise InfraError(
+            f"redis: no server of ours at {RedisTarget.parse(settings.redis_url).address} to kill"
+        )
+    kill_pid(pid, NAME, echo)
+    paths.pid_file.unlink(missing_ok=True)

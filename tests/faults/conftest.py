@@ -9,7 +9,6 @@ stopped. Every test still takes fresh topics and a fresh key prefix from ``own.s
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import time
 import uuid
@@ -19,8 +18,7 @@ from typing import Any
 
 import pytest
 
-from streamrec.infra import kafka, pid_alive, port_open, read_pid, redis_server
-from streamrec.infra.kafka import KafkaPaths
+from streamrec.infra import kafka, port_open, redis_server
 from streamrec.infra.redis_server import RedisPaths
 from streamrec.settings import Settings, load_settings
 
@@ -39,12 +37,6 @@ def _wait_closed(port: int, timeout_s: float = STOP_WAIT_S) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"port {port} still open {timeout_s} s after the kill")
         time.sleep(0.05)
-
-
-def _kill(pid: int | None, port: int) -> None:
-    if pid is not None and pid_alive(pid):
-        os.kill(pid, signal.SIGKILL)
-    _wait_closed(port)
 
 
 @dataclass
@@ -78,8 +70,8 @@ class OwnServices:
 
     def kill_redis(self) -> None:
         """SIGKILL the Redis server (no shutdown save); returns once its port is closed."""
-        paths = RedisPaths.of(self.settings)
-        _kill(read_pid(paths.pid_file), self.redis_port)
+        redis_server.kill(self.settings, self.log.append)
+        _wait_closed(self.redis_port)
 
     def start_redis(self, empty: bool = False) -> None:
         """Start the Redis server again; ``empty``: with its data files deleted first, as a
@@ -103,8 +95,8 @@ class OwnServices:
 
     def kill_kafka(self) -> None:
         """SIGKILL the broker; returns once its port is closed."""
-        paths = KafkaPaths.of(self.settings)
-        _kill(read_pid(paths.pid_file), self.settings.kafka_port)
+        kafka.kill(self.settings, self.log.append)
+        _wait_closed(self.settings.kafka_port)
 
     def start_kafka(self) -> None:
         """Start the broker again on the same data (it recovers its log)."""
