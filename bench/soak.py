@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,18 +65,14 @@ class Sample:
     rss_mib: float
 
 
-@dataclass
 class Sampler(threading.Thread):
     """Lag and RSS once a second, tolerant of the outages the soak causes."""
 
-    settings: Settings
-    pid: int
-    started: float
-    samples: list[Sample] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def __post_init__(self) -> None:
+    def __init__(self, settings: Settings, pid: int, started: float) -> None:
         super().__init__(name="sampler", daemon=True)
+        self.settings, self.pid, self.started = settings, pid, started
+        self.samples: list[Sample] = []
+        self.stop = threading.Event()
 
     def run(self) -> None:
         offsets: Offsets | None = None
@@ -89,12 +85,16 @@ class Sampler(threading.Thread):
                 end = offsets.end()
                 applied = offsets.applied()
             except Exception:  # an outage the soak caused: note it, keep sampling
+                if offsets is not None:
+                    offsets.close()
                 offsets = None
             try:
                 rss = rss_bytes(self.pid) / MIB
             except OSError:
                 rss = float("nan")
             self.samples.append(Sample(time.monotonic() - self.started, end, applied, rss))
+        if offsets is not None:
+            offsets.close()
 
 
 def paced_sender(
@@ -230,6 +230,8 @@ def main() -> None:
     figures: dict[str, Any] = {"bench": "soak", **machine_fields(), "minutes": args.minutes}
     workers: Workers | None = None
     reference: Workers | None = None
+    opened: list[Offsets] = []
+    stop = threading.Event()  # the sender's
     try:
         redis_server.up(services, say.append)
         kafka.up(services, say.append)
@@ -243,6 +245,7 @@ def main() -> None:
 
         workers = Workers(env, {}, work, None, 1)
         offsets = Offsets(settings, redis_client(settings))
+        opened.append(offsets)
         t0 = time.monotonic()
         produce_all(settings, messages)
         wait_applied(workers, offsets, 600, "calibration")
@@ -254,7 +257,6 @@ def main() -> None:
         started = time.monotonic()
         sampler = Sampler(settings, workers.pids[0], started)
         sampler.start()
-        stop = threading.Event()
         report: dict[str, int] = {}
         sender = threading.Thread(
             target=paced_sender,
@@ -311,6 +313,7 @@ def main() -> None:
         (work / "clean").mkdir()
         reference = Workers(clean_env, {}, work / "clean", None, 1)
         ref_offsets = Offsets(clean, redis_client(clean))
+        opened.append(ref_offsets)
         ref_drained, ref_s = wait_applied(reference, ref_offsets, args.drain_timeout, "clean")
         reference.stop()
         reference = None
@@ -343,9 +346,12 @@ def main() -> None:
         print(f"FAILED: {exc}")
         figures["failed_with"] = str(exc).splitlines()[0]
     finally:
+        stop.set()
         for w in (workers, reference):
             if w is not None:
                 w.stop()
+        for o in opened:
+            o.close()
         if not args.keep:
             try:
                 client = redis_client(settings)
