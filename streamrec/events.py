@@ -7,6 +7,11 @@ Avro single-object encoding (the Avro spec's "Single object encoding")::
 lets a reader tell schema versions apart without a registry. JSON objects with the same field
 names are accepted too (``timestamp`` as epoch milliseconds or an ISO 8601 string).
 
+``decode`` is total: whatever a message holds (any bytes, any nesting, any number, broken UTF-8
+or text no encoder can write), it returns an ``Event`` or raises ``EventError`` with a one-line
+reason, never anything else. Sizes are bounded (``Limits``): the whole message, each id
+(``MAX_ID_LENGTH``, part of the contract) and the context map.
+
 ``Event.timestamp`` is epoch milliseconds everywhere. Files written by others (event CSVs, training
 CSVs and Parquet) may hold seconds, milliseconds or ISO 8601 text: ``epoch_ms`` (and
 ``epoch_ms_array`` for a numeric column) is the one rule that turns them into milliseconds.
@@ -48,11 +53,41 @@ EVENT_TYPES: tuple[str, ...] = (
     "purchase",
     "rating",
 )
+#: Characters of an id (event, user, item): a contract bound every producer checks too (the
+#: user id is the Kafka key and a Redis key segment), so not a setting a worker could disagree on.
 MAX_ID_LENGTH = 512
+#: The defaults of ``Limits`` (the worker's come from settings: ``Settings.event_limits``).
+#: 64 KiB holds any event within the other bounds in either encoding: three ids of 512
+#: astral characters written as JSON escapes are 18 KiB, a 4 KiB context escaped at most
+#: 6 bytes per byte 24 KiB.
+MAX_MESSAGE_BYTES = 65_536
+MAX_CONTEXT_ENTRIES = 32
+MAX_CONTEXT_BYTES = 4096
+#: Timestamps are Avro longs: JSON may say more, and an int past 64 bits is no time.
+MAX_TIMESTAMP = 2**63 - 1
+#: Longest repr of a bad value quoted in a reason (reasons are one short line).
+_QUOTE = 40
+_REASON = 300
 #: Epoch numbers below this are seconds, the rest milliseconds (see ``epoch_ms``).
 SECONDS_BELOW = 100_000_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what ``decode`` accepts; anything past one is an ``EventError`` naming it.
+
+    ``message_bytes``: the raw value, checked before any parsing; ``context_entries`` and
+    ``context_bytes``: the context map's entries and the UTF-8 bytes of its keys and values.
+    """
+
+    message_bytes: int = MAX_MESSAGE_BYTES
+    context_entries: int = MAX_CONTEXT_ENTRIES
+    context_bytes: int = MAX_CONTEXT_BYTES
+
+
+LIMITS = Limits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,22 +248,42 @@ def encode_json(event: Event) -> bytes:
     return json.dumps(record, separators=(",", ":")).encode()
 
 
-def decode(raw: bytes | None) -> Event:
-    """Decode one Kafka message value; raises EventError (keeping ``raw``) on anything wrong."""
+def decode(raw: bytes | None, limits: Limits = LIMITS) -> Event:
+    """Decode one Kafka message value; raises EventError (keeping ``raw``) on anything wrong,
+    and nothing else, whatever ``raw`` holds (see the module docstring)."""
     if not raw:
         raise EventError("empty message", raw)
     try:
+        if len(raw) > limits.message_bytes:
+            raise EventError(
+                f"message of {len(raw)} bytes is over the limit of {limits.message_bytes}"
+            )
         if raw[:2] == SINGLE_OBJECT_MAGIC:
             event = _decode_avro(raw)
         elif raw.lstrip()[:1] in (b"{", b"["):
             event = _decode_json(raw)
         else:
-            raise EventError("neither Avro single-object encoding (C3 01) nor a JSON object", raw)
-        _validate(event)
+            raise EventError("neither Avro single-object encoding (C3 01) nor a JSON object")
+        _validate(event, limits)
     except EventError as exc:
-        exc.raw = raw
-        raise
+        raise EventError(_one_line(exc.reason), raw) from None
+    except Exception as exc:  # a parser's or a library's own error: still a bad message
+        raise EventError(_one_line(f"undecodable: {type(exc).__name__}: {exc}"), raw) from None
     return event
+
+
+def _one_line(reason: str) -> str:
+    """``reason`` fit for a log line and a Kafka header: one line, short, valid UTF-8."""
+    text = " ".join(reason.split())
+    if len(text) > _REASON:
+        text = text[: _REASON - 3] + "..."
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _quote(value: object) -> str:
+    """A bad value's repr for a reason, cut short (the value may be as long as the message)."""
+    text = repr(value)
+    return text if len(text) <= _QUOTE else text[: _QUOTE - 3] + "..."
 
 
 def _decode_avro(raw: bytes) -> Event:
@@ -237,24 +292,31 @@ def _decode_avro(raw: bytes) -> Event:
         raise EventError("truncated Avro header")
     if fp != schema_fingerprint():
         raise EventError(f"unknown schema fingerprint {fp.hex()} (this reader knows v1 only)")
+    datum = io.BytesIO(raw[10:])
     try:
-        rec = fastavro.schemaless_reader(io.BytesIO(raw[10:]), _codec_schema(), None)
+        rec = fastavro.schemaless_reader(datum, _codec_schema(), None)
     except Exception as exc:  # fastavro raises many types on corrupt input
         raise EventError(f"corrupt Avro datum: {type(exc).__name__}: {exc}") from None
-    assert isinstance(rec, dict)
+    if datum.tell() != len(raw) - 10:
+        raise EventError(f"corrupt Avro datum: {len(raw) - 10 - datum.tell()} bytes after it")
+    if not isinstance(rec, dict):
+        raise EventError("corrupt Avro datum: not a record")
     return Event(**rec)
 
 
 def _decode_json(raw: bytes) -> Event:
     try:
         obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except RecursionError:
+        raise EventError("invalid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an int of too many digits
         raise EventError(f"invalid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise EventError("JSON event must be an object")
     unknown = set(obj) - {"event_id", "user_id", "item_id", "type", "value", "timestamp", "context"}
     if unknown:
-        raise EventError(f"unknown field(s): {', '.join(sorted(unknown))}")
+        names = ", ".join(_quote(n)[1:-1] for n in sorted(unknown)[:5])
+        raise EventError(f"unknown field(s): {names}" + (" ..." if len(unknown) > 5 else ""))
     for name in ("event_id", "user_id", "item_id", "type", "timestamp"):
         if name not in obj:
             raise EventError(f"missing field {name!r}")
@@ -263,10 +325,15 @@ def _decode_json(raw: bytes) -> Event:
         try:
             ts = iso_ms(ts)
         except ValueError:
-            raise EventError(f"timestamp {ts!r} is not ISO 8601 or epoch milliseconds") from None
+            raise EventError(
+                f"timestamp {_quote(ts)} is not ISO 8601 or epoch milliseconds"
+            ) from None
     value = obj.get("value")
     if isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise EventError("value must be a finite number or null") from None
     return Event(
         event_id=obj["event_id"],
         user_id=obj["user_id"],
@@ -278,25 +345,54 @@ def _decode_json(raw: bytes) -> Event:
     )
 
 
-def _validate(event: Event) -> None:
+def _validate(event: Event, limits: Limits = LIMITS) -> None:
     for name in ("event_id", "user_id", "item_id"):
         v = getattr(event, name)
         if not isinstance(v, str) or not v:
             raise EventError(f"{name} must be a non-empty string")
         if len(v) > MAX_ID_LENGTH:
             raise EventError(f"{name} longer than {MAX_ID_LENGTH} characters")
-    if event.type not in EVENT_TYPES:
-        raise EventError(f"type {event.type!r} is not one of {', '.join(EVENT_TYPES)}")
+        if _utf8_len(v) is None:
+            raise EventError(f"{name} is not valid Unicode (a lone surrogate)")
+    if not isinstance(event.type, str) or event.type not in EVENT_TYPES:
+        raise EventError(f"type {_quote(event.type)} is not one of {', '.join(EVENT_TYPES)}")
     if not isinstance(event.timestamp, int) or isinstance(event.timestamp, bool):
         raise EventError("timestamp must be epoch milliseconds (integer)")
     if event.timestamp < 0:
         raise EventError("timestamp must not be negative")
+    if event.timestamp > MAX_TIMESTAMP:
+        raise EventError("timestamp is past the largest Avro long")
     if event.value is not None and (
         not isinstance(event.value, float) or not math.isfinite(event.value)
     ):
         raise EventError("value must be a finite number or null")
-    if event.context is not None and (
-        not isinstance(event.context, Mapping)
-        or not all(isinstance(k, str) and isinstance(v, str) for k, v in event.context.items())
-    ):
+    if event.context is not None:
+        _validate_context(event.context, limits)
+
+
+def _validate_context(context: object, limits: Limits) -> None:
+    if not isinstance(context, Mapping):
         raise EventError("context must map strings to strings")
+    if len(context) > limits.context_entries:
+        raise EventError(f"context has {len(context)} entries, more than {limits.context_entries}")
+    size = 0
+    for k, v in context.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise EventError("context must map strings to strings")
+        nk, nv = _utf8_len(k), _utf8_len(v)
+        if nk is None or nv is None:
+            raise EventError("context is not valid Unicode (a lone surrogate)")
+        size += nk + nv
+    if size > limits.context_bytes:
+        raise EventError(f"context holds {size} bytes, more than {limits.context_bytes}")
+
+
+def _utf8_len(text: str) -> int | None:
+    """Bytes of ``text`` in UTF-8; None when it cannot be written (JSON's ``\\ud800`` escapes
+    decode to lone surrogates, which Redis keys and Kafka headers could not hold)."""
+    if text.isascii():
+        return len(text)
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        return None

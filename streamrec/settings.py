@@ -23,7 +23,13 @@ from pydantic_settings import (
 )
 
 from streamrec.errors import ConfigError
-from streamrec.events import EVENT_TYPES
+from streamrec.events import (
+    EVENT_TYPES,
+    MAX_CONTEXT_BYTES,
+    MAX_CONTEXT_ENTRIES,
+    MAX_MESSAGE_BYTES,
+    Limits,
+)
 from streamrec.feedback import DEFAULT_WEIGHTS
 
 CONFIG_ENV = "STREAMREC_CONFIG"
@@ -92,6 +98,23 @@ class Settings(BaseSettings):
     )
     dedup_window: int = Field(
         256, ge=0, description="recent event_ids remembered per user to drop duplicates"
+    )
+
+    # --- Bad messages (the worker dead-letters an event past one; README "Bad messages") ----
+    max_message_bytes: int = Field(
+        MAX_MESSAGE_BYTES,
+        ge=1024,
+        description="largest message value the worker decodes, in bytes; a larger one is "
+        "dead-lettered unparsed (the default holds any event within the other bounds, Avro "
+        "or JSON)",
+    )
+    max_context_entries: int = Field(
+        MAX_CONTEXT_ENTRIES, ge=0, description="most entries of an event's context map"
+    )
+    max_context_bytes: int = Field(
+        MAX_CONTEXT_BYTES,
+        ge=0,
+        description="most bytes of an event's context map: its keys and values in UTF-8",
     )
 
     # --- Worker ----------------------------------------------------------------------------
@@ -195,6 +218,11 @@ class Settings(BaseSettings):
     @property
     def half_life_ms(self) -> float | None:
         return self.half_life_days * 86_400_000 if self.half_life_days > 0 else None
+
+    @property
+    def event_limits(self) -> Limits:
+        """What ``streamrec.events.decode`` accepts in this process."""
+        return Limits(self.max_message_bytes, self.max_context_entries, self.max_context_bytes)
 
     @property
     def kafka_port(self) -> int:

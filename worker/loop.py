@@ -190,7 +190,7 @@ class Worker:
     def _process(self, msgs: Sequence[Message]) -> None:
         m = self.metrics
         with m.stage("decode").time():
-            decoded = decode_batch(msgs)
+            decoded = decode_batch(msgs, self.settings.event_limits)
         batch = Batch.of(msgs, decoded, self.keys)
         for _attempt in range(MAX_ATTEMPTS):
             try:

@@ -11,7 +11,9 @@ import pytest
 from streamrec.errors import EventError
 from streamrec.events import (
     EVENT_TYPES,
+    MAX_ID_LENGTH,
     SINGLE_OBJECT_MAGIC,
+    Limits,
     decode,
     encode_avro,
     encode_json,
@@ -120,3 +122,68 @@ def test_invalid_event_refused_before_encoding() -> None:
     with pytest.raises(EventError, match="type"):
         new_event("u", "i", "teleport")
     assert "rating" in EVENT_TYPES and "skip" in EVENT_TYPES
+
+
+def _json(**fields: object) -> bytes:
+    base: dict[str, object] = {"event_id": "e", "user_id": "u", "item_id": "i", "type": "play",
+                               "timestamp": 1}  # fmt: skip
+    return json.dumps({**base, **fields}).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"[" * 5000 + b"]" * 5000, "invalid JSON: nested too deeply"),
+        (_json(context={"a": [[[[]]]]}), "context must map strings to strings"),
+        (_json(value=int("9" * 400)), "value must be a finite number or null"),
+        (_json().replace(b'"timestamp": 1', b'"timestamp": ' + b"9" * 5000), "invalid JSON"),
+        (_json(timestamp=2**63), "timestamp is past the largest Avro long"),
+        (_json().replace(b'"u"', b'"\\ud800"'), "user_id is not valid Unicode"),
+        (_json().replace(b'"i"', b'"\xff\xfe"'), "invalid JSON: 'utf-8' codec can't decode"),
+        (_json(value=float("nan")), "value must be a finite number or null"),
+        (_json().replace(b'"timestamp": 1', b'"timestamp": 1, "value": 1e999'), "value must be"),
+        (_json(user_id="u" * (MAX_ID_LENGTH + 1)), f"user_id longer than {MAX_ID_LENGTH}"),
+        (_json(context={str(k): "v" for k in range(33)}), "context has 33 entries, more than 32"),
+        (_json(context={"k": "é" * 2048}), "context holds 4097 bytes, more than 4096"),
+        (_json(context={"k": "\ud800"}), "context is not valid Unicode"),
+        (b" " * 65_537, "message of 65537 bytes is over the limit of 65536"),
+    ],
+)
+def test_bad_messages_past_a_bound_or_a_parser(raw: bytes, reason: str) -> None:
+    with pytest.raises(EventError) as info:
+        decode(raw)
+    assert reason in info.value.reason
+    assert info.value.raw == raw
+
+
+def test_a_reason_quotes_a_long_bad_value_short() -> None:
+    raw = _json(type="x" * 60_000)
+    with pytest.raises(EventError) as info:
+        decode(raw)
+    assert info.value.reason.startswith("type 'xxxxxxxx")
+    assert len(info.value.reason) < 200
+    many = _json(**{f"f{k}": 1 for k in range(500)})
+    with pytest.raises(EventError, match=r"^unknown field\(s\): f0, f1, f10, f100, f101 \.\.\.$"):
+        decode(many)
+
+
+def test_limits_are_the_callers() -> None:
+    raw = _json(context={"a": "b", "c": "d"})
+    assert decode(raw).context == {"a": "b", "c": "d"}
+    with pytest.raises(EventError, match="context has 2 entries, more than 1"):
+        decode(raw, Limits(context_entries=1))
+    with pytest.raises(EventError, match="context holds 4 bytes, more than 3"):
+        decode(raw, Limits(context_bytes=3))
+    with pytest.raises(EventError, match=f"message of {len(raw)} bytes is over the limit of 50"):
+        decode(raw, Limits(message_bytes=50))
+
+
+def test_avro_with_bytes_after_the_datum() -> None:
+    raw = encode_avro(new_event("u", "i", "play", timestamp=5))
+    with pytest.raises(EventError, match="corrupt Avro datum: 2 bytes after it"):
+        decode(raw + b"\x00\x00")
+
+
+def test_producers_check_the_context_bounds_too() -> None:
+    with pytest.raises(EventError, match="context has 40 entries"):
+        new_event("u", "i", context={str(k): "" for k in range(40)})
