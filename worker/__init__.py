@@ -10,6 +10,7 @@ Stages of one micro-batch (``loop.Worker``)::
     dead letters       the undecodable rest to the DLQ, delivered       (decode.py)
     history            events applied to the users' states              (streamrec.als.history)
     scorer             fold-in + top-N of the touched users             (streamrec.als.scorer)
+                       (both guarded per user: a user at fault is left out, isolate.py)
     sink.write         MULTI: states, lists, applied offsets; EXEC      (streamrec.sink)
     source.commit      Kafka offsets, only after EXEC                   (source.py)
 

@@ -27,19 +27,20 @@ from collections.abc import Sequence
 import numpy as np
 from confluent_kafka import Message
 
-from streamrec.als.history import Rules, UserState, flatten
+from streamrec.als.history import Rules, UserState
 from streamrec.als.scorer import Scorer
 from streamrec.connect import ensure_topics, redis_client
 from streamrec.keys import Keys, parse_applied
 from streamrec.settings import Settings
 from streamrec.sink import Sink
 from streamrec.worker.batch import Batch
-from streamrec.worker.decode import DeadLetters, decode_batch
+from streamrec.worker.decode import DeadLetters, Decoded, decode_batch
 from streamrec.worker.errors import WorkerError
+from streamrec.worker.isolate import Failed, flatten_apart, read_states, score_apart, why
 from streamrec.worker.metrics import Metrics, MetricsServer, Stats
 from streamrec.worker.models import ModelWatcher
 from streamrec.worker.seams import BatchSink, BatchSource, DeadLetterWriter
-from streamrec.worker.source import Source, position, read_keys
+from streamrec.worker.source import Source, position, read_keys, where
 
 log = logging.getLogger(__name__)
 
@@ -229,28 +230,38 @@ class Worker:
         failed = [(d.msg, d.reason or "") for d in fresh if d.event is None]
         self._dead.send(failed)
 
+        # A failure confined to one user (worker/isolate.py) drops that user from the batch:
+        # their state and list are not written, so they stay as they were.
+        faulty: Failed = {}
         with m.stage("history").time():
-            states = {u: UserState.from_json(r) for u, r in zip(users, raw_states, strict=True)}
+            states = read_states(users, raw_states, faulty)
             touched: dict[str, None] = {}
             duplicates = 0
             events = [d.event for d in fresh if d.event is not None]
             for ev in events:
-                if states[ev.user_id].apply(ev, self.rules):
-                    touched[ev.user_id] = None
-                else:
-                    duplicates += 1
-            counts, item_ids, totals = flatten([states[u] for u in touched],
-                                               self.rules.half_life_ms)  # fmt: skip
+                if faulty and ev.user_id in faulty:
+                    continue
+                try:
+                    if states[ev.user_id].apply(ev, self.rules):
+                        touched[ev.user_id] = None
+                    else:
+                        duplicates += 1
+                except Exception as exc:
+                    faulty[ev.user_id] = why("history", exc)
+            live = [u for u in touched if u not in faulty]
+            live, counts, item_ids, totals = flatten_apart(
+                live, states, self.rules.half_life_ms, faulty
+            )
 
         with m.stage("foldin_topn").time():
             scorer = self.scorer
             rows = scorer.rows_of(item_ids)
-            scored = scorer.score_flat(list(touched), counts, rows, totals)
+            scored = score_apart(scorer, live, counts, rows, totals, faulty)
 
         with m.stage("redis_write").time():
             ok = self._sink.write(
                 lists=scorer.values(scored, int(time.time() * 1000)),
-                states=[(u, states[u].to_json()) for u in touched],
+                states=[(u, states[u].to_json()) for u in scored.users],
                 applied=[
                     (key, max(batch.last[part], applied[part]))
                     for part, key in zip(parts, batch.applied_keys, strict=True)
@@ -269,4 +280,20 @@ class Worker:
         st.users_updated += len(scored.users)
         st.unknown_items += scored.unknown
         st.cold_users += scored.cold
+        if faulty:
+            st.users_failed += len(faulty)
+            _log_failed(faulty, fresh)
         return True
+
+
+def _log_failed(failed: Failed, fresh: Sequence[Decoded]) -> None:
+    """One line per user a batch could not be applied to, with where their events were."""
+    at: dict[str, list[str]] = {u: [] for u in failed}
+    for d in fresh:
+        if d.event is not None and d.event.user_id in at:
+            at[d.event.user_id].append(where(d.msg))
+    for user, reason in failed.items():
+        spots = at[user]
+        shown = ", ".join(spots[:3]) + (f" and {len(spots) - 3} more" if len(spots) > 3 else "")
+        log.error("user %r not updated, list and state kept: %s; events at %s",
+                  user, reason, shown or "none")  # fmt: skip

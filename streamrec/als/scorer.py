@@ -206,7 +206,9 @@ class Scorer:
     ) -> Scored:
         """``score`` with the histories flattened: user ``b`` owns the next ``counts[b]``
         entries of ``all_rows`` ((nnz,) int64 model rows, ``rows_of``; -1 = unknown item) and
-        ``all_totals`` ((nnz,) float64 feedback totals)."""
+        ``all_totals`` ((nnz,) float64 feedback totals).
+
+        A warm user whose vector is not finite gets NaN scores and no items (-1)."""
         n, history_max = self.n, self.history_max
         alpha = float(self.model.params["alpha"])
         transform = self.model.params["transform"]
@@ -230,6 +232,10 @@ class Scorer:
         conf = (alpha * confidence(totals, transform)).astype(np.float32)
         warm = np.bincount(owner[conf > 0], minlength=len(users)) > 0
         vectors = self.foldin.solve(solve_ptr, solve_idx, conf)
+        if not np.isfinite(vectors).all():
+            # A broken solve (an overflowed confidence, a near-singular system) gives no list:
+            # NaN makes every score of the row NaN, which callers can test (worker/isolate.py).
+            vectors[~np.isfinite(vectors).all(axis=1)] = np.nan
         items, scores = self._top_n(vectors, excl_ptr, excl_idx)
         cold = np.flatnonzero(~warm).tolist()
         if cold:
