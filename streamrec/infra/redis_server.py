@@ -1,7 +1,10 @@
 """The local Redis server: used when one answers at ``redis_url``, else started on loopback.
 
 Ours runs from ``<home>/redis-<port>/`` with a generated ``redis.conf`` (mode 0600, so a
-password never shows up in ``ps``), no persistence, logging to ``redis.log`` there.
+password never shows up in ``ps``), logging to ``redis.log`` there. It holds the worker's state
+(histories, applied offsets), not just a cache of lists, so it is configured the way README "A
+Redis fit to hold state" asks of any Redis streamrec uses: an append-only file, fsynced every
+second, and ``noeviction``.
 """
 
 from __future__ import annotations
@@ -114,13 +117,17 @@ def _quote(value: str) -> str:
 
 
 def render_conf(bind: str, port: int, paths: RedisPaths, password: str | None) -> str:
-    """redis.conf of our server: loopback only, no persistence, foreground, own log file."""
+    """redis.conf of our server: loopback only, an AOF fsynced every second, never evicting,
+    foreground, own log file."""
     lines = [
         "# Written by streamrec.infra.redis_server; rewritten on every start.",
         f"bind {bind}",
         f"port {port}",
+        # The AOF is the persistence; RDB snapshots on top would only add fork pauses.
         'save ""',
-        "appendonly no",
+        "appendonly yes",
+        "appendfsync everysec",
+        "maxmemory-policy noeviction",
         "daemonize no",
         f"dir {_quote(str(paths.dir))}",
         f"logfile {_quote(str(paths.log))}",

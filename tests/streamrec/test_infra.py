@@ -8,6 +8,7 @@ but loopback addresses.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -247,6 +248,21 @@ def test_redis_target() -> None:
     assert redis_server.RedisTarget.parse("redis://[::1]:6379").address == "[::1]:6379"
 
 
+def _conf_values(conf: str) -> dict[str, str]:
+    """directive -> value of a rendered redis.conf (comments skipped)."""
+    pairs = (line.split(" ", 1) for line in conf.splitlines() if line and line[0] != "#")
+    return {k: v for k, v in pairs}
+
+
+def test_redis_conf_holds_state_with_aof_every_second_and_no_eviction(tmp_path: Path) -> None:
+    conf = _conf_values(redis_server.render_conf("127.0.0.1", 1, redis_server.RedisPaths(tmp_path), None))
+    assert conf["appendonly"] == "yes"
+    assert conf["appendfsync"] == "everysec"
+    assert conf["maxmemory-policy"] == "noeviction"
+    assert conf["save"] == '""'  # the AOF is the persistence: no RDB fork pauses on top
+    assert conf["dir"] == f'"{tmp_path}"'  # where the AOF goes
+
+
 def test_redis_conf_quotes_and_password(tmp_path: Path) -> None:
     paths = redis_server.RedisPaths(tmp_path / "my dir")
     conf = redis_server.render_conf("127.0.0.1", 26379, paths, 'pa"ss word')
@@ -375,3 +391,30 @@ def test_redis_of_ours_starts_detached_and_down_leaves_external_kafka_alone(
     assert (after.redis.running, after.redis.how) == (False, "down")
     assert after.kafka.running, "down() must leave a broker it did not start alone"
     assert any(line.startswith("kafka: no broker of ours") for line in said), said
+
+
+@pytest.mark.integration
+def test_redis_of_ours_keeps_acknowledged_writes_across_a_sigkill(spare_redis: Settings) -> None:
+    """AOF: a write Redis acknowledged is in the append-only file (written before the reply;
+    fsynced within a second), so a SIGKILLed server comes back with it."""
+    s = spare_redis
+    started = redis_server.up(s, echo=lambda _: None)
+    assert started.pid is not None
+    client = redis.Redis.from_url(s.redis_url, password="s3cret pass", socket_timeout=5)
+    assert client.config_get("appendonly") == {"appendonly": "yes"}
+    assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+    client.set("state:u1", b"history")
+    client.close()
+    os.kill(started.pid, signal.SIGKILL)  # no shutdown, no final save
+    deadline = time.monotonic() + 15
+    while infra_api.pid_alive(started.pid):
+        assert time.monotonic() < deadline, "redis-server survived SIGKILL for 15 s"
+        time.sleep(0.05)
+
+    again = redis_server.up(s, echo=lambda _: None)
+    assert again.pid not in (None, started.pid)
+    client = redis.Redis.from_url(s.redis_url, password="s3cret pass", socket_timeout=5)
+    try:
+        assert client.get("state:u1") == b"history"
+    finally:
+        client.close()
