@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     redis_prefix: str = Field("streamrec", description="first segment of every key")
     recs_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="TTL of streamrec:recs:<user_id>")
     history_ttl_s: int = Field(90 * 24 * 3600, ge=1, description="TTL of a user's history hash")
+    accept_eviction: bool = Field(
+        False,
+        description="let the worker run on a Redis whose maxmemory-policy can evict its state "
+        "(allkeys-*, volatile-*); false = it refuses to start, saying what to set",
+    )
 
     # --- Recommendations -------------------------------------------------------------------
     top_n: int = Field(50, ge=1, le=1000, description="items per list")

@@ -14,10 +14,12 @@ Stages of one micro-batch (``loop.Worker``)::
     sink.write         MULTI: states, lists, applied offsets; EXEC      (streamrec.sink)
     source.commit      Kafka offsets, only after EXEC                   (source.py)
 
-Beside the batches: ``models.ModelWatcher`` swaps in a newly published model and reloads the
-blocked items between them; ``metrics`` holds the counts (``Stats``) and exports them, with
-stage timings, on ``/metrics`` and ``/healthz``. ``seams`` names what the loop needs of its
-source, sink and dead-letter writer, so tests can hand it others.
+Before the first batch: ``preflight.check_redis`` refuses a Redis whose ``maxmemory-policy``
+can evict the worker's state. Beside the batches: ``models.ModelWatcher`` swaps in a newly
+published model and reloads the blocked items between them; ``metrics`` holds the counts
+(``Stats``) and exports them, with stage timings, on ``/metrics`` and ``/healthz``.
+``seams`` names what the loop needs of its source, sink and dead-letter writer, so tests can
+hand it others.
 
 Imports: the contracts of ``streamrec`` (events, keys, artifact, settings, errors, connect,
 sink, ...) and the ALS core ``streamrec.als`` only; never ``streamrec.app``, ``.model``,

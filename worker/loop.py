@@ -39,6 +39,7 @@ from streamrec.worker.errors import WorkerError
 from streamrec.worker.isolate import Failed, flatten_apart, read_states, score_apart, why
 from streamrec.worker.metrics import Metrics, MetricsServer, Stats
 from streamrec.worker.models import ModelWatcher
+from streamrec.worker.preflight import check_redis
 from streamrec.worker.seams import BatchSink, BatchSource, DeadLetterWriter
 from streamrec.worker.source import Source, position, read_keys, where
 
@@ -103,6 +104,7 @@ class Worker:
         return self.models.scorer
 
     def run(self, max_messages: int | None = None, duration_s: float | None = None) -> Stats:
+        check_redis(self._redis, self.settings)  # refuses a Redis that can evict its state
         s = self.settings
         ensure_topics(s)
         if self._source is None:

@@ -255,7 +255,8 @@ def _conf_values(conf: str) -> dict[str, str]:
 
 
 def test_redis_conf_holds_state_with_aof_every_second_and_no_eviction(tmp_path: Path) -> None:
-    conf = _conf_values(redis_server.render_conf("127.0.0.1", 1, redis_server.RedisPaths(tmp_path), None))
+    paths = redis_server.RedisPaths(tmp_path)
+    conf = _conf_values(redis_server.render_conf("127.0.0.1", 1, paths, None))
     assert conf["appendonly"] == "yes"
     assert conf["appendfsync"] == "everysec"
     assert conf["maxmemory-policy"] == "noeviction"
