@@ -7,6 +7,11 @@ Order, so a reader never sees a list from a model that is not fully in place:
 2. move the ``<p>:model`` pointer;
 3. announce the version on ``settings.topic_models``.
 
+Each step logs a line (the lists a line per tenth). A publisher killed during 1 leaves some
+lists under the new version while the pointer still names the old one: both models are
+complete on disk, every list is a whole value, and the next publish rewrites them all. Killed
+between 2 and 3, workers still find the new model by polling the pointer (within 2 s).
+
 Workers then swap to the model and re-fold the users whose events arrived after the model's
 Kafka snapshot (``worker/models.py``), so no event is left out of a list.
 """
@@ -86,11 +91,15 @@ def publish(
         counts = _write_lists(model, settings, client, keys, blocked, now, histories, similar_n,
                               totals)  # fmt: skip
     finally:
-        announcer.shutdown(wait=True)
+        # Not waited for here: a slow or absent broker must not hold the pointer back (workers
+        # also poll it); the announcement waits for it below.
+        announcer.shutdown(wait=False)
     popular = [p for p in model.popular(settings.top_n + len(blocked)) if p[0] not in blocked]
     client.set(keys.popular, popular_value(popular[: settings.top_n], model.version, now))
     value = model_value(model.summary())
     client.set(keys.model, value)
+    log.info("pointer %s moved to %s%s", keys.model, model.version,
+             f"; announcing it on {settings.topic_models}" if announce else "")  # fmt: skip
     if ready is not None:
         producer = ready.result()
         producer.produce(settings.topic_models, key=model.version.encode(), value=value)
@@ -138,6 +147,7 @@ def _write_lists(
             for lo in range(0, len(users), CHUNK):
                 part = {u: histories[u] for u in users[lo : lo + CHUNK]}
                 jobs.append(partial(Scorer.score, histories=part))
+        todo: list[int] = []
         if totals is not None:
             m = totals.matrix.tocsr()
             column_rows = scorer.rows_of(totals.item_ids)
@@ -150,9 +160,14 @@ def _write_lists(
             return own.values(job(own), now)
 
         # Chunks are scored and encoded on scoring.THREADS threads and written in order.
+        total, tenths = (len(histories) if histories else 0) + len(todo), 0
         for lists in scored_in_order(scorer, run, jobs):
             sink.write(lists, transaction=False)
             counts["lists"] += len(lists)
+            if counts["lists"] * 10 // total > tenths:  # a line per tenth: how far it got
+                tenths = counts["lists"] * 10 // total
+                log.info("publish %s: %d of %d lists written", model.version, counts["lists"],
+                         total)  # fmt: skip
         if similar_n:
             ids, batch = model.item_ids, []
             for item_rows, items, scores in similar_items(model.item_factors, similar_n, rows):
@@ -165,6 +180,8 @@ def _write_lists(
                     batch = []
             sink.write_plain(batch)
             counts["similar"] += len(batch)
+            log.info("publish %s: %d similar-item lists written", model.version,
+                     counts["similar"])  # fmt: skip
     finally:
         sink.close()
     return counts
