@@ -144,6 +144,10 @@ def test_kafka_is_official_image_kraft_combined() -> None:
 
 def test_redis_is_healthchecked_and_local_only() -> None:
     redis = _compose()["services"]["redis"]
+    # It holds state: persisted and never evicted (the worker's preflight refuses evicting).
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"
     assert redis["image"].startswith("redis:7")
     assert "ping" in _argv(redis["healthcheck"]["test"])
     assert all(str(p).startswith("127.0.0.1:") for p in redis.get("ports", []))
