@@ -10,6 +10,8 @@ from collections.abc import Iterator, Mapping
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from streamrec.errors import InfraError
 from streamrec.keys import Keys
@@ -17,9 +19,17 @@ from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
 
+CREATE_TIMEOUT_S = 30.0  # a broker that answers may still take a while to create topics
+
 
 def redis_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
-    """A Redis client (bytes in, bytes out) for ``settings.redis_url``; checked with PING."""
+    """A Redis client (bytes in, bytes out) for ``settings.redis_url``; checked with PING.
+
+    A failed command is retried once, on a fresh connection (a pooled one a restart left
+    dead), then raised: redis-py's default of ten retries with growing sleeps would hide an
+    outage for seconds inside every call. Whoever waits an outage out does it with its own
+    backoff (the worker, ``streamrec.worker.retry``); a command says so in one line.
+    """
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
     client = redis.Redis.from_url(
         settings.redis_url,
@@ -27,15 +37,29 @@ def redis_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         health_check_interval=30,
+        retry=Retry(ExponentialWithJitterBackoff(cap=0.1, base=0.01), 1),
     )
     try:
         client.ping()
     except redis.RedisError as exc:
         raise InfraError(
-            f"Redis at {settings.redis_url} does not answer ({exc}); "
+            f"Redis at {settings.redis_address} does not answer ({exc}); "
             "start it with: streamrec infra up"
         ) from None
     return client
+
+
+def _topics(admin: AdminClient, settings: Settings, timeout_s: float | None) -> set[str]:
+    """The cluster's topic names; ``InfraError`` naming the broker when it does not answer
+    within ``timeout_s`` (``settings.kafka_timeout_s`` by default)."""
+    timeout = settings.kafka_timeout_s if timeout_s is None else timeout_s
+    try:
+        return set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as exc:
+        raise InfraError(
+            f"Kafka at {settings.kafka_bootstrap} does not answer within {timeout:g} s "
+            f"({exc.args[0].str()}); start it with: streamrec infra up"
+        ) from None
 
 
 def topic_specs(settings: Settings) -> dict[str, int]:
@@ -48,22 +72,19 @@ def topic_specs(settings: Settings) -> dict[str, int]:
 
 
 def ensure_topics(
-    settings: Settings, specs: dict[str, int] | None = None, timeout_s: float = 30.0
+    settings: Settings, specs: dict[str, int] | None = None, timeout_s: float | None = None
 ) -> list[str]:
     """Create missing topics (replication 1 for a single broker); returns those created.
 
-    Existing topics are left as they are. Waits, bounded, until each new topic has a leader.
+    Existing topics are left as they are. Waits, bounded, for the broker's first answer
+    (``timeout_s``, else ``settings.kafka_timeout_s``: ``InfraError`` naming it), then until
+    each new topic has a leader (``timeout_s``, else ``CREATE_TIMEOUT_S``).
     """
     specs = specs if specs is not None else topic_specs(settings)
     admin = AdminClient(settings.kafka_common())
+    existing = _topics(admin, settings, timeout_s)
+    timeout_s = CREATE_TIMEOUT_S if timeout_s is None else timeout_s
     deadline = time.monotonic() + timeout_s
-    try:
-        existing = set(admin.list_topics(timeout=timeout_s).topics)
-    except KafkaException as exc:
-        raise InfraError(
-            f"Kafka at {settings.kafka_bootstrap} does not answer ({exc}); "
-            "start it with: streamrec infra up"
-        ) from None
     missing = [
         NewTopic(t, num_partitions=p, replication_factor=1)
         for t, p in specs.items()
@@ -127,8 +148,7 @@ def read_ranges(
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest",
-        },
-        logger=log,
+        }
     )
     try:
         consumer.assign([TopicPartition(topic, p, start) for p, (start, _) in todo.items()])

@@ -8,7 +8,11 @@ Secrets are ``SecretStr`` so they never show up in logs or ``repr``.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
+import threading
+import time
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -72,6 +76,14 @@ class Settings(BaseSettings):
         ge=6_000,
         description="consumer session timeout: how soon a dead worker's "
         "partitions move to the others",
+    )
+    kafka_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="longest wait for the broker in one step: a producer's delivery of an "
+        "event, a topic check or creation, the worker's last commit and close at stop; with "
+        "Kafka down, a command ends (one line, exit 3) after about this long",
     )
 
     # --- Redis -----------------------------------------------------------------------------
@@ -153,6 +165,20 @@ class Settings(BaseSettings):
     metrics_bind: str = Field(
         "127.0.0.1:9108", description="host:port of /metrics and /healthz; empty = off"
     )
+    retry_backoff_max_s: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="while Redis or Kafka is unreachable, the worker's longest wait between "
+        "two attempts (the wait doubles from 0.1 s up to this); so also how late, at most, "
+        "it notices the service is back",
+    )
+    outage_log_interval_s: float = Field(
+        30.0,
+        gt=0,
+        description="while Redis or Kafka is unreachable, the worker logs that it is still "
+        "waiting at most this often (not once per attempt)",
+    )
 
     log_format: Literal["text", "json"] = Field(
         "text", description="stderr log lines: text, or one JSON object per line"
@@ -233,9 +259,20 @@ class Settings(BaseSettings):
     def kafka_port(self) -> int:
         return int(self.kafka_bootstrap.split(",")[0].rpartition(":")[2])
 
+    @property
+    def redis_address(self) -> str:
+        """``host:port/db`` of ``redis_url`` without credentials: what logs and errors name."""
+        url = urlsplit(self.redis_url)
+        if url.scheme == "unix":
+            return url.path
+        host = url.hostname or "localhost"
+        return f"{host}:{url.port or 6379}{url.path if url.path not in ('', '/') else '/0'}"
+
     def kafka_common(self) -> dict[str, Any]:
-        """librdkafka settings shared by every client."""
-        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap}
+        """librdkafka settings shared by every client: the broker, SASL, and its log lines
+        routed through Python ``logging`` (``KAFKA_LOG``), so they share the process's format
+        (``log_format``) and level."""
+        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap, "logger": KAFKA_LOG}
         if self.kafka_sasl_username:
             conf.update(
                 {
@@ -250,6 +287,57 @@ class Settings(BaseSettings):
                 }
             )
         return conf
+
+
+class KafkaLog:
+    """librdkafka's log lines as records of the ``streamrec.kafka`` logger.
+
+    Given to every client as its ``logger`` (``Settings.kafka_common``); confluent-kafka calls
+    ``log(level, "%s [%s] %s", facility, client, text)`` from the thread that polls. librdkafka
+    logs a line per failed connection attempt, several a second while a broker is down; those
+    lines ("Connect to ... failed", "Disconnected", "brokers are down", ...) go at DEBUG,
+    since whoever waits for the broker says so once, naming it (the worker's outage log, a
+    command's one-line error). Any other line repeated within ``REPEAT_S`` is dropped and
+    counted; the count is added to the next one let through.
+    """
+
+    REPEAT_S = 30.0
+    _UNREACHABLE = re.compile(
+        r"Connect to .* failed|Disconnected|brokers are down|Failed to resolve|timed out"
+        r"|Connection refused|Connection reset|Broken pipe|Receive failed|Send failed",
+        re.IGNORECASE,
+    )
+    # The variable tail of a broker error: "(after 12ms in state UP, 3 identical error(s) ...)"
+    _TAIL = re.compile(r"\s*\(after \d+ms in state [^)]*\)\s*$")
+
+    def __init__(self, name: str = "streamrec.kafka") -> None:
+        self.logger = logging.getLogger(name)
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[float, int]] = {}  # line -> (when let through, dropped)
+
+    def log(self, level: int, fmt: str, *args: object) -> None:
+        text = fmt % args if args else fmt
+        if level > logging.DEBUG and self._UNREACHABLE.search(text):
+            level = logging.DEBUG
+        if not self.logger.isEnabledFor(level):
+            return
+        key = self._TAIL.sub("", text)
+        now = time.monotonic()
+        with self._lock:
+            last, dropped = self._seen.get(key, (-self.REPEAT_S, 0))
+            if now - last < self.REPEAT_S:
+                self._seen[key] = (last, dropped + 1)
+                return
+            if len(self._seen) > 1000:  # lines carry ids and offsets: keep the memory bounded
+                self._seen.clear()
+            self._seen[key] = (now, 0)
+        if dropped:
+            text += f" ({dropped} more like it in the last {self.REPEAT_S:.0f} s)"
+        self.logger.log(level, "%s", text)
+
+
+#: The one ``KafkaLog`` every client of the process shares (``Settings.kafka_common``).
+KAFKA_LOG = KafkaLog()
 
 
 def load_settings(**overrides: Any) -> Settings:

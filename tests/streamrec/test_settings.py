@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from streamrec.errors import ConfigError
-from streamrec.settings import Settings, load_settings
+from streamrec.settings import KAFKA_LOG, KafkaLog, Settings, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -101,3 +103,70 @@ def test_readme_documents_every_setting() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for name in Settings.model_fields:
         assert f"`STREAMREC_{name.upper()}`" in readme, f"README lacks STREAMREC_{name.upper()}"
+
+
+def test_redis_address_names_the_server_without_credentials() -> None:
+    def address(url: str) -> str:
+        return load_settings(redis_url=url).redis_address
+
+    assert address("redis://:hunter2@cache.internal:6380/2") == "cache.internal:6380/2"
+    assert address("redis://svc:hunter2@127.0.0.1/0") == "127.0.0.1:6379/0"
+    assert address("redis://127.0.0.1:6379") == "127.0.0.1:6379/0"
+    assert address("unix:///run/redis.sock") == "/run/redis.sock"
+
+
+def _kafka_line(log: KafkaLog, level: int, text: str) -> None:
+    """What confluent-kafka calls on its ``logger`` for one librdkafka line."""
+    log.log(level, "%s [%s] %s", "FAIL", "rdkafka#consumer-1", text)
+
+
+def test_kafka_log_lines_go_through_logging(caplog: pytest.LogCaptureFixture) -> None:
+    assert load_settings().kafka_common()["logger"] is KAFKA_LOG
+    log = KafkaLog("test.kafka")
+    log.REPEAT_S = 0.2
+    caplog.set_level(logging.DEBUG, logger="test.kafka")
+    refused = "127.0.0.1:9/bootstrap: Connect to ipv4#127.0.0.1:9 failed: Connection refused"
+    for ms in range(5):  # librdkafka's line per attempt: only the suffix changes
+        _kafka_line(log, logging.ERROR, f"{refused} (after {ms}ms in state CONNECT)")
+    _kafka_line(log, logging.ERROR, "SASL authentication error: Authentication failed")
+    got = [(r.levelno, r.getMessage()) for r in caplog.records]
+    # Unreachable: DEBUG (whoever waits says so, naming the broker); repeats dropped.
+    assert got[0][0] == logging.DEBUG and "Connection refused" in got[0][1]
+    assert got[1] == (
+        logging.ERROR,
+        "FAIL [rdkafka#consumer-1] SASL authentication error: Authentication failed",
+    )
+    assert len(got) == 2
+    time.sleep(0.25)
+    _kafka_line(log, logging.ERROR, f"{refused} (after 9ms in state CONNECT)")
+    assert caplog.records[-1].getMessage().endswith("(4 more like it in the last 0 s)")
+
+
+def test_a_real_client_logs_through_the_streamrec_kafka_logger(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """librdkafka's lines reach Python logging (so STREAMREC_LOG_FORMAT=json formats them)."""
+    import json
+    import socket
+
+    from confluent_kafka import Consumer
+
+    from streamrec.app.cli import JsonFormatter
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens there once closed
+    s = load_settings(kafka_bootstrap=f"127.0.0.1:{port}")
+    caplog.set_level(logging.DEBUG, logger="streamrec.kafka")
+    consumer = Consumer({**s.kafka_common(), "group.id": "g-log"})
+    try:
+        consumer.subscribe(["t"])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not caplog.records:
+            consumer.consume(1, 0.2)
+    finally:
+        consumer.close()
+    records = [r for r in caplog.records if r.name == "streamrec.kafka"]
+    assert records and f"127.0.0.1:{port}" in records[0].getMessage()
+    line = json.loads(JsonFormatter().format(records[0]))
+    assert line["logger"] == "streamrec.kafka" and line["level"] == "DEBUG"
