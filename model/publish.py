@@ -116,9 +116,12 @@ def _announcement_producer(settings: Settings) -> Producer:
     ensure_topics(settings, {settings.topic_models: 1})
     producer = Producer(settings.kafka_common())
     try:
-        producer.list_topics(settings.topic_models, timeout=30)
+        producer.list_topics(settings.topic_models, timeout=settings.kafka_timeout_s)
     except KafkaException as exc:
-        raise InfraError(f"Kafka at {settings.kafka_bootstrap}: {exc}") from None
+        raise InfraError(
+            f"Kafka at {settings.kafka_bootstrap} does not answer within "
+            f"{settings.kafka_timeout_s:g} s ({exc.args[0].str()})"
+        ) from None
     return producer
 
 

@@ -39,9 +39,12 @@ def read_window(settings: Settings, since_ms: int, timeout_s: float = 300.0) -> 
     consumer = Consumer({**settings.kafka_common(), "group.id": "streamrec-retrain"})
     try:
         try:
-            meta = consumer.list_topics(topic, timeout=30)
+            meta = consumer.list_topics(topic, timeout=settings.kafka_timeout_s)
         except KafkaException as exc:
-            raise InfraError(f"Kafka at {settings.kafka_bootstrap}: {exc}") from None
+            raise InfraError(
+                f"Kafka at {settings.kafka_bootstrap} does not answer within "
+                f"{settings.kafka_timeout_s:g} s ({exc.args[0].str()})"
+            ) from None
         if topic not in meta.topics or meta.topics[topic].error is not None:
             raise InfraError(f"topic {topic} does not exist")
         parts = sorted(meta.topics[topic].partitions)

@@ -2,17 +2,23 @@
 
 with EventProducer(settings) as p:
     p.send(new_event("user-1", "track-9", "play", value=184.0))
-# leaving the block flushes and raises ProducerError if anything was not delivered
+# leaving the block flushes and raises DeliveryError if anything was not delivered
+
+With the broker down, every step ends within about ``settings.kafka_timeout_s``: building the
+producer (it asks for the topic's metadata first: ``InfraError`` naming the broker), each
+event's delivery (librdkafka's ``message.timeout.ms``: the event fails), and ``flush``.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from types import TracebackType
 from typing import Any, Literal
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from streamrec.errors import InfraError
 from streamrec.events import Event, encode_avro, encode_json
 from streamrec.producer.errors import DeliveryError
 from streamrec.settings import Settings
@@ -21,12 +27,17 @@ log = logging.getLogger(__name__)
 
 Format = Literal["avro", "json"]
 
+FLUSH_MARGIN_S = 2.0  # flush waits this much past the delivery timeout: failures, not "left"
+FAILURE_LOG_S = 30.0  # while sending, undelivered events are logged at most this often
+
 
 class EventProducer:
     """An idempotent Kafka producer of ``Event``s with delivery accounting."""
 
     def __init__(self, settings: Settings, fmt: Format = "avro", **overrides: Any) -> None:
         self.topic = settings.topic_events
+        self._bootstrap = settings.kafka_bootstrap
+        self._timeout_s = settings.kafka_timeout_s
         self._encode = encode_avro if fmt == "avro" else encode_json
         self._producer = Producer(
             {
@@ -34,21 +45,40 @@ class EventProducer:
                 "enable.idempotence": True,
                 "linger.ms": 5,
                 "compression.type": "lz4",
+                # An event not acknowledged within this fails (librdkafka's default is 5 min).
+                "message.timeout.ms": int(self._timeout_s * 1000),
                 **overrides,
-            },
-            logger=log,
+            }
         )
+        try:
+            self._producer.list_topics(self.topic, timeout=self._timeout_s)
+        except KafkaException as exc:
+            raise InfraError(
+                f"Kafka at {self._bootstrap} does not answer within {self._timeout_s:g} s "
+                f"({exc.args[0].str()}); start it with: streamrec infra up"
+            ) from None
         self.sent = 0
         self.delivered = 0
         self.failed: list[str] = []  # every failure so far (for the delivery report)
         self._reported = 0  # failures already raised by an earlier flush()
+        self._logged = 0  # failures already logged while sending
+        self._next_log = 0.0
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        # Counted, not logged one by one: a broker outage fails every event in flight.
         if err is None:
             self.delivered += 1
         else:
-            self.failed.append(f"{msg.key()!r}: {err}")
-            log.error("delivery failed for key %r: %s", msg.key(), err)
+            self.failed.append(f"{msg.key()!r}: {err.str()}")
+
+    def _log_failures(self) -> None:
+        """While sending: the failures since the last such line, at most every FAILURE_LOG_S
+        (``flush`` raises them instead)."""
+        now = time.monotonic()
+        if len(self.failed) > self._logged and now >= self._next_log:
+            log.warning("Kafka at %s: %d event(s) not delivered so far (latest: %s)",
+                        self._bootstrap, len(self.failed), self.failed[-1])  # fmt: skip
+            self._logged, self._next_log = len(self.failed), now + FAILURE_LOG_S
 
     def send(self, event: Event) -> None:
         """Queue one event (validated and encoded first: EventError for an invalid one)."""
@@ -69,21 +99,27 @@ class EventProducer:
                 self._producer.poll(0.1)
         self.sent += 1
         self._producer.poll(0)
+        self._log_failures()
 
     def send_raw(self, key: bytes | None, value: bytes) -> None:
         """Publish bytes as they are (for tests and tools that craft messages)."""
         self._producer.produce(self.topic, key=key, value=value, on_delivery=self._on_delivery)
         self.sent += 1
         self._producer.poll(0)
+        self._log_failures()
 
-    def flush(self, timeout_s: float = 30.0) -> None:
-        """Wait for every queued event; raises DeliveryError if any failed or timed out."""
-        left = self._producer.flush(timeout_s)
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Wait for every queued event (by default a little past the delivery timeout, so an
+        unacknowledged event has failed by then); raises DeliveryError, one line naming the
+        broker, if any failed or is still waiting."""
+        timeout = self._timeout_s + FLUSH_MARGIN_S if timeout_s is None else timeout_s
+        left = self._producer.flush(timeout)
         new = self.failed[self._reported :]
-        self._reported = len(self.failed)
+        self._reported = self._logged = len(self.failed)
         if left or new:
             raise DeliveryError(
-                f"{len(new)} failed, {left} undelivered after {timeout_s:.0f}s"
+                f"Kafka at {self._bootstrap}: {len(new) + left} event(s) not delivered "
+                f"({len(new)} failed, {left} unacknowledged after {timeout:g} s)"
                 + (f"; first: {new[0]}" if new else "")
             )
 
