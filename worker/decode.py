@@ -24,20 +24,37 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from streamrec.errors import EventError
 from streamrec.events import LIMITS, Event, Limits, decode
 from streamrec.settings import Settings
-from streamrec.worker.errors import WorkerError
+from streamrec.worker.errors import DependencyDown, WorkerError
 from streamrec.worker.source import where
 
 log = logging.getLogger(__name__)
 
-#: A dead letter: key, value, headers.
+#: A dead letter: the original's ``where``, key, value, headers.
 _Header = tuple[str, str | bytes | None]
-_Letter = tuple[bytes | None, bytes | None, list[_Header]]
+_Letter = tuple[str, bytes | None, bytes | None, list[_Header]]
 
 #: librdkafka's own bound on a message it sends (``message.max.bytes``, 1,000,000 by default) is
 #: below the broker's (1 MiB): a value just under the broker's bound plus the dead letter's
 #: headers would be refused in ``produce`` and stop the worker. Well above any broker default;
 #: a dead letter its topic still refuses is sent again without its value (``streamrec.dropped``).
 DLQ_MESSAGE_MAX_BYTES = 16 << 20
+
+DONE_KEPT = 10_000  # delivered dead letters remembered, so a redone batch skips them
+
+#: Delivery errors that mean "no broker to deliver to (yet)", not "refused".
+UNREACHABLE = frozenset(
+    {
+        KafkaError._MSG_TIMED_OUT,
+        KafkaError._TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NETWORK_EXCEPTION,
+        KafkaError.NOT_ENOUGH_REPLICAS,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +83,25 @@ def decode_batch(msgs: Sequence[Message], limits: Limits = LIMITS) -> list[Decod
 
 
 class DeadLetters:
-    """Publishes undecodable messages to ``settings.topic_dlq``, delivered before commit."""
+    """Publishes undecodable messages to ``settings.topic_dlq``, delivered before commit.
 
-    def __init__(self, settings: Settings, flush_timeout_s: float = 30.0) -> None:
+    While the broker is down, ``send`` raises ``DependencyDown`` after ``flush_timeout_s``
+    and the loop redoes the batch later (``worker/retry.py``). A batch redone (after an
+    outage of either service, or a race) sends only the dead letters not delivered or queued
+    yet: those of the earlier attempt are waited for, not produced again, so within one
+    process a message goes to the DLQ once (across a crash, at least once).
+    """
+
+    def __init__(self, settings: Settings, flush_timeout_s: float = 5.0) -> None:
         self._topic = settings.topic_dlq
+        self._bootstrap = settings.kafka_bootstrap
         self._flush_timeout = flush_timeout_s
+        self._queued: set[str] = set()  # ``where`` of each dead letter produced, not yet settled
+        self._done: dict[str, None] = {}  # ``where`` of the latest ones delivered, oldest first
+        # Delivery reports since the last flush: letters too large, errors of no broker, others.
+        self._too_large: list[_Letter] = []
+        self._unreachable: list[KafkaError] = []
+        self._errors: list[KafkaError] = []
         self._producer = Producer(
             {
                 **settings.kafka_common(),
@@ -78,64 +109,88 @@ class DeadLetters:
                 "linger.ms": 5,
                 "message.max.bytes": DLQ_MESSAGE_MAX_BYTES,
                 "compression.type": "lz4",
-            },
-            logger=log,
+            }
         )
 
     def send(self, failed: Sequence[tuple[Message, str]]) -> None:
-        """Publish and wait until every dead letter is acknowledged; raises WorkerError if not."""
+        """Publish and wait until every dead letter is acknowledged.
+
+        Raises ``DependencyDown`` when some are not acknowledged within the flush timeout or
+        failed for want of a broker (redo the batch later), ``WorkerError`` when the broker
+        refused one for another reason than its size.
+        """
         if not failed:
             return
         letters: list[_Letter] = []
         for m, reason in failed:
-            log.warning("dead-lettering %s: %s", where(m), reason)
+            source = where(m)
+            if source in self._done or source in self._queued:
+                continue  # sent by an earlier attempt at this batch (waited for below)
+            log.warning("dead-lettering %s: %s", source, reason)
             headers: list[_Header] = [
                 ("streamrec.error", reason.encode()),
-                ("streamrec.source", where(m).encode()),
+                ("streamrec.source", source.encode()),
                 ("streamrec.timestamp", str(m.timestamp()[1]).encode()),
             ]
-            letters.append((m.key(), m.value(), headers))
+            letters.append((source, m.key(), m.value(), headers))
         # The broker refuses a whole batch over the topic's max.message.bytes: the letters of
         # such a batch go again one by one, and one still refused goes without its value (the
         # key, the reason and the source still do: the original is at its offset).
-        for key, value, headers in self._deliver(letters):
-            if self._deliver([(key, value, headers)]):
+        for source, key, value, headers in self._deliver(letters):
+            if self._deliver([(source, key, value, headers)]):
                 log.warning("dead letter of %d bytes too large for %s; sent without its value",
                             len(value or b""), self._topic)  # fmt: skip
-                self._deliver([(key, None, [*headers, _dropped(value or b"")])])
+                self._deliver([(source, key, None, [*headers, _dropped(value or b"")])])
+
+    def _delivered(self, letter: _Letter, err: KafkaError | None, _msg: Message) -> None:
+        source = letter[0]
+        self._queued.discard(source)
+        if err is None:
+            self._done[source] = None
+            if len(self._done) > DONE_KEPT:
+                del self._done[next(iter(self._done))]
+        elif err.code() == KafkaError.MSG_SIZE_TOO_LARGE and letter[2]:
+            self._too_large.append(letter)
+        elif err.code() in UNREACHABLE:
+            self._unreachable.append(err)
+        else:
+            self._errors.append(err)
 
     def _deliver(self, letters: Sequence[_Letter]) -> list[_Letter]:
-        """Produce and flush; the letters refused as too large, WorkerError on any other
+        """Produce and flush (with whatever earlier attempts left queued); the letters refused
+        as too large. DependencyDown when the broker is not there, WorkerError on any other
         failure."""
         refused: list[_Letter] = []
-        errors: list[str] = []
-
-        def delivered(letter: _Letter, err: KafkaError | None, _msg: Message) -> None:
-            if err is None:
-                return
-            if err.code() == KafkaError.MSG_SIZE_TOO_LARGE and letter[1]:
-                refused.append(letter)
-            else:
-                errors.append(str(err))
-
         for letter in letters:
-            key, value, headers = letter
+            source, key, value, headers = letter
             try:
                 self._producer.produce(
                     self._topic,
                     key=key,
                     value=value,
                     headers=headers,
-                    on_delivery=partial(delivered, letter),
+                    on_delivery=partial(self._delivered, letter),
                 )
             except KafkaException as exc:  # over librdkafka's own bound: refused before sending
                 if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE or not value:
                     raise
                 refused.append(letter)
+                continue
+            self._queued.add(source)
         left = self._producer.flush(self._flush_timeout)
-        if left or errors:
-            raise WorkerError(f"{left} dead letters undelivered; errors: {errors[:3]}")
-        return refused
+        errors, self._errors = self._errors, []
+        unreachable, self._unreachable = self._unreachable, []
+        too_large, self._too_large = self._too_large, []
+        if errors:
+            raise WorkerError(f"{len(errors)} dead letters refused; errors: {errors[:3]}")
+        if left or unreachable:
+            raise DependencyDown(
+                "kafka",
+                f"{left + len(unreachable)} dead letters undelivered: Kafka at {self._bootstrap} "
+                f"did not acknowledge them within {self._flush_timeout:g} s"
+                + (f" ({unreachable[0].str()})" if unreachable else ""),
+            )
+        return refused + too_large
 
     def close(self) -> None:
         self._producer.flush(self._flush_timeout)

@@ -8,7 +8,10 @@ Tree::
     ├── streamrec.errors.ArtifactError  a bad model: refused and logged, the old one keeps serving
     └── streamrec.errors.InfraError     Kafka or Redis failed
         └── WorkerError                 the loop cannot go on without losing data (a dead letter
-                                        not delivered, a commit refused): stops the process loudly
+            │                           refused, a commit refused): stops the process loudly
+            └── DependencyDown          Kafka or Redis does not answer (yet): the loop waits it
+                                        out (``retry.py``) and redoes the batch; raised out of
+                                        the loop only by the code that waits
 """
 
 from __future__ import annotations
@@ -18,3 +21,11 @@ from streamrec.errors import InfraError
 
 class WorkerError(InfraError):
     """The worker must stop rather than lose or double-apply events."""
+
+
+class DependencyDown(WorkerError):
+    """``dependency`` ("redis" or "kafka") did not answer; trying again later may work."""
+
+    def __init__(self, dependency: str, message: str) -> None:
+        super().__init__(message)
+        self.dependency = dependency

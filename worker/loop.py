@@ -14,10 +14,15 @@ synchronously on revocation and at stop: ``worker/source.py``).
 The source, the sink and the dead-letter writer are parameters (``worker/seams.py``), the real
 Kafka and Redis ones unless given; what the worker counts is in ``Worker.stats``, which its
 Prometheus metrics export (``worker/metrics.py``).
+
+Redis or Kafka down: the model check and each batch are run through ``Worker.outages``
+(``worker/retry.py``), which waits the outage out and redoes the step from its start; a stop
+meanwhile ends the loop with the batch in hand neither applied nor committed.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
@@ -40,6 +45,7 @@ from streamrec.worker.isolate import Failed, flatten_apart, read_states, score_a
 from streamrec.worker.metrics import Metrics, MetricsServer, Stats
 from streamrec.worker.models import ModelWatcher
 from streamrec.worker.preflight import check_redis
+from streamrec.worker.retry import Outages, Stopped, within
 from streamrec.worker.seams import BatchSink, BatchSource, DeadLetterWriter
 from streamrec.worker.source import Source, position, read_keys, where
 
@@ -92,6 +98,7 @@ class Worker:
         self._source = source  # built in ``run`` when None: after the topics exist
         self._dead = dead_letters
         self.assigned: set[tuple[str, int]] = set()  # the partitions this worker owns now
+        self.outages = Outages(settings, self.metrics, self.stop)  # Redis or Kafka down
 
     @property
     def stats(self) -> Stats:
@@ -124,6 +131,8 @@ class Worker:
             self.scorer.model.n_items,
         )
         _freeze_heap()
+        outages = self.outages
+        outages.deadline = started + duration_s if duration_s is not None else None
         try:
             while not self.stop.is_set():
                 now = time.monotonic()
@@ -132,9 +141,9 @@ class Worker:
                     break
                 if max_messages is not None and self.stats.messages >= max_messages:
                     break
-                if self.models.refresh():
+                if outages.call(self.models.refresh):
                     _freeze_heap()
-                    self._refold()
+                    outages.call(self._refold)
                 if now >= next_report:
                     lag = source.lag()
                     self.metrics.lag.set(lag)
@@ -143,23 +152,41 @@ class Worker:
                 msgs = source.poll()
                 if not msgs:
                     source.idle()
+                    outages.idle()
                     continue
-                self._process(msgs)
+                outages.call(functools.partial(self._process, msgs))
                 with self.metrics.stage("commit").time():
                     source.commit(msgs, asynchronous=True)
+        except Stopped:
+            waited = " and ".join(sorted(self.metrics.down)) or "a dependency"
+            log.info("stopped while waiting for %s: the batch in hand is neither applied nor "
+                     "committed", waited)  # fmt: skip
         finally:
             try:
-                source.commit_all()  # synchronous: the group resumes exactly here
-                dead.close()
-                self.models.close()
+                # Kafka's last commit and closes wait for the group coordinator, as long as the
+                # session timeout when the broker is down: bounded, so a stop stays prompt.
+                wait_s = 1.0 if outages.is_down("kafka") else s.kafka_timeout_s
+                close = functools.partial(self._close_kafka, source, dead)
+                if not within(close, wait_s, "kafka-close"):
+                    log.warning("Kafka at %s did not answer within %g s at stop: its last "
+                                "commit and close are left behind (Redis holds the applied "
+                                "offsets: the next owner skips what was applied here)",
+                                s.kafka_bootstrap, wait_s)  # fmt: skip
                 if server is not None:
                     server.close()
             finally:
-                source.close()
                 self._sink.close()
                 self._redis.close()
                 log.info("worker stopped: %s", self.stats)
         return self.stats
+
+    def _close_kafka(self, source: BatchSource, dead: DeadLetterWriter) -> None:
+        try:
+            source.commit_all()  # synchronous: the group resumes exactly here
+            dead.close()
+            self.models.close()
+        finally:
+            source.close()
 
     def _refold(self) -> None:
         """After a swap: re-fold the users whose events came after the new model's snapshot.

@@ -8,7 +8,9 @@ Timings, sizes, lag and the serving version are Prometheus histograms and gauges
 
 Each ``Metrics`` owns its registry, so several workers in one process (tests) never collide.
 ``/healthz`` answers 200 while the loop has completed an iteration within ``stale_after_s``
-and 503 otherwise (stuck on Kafka or Redis, or stopped).
+and no dependency is down, and 503 otherwise: ``redis down`` / ``kafka down`` while the loop
+waits out an outage (``worker/retry.py``; ``streamrec_dependency_up`` says the same), ``stale``
+when stuck or stopped.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
+#: What the worker cannot make progress without (``streamrec_dependency_up{dependency}``).
+DEPENDENCIES = ("redis", "kafka")
 STAGES = ("decode", "state_read", "history", "foldin_topn", "redis_write", "commit")
 _FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -140,6 +144,15 @@ class Metrics:
         self.last_loop = Gauge(
             "streamrec_last_loop_timestamp_seconds", "unix time of the last loop", registry=r
         )
+        self.dependency_up = Gauge(
+            "streamrec_dependency_up",
+            "1 while the worker reaches the dependency, 0 while it waits out its outage",
+            ["dependency"],
+            registry=r,
+        )
+        for name in DEPENDENCIES:
+            self.dependency_up.labels(dependency=name).set(1)
+        self._down: frozenset[str] = frozenset()  # replaced whole: the server thread reads it
         self._current_version: str | None = None
         self._last_loop_mono = time.monotonic()
 
@@ -157,8 +170,19 @@ class Metrics:
         self._last_loop_mono = time.monotonic()
         self.last_loop.set(time.time())
 
+    def dependency(self, name: str, up: bool) -> None:
+        """Record whether ``name`` (one of ``DEPENDENCIES``) answers."""
+        self.dependency_up.labels(dependency=name).set(1 if up else 0)
+        self._down = self._down - {name} if up else self._down | {name}
+
+    @property
+    def down(self) -> frozenset[str]:
+        """The dependencies the worker is waiting for now."""
+        return self._down
+
     def healthy(self, stale_after_s: float) -> bool:
-        return time.monotonic() - self._last_loop_mono <= stale_after_s
+        fresh = time.monotonic() - self._last_loop_mono <= stale_after_s
+        return fresh and not self._down
 
 
 class BulkHistogram(Collector):
@@ -206,7 +230,10 @@ class MetricsServer:
                     body, ctype, code = generate_latest(metrics.registry), CONTENT_TYPE_LATEST, 200
                 elif self.path == "/healthz":
                     ok = outer.running and metrics.healthy(stale_after_s)
-                    body, ctype = (b"ok\n" if ok else b"stale\n"), "text/plain"
+                    down = metrics.down
+                    status = "ok" if ok else (" and ".join(sorted(down)) + " down" if down
+                                              else "stale")  # fmt: skip
+                    body, ctype = f"{status}\n".encode(), "text/plain"
                     code = 200 if ok else 503
                 else:
                     body, ctype, code = b"not found\n", "text/plain", 404

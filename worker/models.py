@@ -56,6 +56,7 @@ class ModelWatcher:
         self.scorer = self._initial()
         self._blocked_ids: set[str] = set()
         self._next_check = 0.0
+        self._unreported_swap = False
         self._announcements: Consumer | None = None
         if not self._pinned:
             self._announcements = Consumer(
@@ -65,8 +66,7 @@ class ModelWatcher:
                     "group.id": f"{settings.consumer_group}.models.{uuid.uuid4().hex[:12]}",
                     "enable.auto.commit": False,
                     "auto.offset.reset": "latest",
-                },
-                logger=log,
+                }
             )
             self._announcements.subscribe([settings.topic_models])
         metrics.model_loaded(self.scorer.version)
@@ -94,7 +94,8 @@ class ModelWatcher:
     def refresh(self) -> bool:
         """Swap to a newly published model and reload the blocked set, when due.
 
-        Returns True when the serving model changed.
+        Returns True when the serving model changed (since the last call that returned).
+        Raises what Redis raises; the next call then reads again.
         """
         announced = False
         if self._announcements is not None:
@@ -105,9 +106,13 @@ class ModelWatcher:
         now = time.monotonic()
         if not announced and now < self._next_check:
             return False
-        self._next_check = now + self._check_s
-        swapped = not self._pinned and self._maybe_swap()
+        if not self._pinned and self._maybe_swap():
+            self._unreported_swap = True
         self._reload_blocked()
+        # Only now: when Redis failed above, the next call reads again (and still reports a
+        # swap made before the failure, so the caller re-folds after it).
+        self._next_check = now + self._check_s
+        swapped, self._unreported_swap = self._unreported_swap, False
         return swapped
 
     def _maybe_swap(self) -> bool:

@@ -63,7 +63,7 @@ class Source:
             "on_commit": self._committed,
             **overrides,
         }
-        self._consumer = Consumer(conf, logger=log)
+        self._consumer = Consumer(conf)
         self._batch_max = settings.batch_max
         self._timeout = settings.poll_timeout_s
         self._linger = settings.batch_linger_s
@@ -75,22 +75,38 @@ class Source:
         # The last applied offset per owned partition, and whether a commit of it failed.
         self._applied: dict[tuple[str, int], int] = {}
         self._commit_failed = False
+        self._commit_failing = False  # since the last commit that went through
         self._consumer.subscribe(
-            [settings.topic_events], on_assign=self._assigned, on_revoke=self._revoked
+            [settings.topic_events],
+            on_assign=self._assigned,
+            on_revoke=self._revoked,
+            on_lost=self._lost,
         )
 
     def _assigned(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in parts))
         self.assigned |= {(p.topic, p.partition) for p in parts}
 
-    def _revoked(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+    def _lost(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
+        """Partitions taken away without a handover: the group session expired (the broker
+        was down, or the loop waited out a Redis outage past ``max.poll.interval.ms``)."""
+        names = ", ".join(f"{p.topic}[{p.partition}]" for p in parts)
+        log.warning("lost %s (group session expired); the next owner skips what Redis holds "
+                    "as applied", names)  # fmt: skip
+        # No commit: it would wait for a coordinator that may not be there (as long as the
+        # session timeout) and be refused anyway, since this member has left the group.
+        self._revoked(consumer, parts, handover=False)
+
+    def _revoked(
+        self, consumer: Consumer, parts: list[TopicPartition], handover: bool = True
+    ) -> None:
         log.info("revoked %s", ", ".join(f"{p.topic}[{p.partition}]" for p in parts))
         gone = {(p.topic, p.partition) for p in parts}
         # Hand the partitions over at the offsets applied here (commits are periodic).
         pending = [
             TopicPartition(t, p, o + 1) for (t, p), o in self._applied.items() if (t, p) in gone
         ]
-        if pending:
+        if pending and handover:
             try:
                 self._consumer.commit(offsets=pending, asynchronous=False)
             except KafkaException as exc:
@@ -166,12 +182,15 @@ class Source:
         """Delivery report of a commit (served during ``poll``)."""
         failed = [p for p in parts if p.error is not None]
         if err is not None or failed:
-            # Typically a commit sent while the group rebalanced. Redis holds the applied
-            # offsets, so nothing is lost; the offsets are sent again when the worker is idle,
-            # so lag and a restart start from where the worker really is.
-            if not self._commit_failed:
+            # Typically a commit sent while the group rebalanced, or while the broker is down.
+            # Redis holds the applied offsets, so nothing is lost; the offsets are sent again
+            # when the worker is idle, so lag and a restart start from where it really is.
+            # Logged once per run of failures (a broker outage fails one every second).
+            if not self._commit_failing:
                 log.warning("commit failed (%s); will send it again", err or failed[0].error)
-            self._commit_failed = True
+            self._commit_failed = self._commit_failing = True
+        else:
+            self._commit_failing = False
 
     def idle(self) -> None:
         """Between batches with nothing to do: commit what is applied but not committed yet

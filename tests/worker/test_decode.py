@@ -13,7 +13,7 @@ from streamrec.connect import ensure_topics
 from streamrec.events import SINGLE_OBJECT_MAGIC, encode_avro, encode_json, new_event
 from streamrec.settings import Settings, load_settings
 from streamrec.worker.decode import DeadLetters, decode_batch
-from streamrec.worker.errors import WorkerError
+from streamrec.worker.errors import DependencyDown, WorkerError
 from tests.conftest import wait_for
 
 EVENT = new_event("ann", "i7", "rating", value=4.0, timestamp=1_700_000_000_000, event_id="e1")
@@ -72,8 +72,16 @@ def test_dead_letters_not_delivered_raise() -> None:
     dead = DeadLetters(s, flush_timeout_s=0.3)
     try:
         dead.send([])  # nothing to send: no wait, no error
-        with pytest.raises(WorkerError, match="1 dead letters undelivered"):
-            dead.send([(_msg(b"junk", 3), "neither Avro nor JSON")])
+        junk = [(_msg(b"junk", 3), "neither Avro nor JSON")]
+        with pytest.raises(WorkerError, match="1 dead letters undelivered") as caught:
+            dead.send(junk)
+        # No broker: an outage to wait out (the loop redoes the batch), not a refusal.
+        assert isinstance(caught.value, DependencyDown) and caught.value.dependency == "kafka"
+        assert f"Kafka at {s.kafka_bootstrap}" in str(caught.value)
+        assert len(dead._producer) == 1  # queued, waiting for a broker
+        with pytest.raises(DependencyDown):
+            dead.send(junk)  # the batch redone: the same dead letter is waited for again,
+        assert len(dead._producer) == 1  # not queued twice
     finally:
         dead.close()
 

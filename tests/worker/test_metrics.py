@@ -47,6 +47,28 @@ def test_health_turns_503_when_the_loop_stalls() -> None:
         server.close()
 
 
+def test_health_turns_503_and_the_gauge_0_while_a_dependency_is_down() -> None:
+    m = Metrics()
+    server = MetricsServer(m, "127.0.0.1:0", stale_after_s=60)
+    base = f"http://127.0.0.1:{server.port}"
+    try:
+        body = _get(base + "/metrics")[1]
+        assert b'streamrec_dependency_up{dependency="redis"} 1.0' in body
+        assert b'streamrec_dependency_up{dependency="kafka"} 1.0' in body
+        m.dependency("redis", up=False)
+        assert _get(base + "/healthz") == (503, b"redis down\n")
+        m.dependency("kafka", up=False)
+        assert _get(base + "/healthz") == (503, b"kafka and redis down\n")
+        body = _get(base + "/metrics")[1]
+        assert b'streamrec_dependency_up{dependency="redis"} 0.0' in body
+        assert b'streamrec_dependency_up{dependency="kafka"} 0.0' in body
+        m.dependency("redis", up=True)
+        m.dependency("kafka", up=True)
+        assert _get(base + "/healthz") == (200, b"ok\n")
+    finally:
+        server.close()
+
+
 def test_bulk_histogram_exposes_what_a_prometheus_histogram_would() -> None:
     from prometheus_client import CollectorRegistry, Histogram
     from prometheus_client.exposition import generate_latest
