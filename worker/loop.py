@@ -126,7 +126,7 @@ class Worker:
         log.info(
             "worker up: %s -> %s (model %s, %d items)",
             s.topic_events,
-            s.redis_url,
+            s.redis_address,  # not the URL: it may hold a password
             self.scorer.version,
             self.scorer.model.n_items,
         )
