@@ -19,7 +19,8 @@ can evict the worker's state. Beside the batches: ``models.ModelWatcher`` swaps 
 published model and reloads the blocked items between them; ``metrics`` holds the counts
 (``Stats``) and exports them, with stage timings, on ``/metrics`` and ``/healthz``.
 ``seams`` names what the loop needs of its source, sink and dead-letter writer, so tests can
-hand it others.
+hand it others. ``retry`` waits out an outage of Redis or Kafka: the model check and each batch
+are run again, from their start, until they get through (or the worker is stopped).
 
 Imports: the contracts of ``streamrec`` (events, keys, artifact, settings, errors, connect,
 sink, ...) and the ALS core ``streamrec.als`` only; never ``streamrec.app``, ``.model``,

@@ -10,8 +10,8 @@ Tree::
         └── WorkerError                 the loop cannot go on without losing data (a dead letter
             │                           refused, a commit refused): stops the process loudly
             └── DependencyDown          Kafka or Redis does not answer (yet): the loop waits it
-                                        out (``retry.py``) and redoes the batch; raised out of
-                                        the loop only by the code that waits
+                                        out and redoes the step (``retry.py``); it does not
+                                        stop the worker
 """
 
 from __future__ import annotations
