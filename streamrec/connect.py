@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
@@ -71,25 +71,39 @@ def topic_specs(settings: Settings) -> dict[str, int]:
     }
 
 
+def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
+    """Topic name -> the configs streamrec creates it with: the events topic's retention
+    (``topic_events_retention_s``), the bound on what a rebuild after a loss of Redis can
+    restore (``streamrec/worker/rebuild.py``)."""
+    retention = settings.topic_events_retention_s
+    return {settings.topic_events: {"retention.ms": str(retention * 1000 if retention > 0 else -1)}}
+
+
 def ensure_topics(
     settings: Settings, specs: dict[str, int] | None = None, timeout_s: float | None = None
 ) -> list[str]:
-    """Create missing topics (replication 1 for a single broker); returns those created.
+    """Create missing topics (replication 1 for a single broker, configs of ``topic_configs``);
+    returns those created.
 
-    Existing topics are left as they are. Waits, bounded, for the broker's first answer
-    (``timeout_s``, else ``settings.kafka_timeout_s``: ``InfraError`` naming it), then until
-    each new topic has a leader (``timeout_s``, else ``CREATE_TIMEOUT_S``).
+    Existing topics are left as they are; an events topic that keeps events for less than
+    ``topic_events_retention_s`` is logged (a rebuild restores only what it still holds).
+    Waits, bounded, for the broker's first answer (``timeout_s``, else
+    ``settings.kafka_timeout_s``: ``InfraError`` naming it), then until each new topic has a
+    leader (``timeout_s``, else ``CREATE_TIMEOUT_S``).
     """
     specs = specs if specs is not None else topic_specs(settings)
     admin = AdminClient(settings.kafka_common())
     existing = _topics(admin, settings, timeout_s)
     timeout_s = CREATE_TIMEOUT_S if timeout_s is None else timeout_s
     deadline = time.monotonic() + timeout_s
+    configs = topic_configs(settings)
     missing = [
-        NewTopic(t, num_partitions=p, replication_factor=1)
+        NewTopic(t, num_partitions=p, replication_factor=1, config=configs.get(t, {}))
         for t, p in specs.items()
         if t not in existing
     ]
+    if settings.topic_events in existing and settings.topic_events in specs:
+        _check_retention(admin, settings, timeout_s)
     created: list[str] = []
     if missing:
         for topic, fut in admin.create_topics(missing, operation_timeout=timeout_s).items():
@@ -115,6 +129,28 @@ def ensure_topics(
             raise InfraError(f"topics {created} have no leader after {timeout_s:.0f}s")
         time.sleep(0.1)
     return created
+
+
+def _check_retention(admin: AdminClient, settings: Settings, timeout_s: float) -> None:
+    """Warn when the existing events topic keeps events for less than the setting says."""
+    topic = settings.topic_events
+    try:
+        res = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)])
+        entries = next(iter(res.values())).result(timeout=timeout_s)
+        kept_ms = int(entries["retention.ms"].value)
+    except (KafkaException, KeyError, ValueError, TypeError) as exc:
+        log.debug("could not read the retention of %s: %s", topic, exc)
+        return
+    wanted = settings.topic_events_retention_s
+    if kept_ms >= 0 and (wanted < 0 or kept_ms < wanted * 1000):
+        log.warning(
+            "topic %s keeps events for %.1f days, less than topic_events_retention_s (%s): a "
+            "rebuild after a loss of Redis can restore only that much of each history "
+            "(streamrec does not change existing topics)",
+            topic,
+            kept_ms / 86_400_000,
+            "forever" if wanted < 0 else f"{wanted / 86_400:.1f} days",
+        )
 
 
 def blocked_items(client: redis.Redis, keys: Keys) -> set[str]:

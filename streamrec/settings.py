@@ -191,6 +191,15 @@ class Settings(BaseSettings):
     )
     allow_apt: bool = Field(True, description="infra may apt-get install redis-server")
 
+    # --- State recovery ----------------------------------------------------------------------
+    topic_events_retention_s: int = Field(
+        90 * 24 * 3600,
+        ge=-1,
+        description="retention of the events topic when streamrec creates it (retention.ms; "
+        "-1 = forever): the bound on what a rebuild after a loss of Redis can restore, so keep "
+        "it no shorter than history_ttl_s (the default equals it)",
+    )
+
     @field_validator("kafka_bootstrap")
     @classmethod
     def _check_bootstrap(cls, value: str) -> str:
@@ -221,6 +230,13 @@ class Settings(BaseSettings):
     def _check_redis_url(cls, value: str) -> str:
         if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
             raise ValueError(f"expected redis://host:port/db, got {value!r}")
+        return value
+
+    @field_validator("topic_events_retention_s")
+    @classmethod
+    def _check_retention(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("0 would delete events at once; -1 keeps them forever")
         return value
 
     @field_validator("redis_prefix")

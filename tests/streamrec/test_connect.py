@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -56,3 +57,29 @@ def test_a_range_past_the_last_message_ends_at_the_log_end(stack: Callable[..., 
     keys = [m.key() for m in read_ranges(s, topic, {0: (0, 6)}, f"g-{uuid.uuid4().hex}", 20)]
     assert keys == [str(n).encode() for n in range(5)]
     assert time.monotonic() - started < 15
+
+
+def _retention_ms(s: Settings, topic: str) -> int:
+    from confluent_kafka.admin import AdminClient, ConfigResource
+
+    admin = AdminClient(s.kafka_common())  # kept alive until the answer is in
+    res = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)])
+    return int(next(iter(res.values())).result(timeout=30)["retention.ms"].value)
+
+
+@pytest.mark.integration
+def test_the_events_topic_keeps_events_as_long_as_the_setting_says(
+    stack: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    s = stack(topic_events_retention_s=3 * 86_400)
+    ensure_topics(s)
+    assert _retention_ms(s, s.topic_events) == 3 * 86_400_000
+    forever = stack(topic_events_retention_s=-1)
+    ensure_topics(forever)
+    assert _retention_ms(forever, forever.topic_events) == -1
+    # An existing topic is left as it is, and one that keeps less than the setting is logged.
+    longer = s.model_copy(update={"topic_events_retention_s": 10 * 86_400})
+    with caplog.at_level(logging.WARNING, logger="streamrec.connect"):
+        assert ensure_topics(longer) == []
+    assert f"topic {s.topic_events} keeps events for 3.0 days" in caplog.text
+    assert _retention_ms(s, s.topic_events) == 3 * 86_400_000
