@@ -6,12 +6,16 @@ others, so a test can hand it, say, a sink that fails on its Nth write, without 
 Checkpoint order, whatever sits behind them: ``BatchSink.write`` first, ``BatchSource.commit``
 after it succeeds, and dead letters delivered (``DeadLetterWriter.send`` returned) before that
 write.
+
+A source that is also ``Positions`` (the real one) lets the worker move partitions: back to
+what Redis reflects, or to the start for a rebuild (``worker/rebuild.py``). With another
+source, a loss of Redis noticed while running stops the worker instead (a restart rebuilds).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Protocol, runtime_checkable
 
 from confluent_kafka import Message
 
@@ -45,6 +49,23 @@ class BatchSource(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Positions(Protocol):
+    """Where owned partitions are read from (``streamrec.worker.source.Source``)."""
+
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Read each partition next from its offset (or ``OFFSET_BEGINNING``)."""
+        ...
+
+    def position(self, part: tuple[str, int]) -> int:
+        """The offset of the partition's next message to come out of a poll (< 0: unknown)."""
+        ...
+
+    def watermarks(self, part: tuple[str, int]) -> tuple[int, int]:
+        """(earliest offset still in the log, end of the log) of an owned partition."""
+        ...
 
 
 class BatchSink(Protocol):

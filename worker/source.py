@@ -4,16 +4,43 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from streamrec.connect import read_ranges
 from streamrec.settings import Settings
 from streamrec.worker.errors import WorkerError
 
 log = logging.getLogger(__name__)
+
+#: The longest wait for the broker while partitions are being assigned.
+ASSIGN_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Assigned:
+    """A partition newly assigned to this worker, as the broker sees it then."""
+
+    topic: str
+    partition: int
+    committed: int | None  # the group's committed offset (None: the group never committed)
+    low: int  # the earliest offset still in the log
+    high: int  # the end of the log (the next offset to be written)
+
+
+#: Chooses where newly assigned partitions start: (topic, partition) -> offset (an offset, or
+#: ``OFFSET_BEGINNING``); partitions left out start at the group's committed offset.
+StartHook = Callable[[list[Assigned]], Mapping[tuple[str, int], int]]
 
 
 def position(msg: Message) -> tuple[tuple[str, int], int]:
@@ -41,13 +68,16 @@ class Source:
     """Consumes ``settings.topic_events`` in the worker's consumer group.
 
     Offsets are committed explicitly, only after the batch's results are in Redis, so a crash
-    redelivers rather than loses events.
+    redelivers rather than loses events. ``on_assign`` (``StartHook``) may choose where each
+    newly assigned partition starts instead (the worker resumes from what Redis holds:
+    ``worker/rebuild.py``); ``seek`` moves an owned partition.
     """
 
     def __init__(
         self,
         settings: Settings,
         on_revoke: Callable[[list[TopicPartition]], None] | None = None,
+        on_assign: StartHook | None = None,
         **overrides: Any,
     ) -> None:
         conf: dict[str, Any] = {
@@ -71,6 +101,8 @@ class Source:
         self._next_commit = 0.0
         self._uncommitted = False
         self._on_revoke = on_revoke
+        self._on_assign = on_assign
+        self._cooperative = "cooperative" in str(conf["partition.assignment.strategy"])
         self.assigned: set[tuple[str, int]] = set()
         # The last applied offset per owned partition, and whether a commit of it failed.
         self._applied: dict[tuple[str, int], int] = {}
@@ -86,6 +118,41 @@ class Source:
     def _assigned(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in parts))
         self.assigned |= {(p.topic, p.partition) for p in parts}
+        if self._on_assign is None or not parts:
+            return  # the client assigns them at the committed offsets
+        committed = consumer.committed(parts, timeout=ASSIGN_TIMEOUT_S)
+        infos = []
+        for tp, c in zip(parts, committed, strict=True):
+            low, high = consumer.get_watermark_offsets(tp, timeout=ASSIGN_TIMEOUT_S, cached=False)
+            at = c.offset if c.offset >= 0 else None
+            infos.append(Assigned(tp.topic, tp.partition, at, low, high))
+        starts = self._on_assign(infos)
+        chosen = [TopicPartition(p.topic, p.partition, starts.get((p.topic, p.partition),
+                                                                  OFFSET_INVALID))
+                  for p in parts]  # fmt: skip
+        # Assigning here, with offsets, replaces the client's own assignment at the commits.
+        if self._cooperative:
+            consumer.incremental_assign(chosen)
+        else:
+            consumer.assign(chosen)
+
+    def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Move owned partitions: the next messages of each come from its offset (or
+        ``OFFSET_BEGINNING``); what was fetched past it is dropped."""
+        for (topic, part), offset in offsets.items():
+            self._consumer.seek(TopicPartition(topic, part, offset))
+
+    def position(self, part: tuple[str, int]) -> int:
+        """The offset of the next message of an owned partition to come out of ``poll``
+        (negative when not known yet)."""
+        return int(self._consumer.position([TopicPartition(*part)])[0].offset)
+
+    def watermarks(self, part: tuple[str, int]) -> tuple[int, int]:
+        """(earliest offset still in the log, end of the log) of a partition, from the broker."""
+        lo, hi = self._consumer.get_watermark_offsets(
+            TopicPartition(*part), timeout=ASSIGN_TIMEOUT_S, cached=False
+        )
+        return int(lo), int(hi)
 
     def _lost(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         """Partitions taken away without a handover: the group session expired (the broker
