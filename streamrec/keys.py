@@ -24,6 +24,14 @@ Internal keys (may change without notice; do not read them from front-ends)::
                                    UserState.from_json (the publisher's fold-ins) or
                                    parse_history (items most recent first: the demo page)
     <p>:applied:<topic>:<partition>  last Kafka offset whose effect is in Redis
+    <p>:origin:<topic>:<partition>   STRING, JSON: which pass over the partition built its state
+                                   in Redis (streamrec/worker/rebuild.py, ``Origin``)
+        {"format": int, "pass": str, "from": int | null, "since_ms": int, "complete": bool}
+        format: the layout of the internal keys (a worker finding another rebuilds);
+        from: the first offset the pass read (null: a state kept from before markers);
+        complete: false while a rebuild after a loss of Redis is under way.
+        Absent, with no applied offset, while the group has committed offsets: Redis lost the
+        partition's state, and the worker rebuilds it from the events topic.
 
 Each key is written and read in one place::
 
@@ -37,6 +45,8 @@ Each key is written and read in one place::
     <p>:user:<user_id>     als.history.UserState.to_json           UserState.from_json,
                                                                    als.history.parse_history
     <p>:applied:...        streamrec.sink.Sink.write               parse_applied
+                           (deleted by worker.rebuild when a rebuild begins)
+    <p>:origin:...         worker.rebuild.StateGuard               worker.rebuild.StateGuard
 
 Rules for changing this module: adding a field to a JSON value is compatible; renaming or
 removing a field, changing a type or a key's meaning is a breaking change and needs
@@ -90,6 +100,9 @@ class Keys:
 
     def applied(self, topic: str, partition: int) -> str:
         return f"{self.prefix}:applied:{topic}:{partition}"
+
+    def origin(self, topic: str, partition: int) -> str:
+        return f"{self.prefix}:origin:{topic}:{partition}"
 
 
 def round_scores(scores: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:

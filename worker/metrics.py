@@ -59,6 +59,9 @@ class Stats:
     users_failed: int = 0  # users a batch could not be applied to: list and state kept
     models_refused: int = 0  # published models that failed verification
     model_swaps: int = 0  # models loaded, the first one included
+    rebuilds: int = 0  # partition rebuilds begun: their state in Redis was lost (rebuild.py)
+    replayed: int = 0  # messages applied by rebuilds (re-read from the topic)
+    relisted: int = 0  # lists written again at the end of a rebuild
 
 
 #: The Prometheus counters exported from ``Stats``: name, help, the fields summed into it.
@@ -72,7 +75,7 @@ COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         ("redelivered",),
     ),
     ("streamrec_events_duplicate", "events dropped as duplicate event_id", ("duplicates",)),
-    ("streamrec_users_updated", "lists written", ("users_updated", "refolded")),
+    ("streamrec_users_updated", "lists written", ("users_updated", "refolded", "relisted")),
     (
         "streamrec_unknown_items",
         "history entries skipped in the solve: item unknown to the model",
@@ -94,6 +97,12 @@ COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         ("models_refused",),
     ),
     ("streamrec_model_swaps", "models loaded", ("model_swaps",)),
+    (
+        "streamrec_rebuilds",
+        "partition rebuilds begun because Redis lost the partition's state",
+        ("rebuilds",),
+    ),
+    ("streamrec_rebuild_messages", "messages re-read and applied by rebuilds", ("replayed",)),
 )
 
 
@@ -140,6 +149,18 @@ class Metrics:
         self.lag = Gauge("streamrec_consumer_lag", "messages not yet consumed", registry=r)
         self.model_version = Gauge(
             "streamrec_model_info", "1 for the serving model's version", ["version"], registry=r
+        )
+        self.rebuild_messages = Gauge(
+            "streamrec_rebuild_remaining_messages",
+            "messages a rebuild of the partition still has to re-read (0: none under way)",
+            ["partition"],
+            registry=r,
+        )
+        self.rebuild_lists = Gauge(
+            "streamrec_rebuild_remaining_lists",
+            "lists a rebuild of the partition still has to write (0: none under way)",
+            ["partition"],
+            registry=r,
         )
         self.last_loop = Gauge(
             "streamrec_last_loop_timestamp_seconds", "unix time of the last loop", registry=r
