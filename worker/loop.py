@@ -11,6 +11,11 @@ WATCH makes a zombie worker that lost its partitions fail its EXEC instead of ap
 Kafka offsets are committed only after EXEC (in the background every commit interval, and
 synchronously on revocation and at stop: ``worker/source.py``).
 
+Redis is a rebuildable copy: each partition resumes from what its state in Redis reflects, and
+a state Redis lost is rebuilt from the events topic (``worker/rebuild.py``: ``StateGuard``
+chooses assigned partitions' start offsets, checks each batch's applied offsets and takes the
+messages of partitions under rebuild).
+
 The source, the sink and the dead-letter writer are parameters (``worker/seams.py``), the real
 Kafka and Redis ones unless given; what the worker counts is in ``Worker.stats``, which its
 Prometheus metrics export (``worker/metrics.py``).
@@ -45,8 +50,9 @@ from streamrec.worker.isolate import Failed, flatten_apart, read_states, score_a
 from streamrec.worker.metrics import Metrics, MetricsServer, Stats
 from streamrec.worker.models import ModelWatcher
 from streamrec.worker.preflight import check_redis
+from streamrec.worker.rebuild import StateGuard, StateLost
 from streamrec.worker.retry import Outages, Stopped, within
-from streamrec.worker.seams import BatchSink, BatchSource, DeadLetterWriter
+from streamrec.worker.seams import BatchSink, BatchSource, DeadLetterWriter, Positions
 from streamrec.worker.source import Source, position, read_keys, where
 
 log = logging.getLogger(__name__)
@@ -95,6 +101,9 @@ class Worker:
         if sink is None:
             sink = Sink(self._redis, self.keys, settings.recs_ttl_s, settings.history_ttl_s)
         self._sink = sink
+        self.state = StateGuard(
+            settings, self._redis, self.keys, sink, self.rules, self.metrics, lambda: self.scorer
+        )
         self._source = source  # built in ``run`` when None: after the topics exist
         self._dead = dead_letters
         self.assigned: set[tuple[str, int]] = set()  # the partitions this worker owns now
@@ -115,10 +124,11 @@ class Worker:
         s = self.settings
         ensure_topics(s)
         if self._source is None:
-            self._source = Source(s)
+            self._source = Source(s, on_assign=self.state.assigned, on_revoke=self.state.revoked)
         if self._dead is None:
             self._dead = DeadLetters(s)
         source, dead = self._source, self._dead
+        self.state.attach(source if isinstance(source, Positions) else None, dead)
         self.assigned = source.assigned
         server = MetricsServer(self.metrics, s.metrics_bind) if s.metrics_bind else None
         started = time.monotonic()
@@ -144,6 +154,7 @@ class Worker:
                 if outages.call(self.models.refresh):
                     _freeze_heap()
                     outages.call(self._refold)
+                outages.call(self.state.tick)
                 if now >= next_report:
                     lag = source.lag()
                     self.metrics.lag.set(lag)
@@ -201,6 +212,8 @@ class Worker:
         start = {int(p): int(o) for p, o in snap.get("offsets", {}).items()}
         ranges = {}
         for topic, part in sorted(self.assigned):
+            if self.state.rebuilding((topic, part)):
+                continue  # its lists are all written at the end of the rebuild, by this model
             applied = parse_applied(self._redis.get(self.keys.applied(topic, part)))
             if topic == self.settings.topic_events and applied is not None:
                 ranges[part] = (start.get(part, 0), applied)
@@ -221,11 +234,21 @@ class Worker:
         m = self.metrics
         with m.stage("decode").time():
             decoded = decode_batch(msgs, self.settings.event_limits)
-        batch = Batch.of(msgs, decoded, self.keys)
+        decoded = self.state.replay(decoded)  # partitions under rebuild take their messages
+        batch = Batch.of([d.msg for d in decoded], decoded, self.keys)
         for _attempt in range(MAX_ATTEMPTS):
+            if not batch.decoded:
+                break
             try:
                 if self._apply(batch):
+                    self.state.wrote(batch.last)
                     break
+            except StateLost as lost:
+                self._sink.reset()  # drop the connection and its WATCH
+                self.state.recover(lost)  # rebuild, or move back: their messages come again
+                kept = [d for d in batch.decoded if position(d.msg)[0] not in lost.found]
+                batch = Batch.of([d.msg for d in kept], kept, self.keys)
+                continue
             except BaseException:
                 self._sink.reset()  # drop the connection and its WATCH
                 raise
@@ -249,6 +272,7 @@ class Worker:
                 p: parse_applied(v, missing=-1)
                 for p, v in zip(parts, raw[: len(parts)], strict=True)
             }
+            self.state.check(applied)  # raises StateLost when Redis lost what was applied
             raw_states = raw[len(parts) :]
         fresh = []
         for d in batch.decoded:
