@@ -220,8 +220,8 @@ class StateGuard:
 
     @property
     def retention(self) -> str:
-        days = self._settings.topic_events_retention_s
-        return "forever" if days < 0 else f"{days / 86_400:g} days"
+        seconds = self._settings.topic_events_retention_s
+        return "forever" if seconds < 0 else f"{seconds / 86_400:g} days"
 
     # --- assignment ---------------------------------------------------------------------------
 
@@ -450,11 +450,14 @@ class StateGuard:
                 self._taken(part, own, raw[0])
                 return
             users = [u for u, v in zip(chunk, raw[1:], strict=True) if v is not None]
-            states = [UserState.from_json(v) for v in raw[1:] if v is not None]
-            counts, item_ids, totals = flatten(states, self._rules.half_life_ms)
-            scorer = self._scorer()
-            scored = scorer.score_flat(users, counts, scorer.rows_of(item_ids), totals)
-            if not self._sink.write(lists=scorer.values(scored, int(time.time() * 1000))):
+            lists: list[tuple[str, bytes]] = []
+            if users:  # (a history gone since: expired, or lost again and noticed soon)
+                states = [UserState.from_json(v) for v in raw[1:] if v is not None]
+                counts, item_ids, totals = flatten(states, self._rules.half_life_ms)
+                scorer = self._scorer()
+                scored = scorer.score_flat(users, counts, scorer.rows_of(item_ids), totals)
+                lists = scorer.values(scored, int(time.time() * 1000))
+            if not self._sink.write(lists=lists):
                 continue  # a history changed meanwhile: that chunk again
             del r.pending[-len(chunk) :]
             r.listed += len(users)
@@ -549,11 +552,12 @@ class StateGuard:
         for part, found in lost.found.items():
             had = self._known.get(part, -1)
             own = self._owned.get(part)
-            if own is None:  # not assigned through the guard (a test's own source)
-                self._watermarks(part)  # raises: nothing can move it
-                continue
+            if own is None or self._positions is None:  # a source without the guard's hooks
+                raise WorkerError(f"Redis lost the state of {_where(part)} while the worker "
+                                  "ran (its applied offset is gone or went back), and its "
+                                  "source cannot move partitions: restart the worker, it "
+                                  "rebuilds the state on start")  # fmt: skip
             if found >= 0:
-                assert self._positions is not None
                 log.warning("%s: Redis holds it applied up to @%d, this worker had stored up "
                             "to @%d: Redis lost writes (restored, failed over?); resuming at "
                             "@%d", _where(part), found, had, found + 1)  # fmt: skip
