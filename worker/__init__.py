@@ -16,11 +16,14 @@ Stages of one micro-batch (``loop.Worker``)::
 
 Before the first batch: ``preflight.check_redis`` refuses a Redis whose ``maxmemory-policy``
 can evict the worker's state. Beside the batches: ``models.ModelWatcher`` swaps in a newly
-published model and reloads the blocked items between them; ``metrics`` holds the counts
-(``Stats``) and exports them, with stage timings, on ``/metrics`` and ``/healthz``.
-``seams`` names what the loop needs of its source, sink and dead-letter writer, so tests can
-hand it others. ``retry`` waits out an outage of Redis or Kafka: the model check and each batch
-are run again, from their start, until they get through (or the worker is stopped).
+published model and reloads the blocked items between them; ``rebuild.StateGuard`` decides
+where assigned partitions resume (what Redis reflects), notices a state Redis lost and
+rebuilds it from the topic (it takes those partitions' messages until their histories are
+back, then writes their lists); ``metrics`` holds the counts (``Stats``) and exports them,
+with stage timings, on ``/metrics`` and ``/healthz``. ``seams`` names what the loop needs of
+its source, sink and dead-letter writer, so tests can hand it others. ``retry`` waits out an
+outage of Redis or Kafka: the model check and each batch are run again, from their start,
+until they get through (or the worker is stopped).
 
 Imports: the contracts of ``streamrec`` (events, keys, artifact, settings, errors, connect,
 sink, ...) and the ALS core ``streamrec.als`` only; never ``streamrec.app``, ``.model``,
