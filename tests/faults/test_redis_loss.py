@@ -23,6 +23,7 @@ from streamrec.connect import ensure_topics, redis_client
 from streamrec.keys import Keys
 from streamrec.producer.producer import EventProducer
 from streamrec.settings import Settings
+from streamrec.sink import Sink
 from streamrec.worker import rebuild
 from streamrec.worker.loop import Worker
 from streamrec.worker.rebuild import Origin
@@ -33,6 +34,7 @@ from tests.worker.test_exactly_once import (
     _assert_same,
     _clean_pass,
     _env,
+    _FailingSink,
     _free_port,
     _produce,
     _snapshot,
@@ -184,5 +186,34 @@ def test_redis_back_at_an_older_state_resumes_from_what_it_holds(
     again.stop.set()
     assert again.stats.rebuilds == 0  # nothing was lost: Redis only had to catch up
     assert again.stats.redelivered == 0  # it started where Redis stood, not at the commits
+    _assert_same(_snapshot(client, keys), _clean_pass(s, own.stack, total))
+    client.close()
+
+
+def test_a_rebuild_cut_short_is_done_again_from_the_start(
+    own: OwnServices, small_model: Path, run_worker: Callable[..., Worker]
+) -> None:
+    total = 1200
+    s = own.stack(model_path=small_model, batch_max=50)
+    ensure_topics(s)
+    # One heavy user has more events than the dedup window remembers: applying the cut-short
+    # pass's events to it twice would show.
+    _produce(s, small_model, total, users=60, seed=41)
+    keys, client = Keys(s.redis_prefix), redis_client(s)
+    Worker(s).run(max_messages=total, duration_s=60)
+    _delete_prefix(client, s.redis_prefix)
+
+    calls: list[str] = []
+    sink = _FailingSink(Sink(client, keys, s.recs_ttl_s, s.history_ttl_s), 8, True, calls)
+    cut = Worker(s, sink=sink)  # dies once its 8th rebuild batch is stored
+    with pytest.raises(ConnectionError, match="injected"):
+        cut.run(duration_s=60)
+    assert cut.stats.rebuilds == s.topic_events_partitions
+    assert not _complete(client, keys, s)
+    assert 0 < _applied(client, keys, s) < total  # the cut-short pass's histories are stored
+
+    again = run_worker(s)
+    wait_for(lambda: _caught_up(client, keys, s, total), 60)
+    assert again.stats.rebuilds == s.topic_events_partitions
     _assert_same(_snapshot(client, keys), _clean_pass(s, own.stack, total))
     client.close()
