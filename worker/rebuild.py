@@ -31,7 +31,8 @@ offset, so the rebuild's progress is its own) and when the rebuild has written e
 A rebuild reads the partition again from the earliest offset it still holds and applies it
 with the loop's bookkeeping (WATCH the applied offset, the marker and the histories; MULTI the
 histories and the applied offset; EXEC; a zombie's EXEC fails, and a pass that finds another
-pass's marker stands aside), but writes no lists: lists already in Redis keep being served.
+pass's marker stands aside; one user's failure stays that user's, ``worker/isolate.py``), but
+writes no lists: lists already in Redis keep being served.
 Histories in Redis that this pass has not written yet are ignored (a failed pass's). Once it
 has applied the partition up to where the log ended when it began, the partition goes back to
 the loop, and every user of the pass gets its list written again from the complete history,
@@ -52,12 +53,13 @@ import orjson
 import redis
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from streamrec.als.history import Rules, UserState, flatten
+from streamrec.als.history import Rules, UserState
 from streamrec.als.scorer import Scorer
 from streamrec.keys import Keys, parse_applied
 from streamrec.settings import Settings
 from streamrec.worker.decode import Decoded
 from streamrec.worker.errors import WorkerError
+from streamrec.worker.isolate import Failed, flatten_apart, read_states, score_apart, why
 from streamrec.worker.metrics import Metrics
 from streamrec.worker.seams import BatchSink, DeadLetterWriter, Positions
 from streamrec.worker.source import Assigned, position
@@ -385,8 +387,14 @@ class StateGuard:
                       if d.event is None and position(d.msg)[1] >= r.dlq_from]  # fmt: skip
             assert self._dead is not None  # set by ``attach``
             self._dead.send(failed)
-            states = {u: UserState.from_json(v) if u in r.fresh else UserState()
-                      for u, v in zip(users, raw[2:], strict=True)}  # fmt: skip
+            # As in the loop, a failure of one user (worker/isolate.py) leaves that user's
+            # state as it was and the rest of the batch goes on.
+            faulty: Failed = {}
+            ours = [(u, v) for u, v in zip(users, raw[2:], strict=True) if u in r.fresh]
+            states = read_states([u for u, _ in ours], [v for _, v in ours], faulty)
+            for u in users:
+                if u not in r.fresh:
+                    states[u] = UserState()  # what is stored is no part of this pass
             touched: dict[str, None] = {}
             events = duplicates = 0
             for d in fresh:
@@ -394,13 +402,20 @@ class StateGuard:
                 if ev is None:
                     continue
                 events += 1
-                if states[ev.user_id].apply(ev, self._rules):
-                    touched[ev.user_id] = None
-                else:
-                    duplicates += 1
+                if faulty and ev.user_id in faulty:
+                    continue
+                try:
+                    if states[ev.user_id].apply(ev, self._rules):
+                        touched[ev.user_id] = None
+                    else:
+                        duplicates += 1
+                except Exception as exc:
+                    faulty[ev.user_id] = why("history", exc)
+            live = [u for u in touched if u not in faulty]
+            live = flatten_apart(live, states, self._rules.half_life_ms, faulty)[0]
             ok = self._sink.write(
                 lists=(),
-                states=[(u, states[u].to_json()) for u in touched],
+                states=[(u, states[u].to_json()) for u in live],
                 applied=[(akey, max(last, done))],
             )
             if ok:
@@ -409,7 +424,7 @@ class StateGuard:
         else:
             raise WorkerError(f"could not apply a rebuild batch of {_where(part)} in "
                               f"{MAX_ATTEMPTS} attempts (another worker writing it?)")  # fmt: skip
-        r.fresh.update(touched)
+        r.fresh.update(live)
         r.done = max(last, done)
         r.replayed += len(fresh)
         st.replayed += len(fresh)
@@ -417,6 +432,7 @@ class StateGuard:
         st.duplicates += duplicates
         st.dead_lettered += len(failed)
         st.redelivered += len(items) - len(fresh)
+        self._failed(faulty, "its history is not rebuilt by this batch")
         self._gauges(part, r)
         if r.done >= r.target - 1:
             self._replayed(part, own)
@@ -449,19 +465,25 @@ class StateGuard:
                 self._sink.write(())  # UNWATCH
                 self._taken(part, own, raw[0])
                 return
-            users = [u for u, v in zip(chunk, raw[1:], strict=True) if v is not None]
+            # (A history gone since was lost again, noticed soon, or expired.)
+            stored = [(u, v) for u, v in zip(chunk, raw[1:], strict=True) if v is not None]
+            faulty: Failed = {}
+            states = read_states([u for u, _ in stored], [v for _, v in stored], faulty)
             lists: list[tuple[str, bytes]] = []
-            if users:  # (a history gone since: expired, or lost again and noticed soon)
-                states = [UserState.from_json(v) for v in raw[1:] if v is not None]
-                counts, item_ids, totals = flatten(states, self._rules.half_life_ms)
+            if states:
+                users, counts, item_ids, totals = flatten_apart(
+                    list(states), states, self._rules.half_life_ms, faulty
+                )
                 scorer = self._scorer()
-                scored = scorer.score_flat(users, counts, scorer.rows_of(item_ids), totals)
+                rows = scorer.rows_of(item_ids)
+                scored = score_apart(scorer, users, counts, rows, totals, faulty)
                 lists = scorer.values(scored, int(time.time() * 1000))
             if not self._sink.write(lists=lists):
                 continue  # a history changed meanwhile: that chunk again
             del r.pending[-len(chunk) :]
-            r.listed += len(users)
-            self._metrics.stats.relisted += len(users)
+            r.listed += len(lists)
+            self._metrics.stats.relisted += len(lists)
+            self._failed(faulty, "its list is not written again")
         self._gauges(part, r)
         if not r.pending:
             self._complete(part, own, r)
@@ -506,6 +528,13 @@ class StateGuard:
         self._known.pop(part, None)
         if part in self._listing:
             self._listing.remove(part)
+
+    def _failed(self, faulty: Failed, what: str) -> None:
+        """Count and log the users a rebuild step could not be applied to (as the loop does)."""
+        if faulty:
+            self._metrics.stats.users_failed += len(faulty)
+            for user, reason in faulty.items():
+                log.error("user %r: %s, kept as it was: %s", user, what, reason)
 
     def _get(self, key: str) -> bytes | None:
         return _bytes(self._redis.get(key))
