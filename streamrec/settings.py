@@ -191,7 +191,7 @@ class Settings(BaseSettings):
     )
     allow_apt: bool = Field(True, description="infra may apt-get install redis-server")
 
-    # --- State recovery ----------------------------------------------------------------------
+    # --- State recovery (README "Losing Redis") --------------------------------------------
     topic_events_retention_s: int = Field(
         90 * 24 * 3600,
         ge=-1,

@@ -234,8 +234,8 @@ class Worker:
         m = self.metrics
         with m.stage("decode").time():
             decoded = decode_batch(msgs, self.settings.event_limits)
-        decoded = self.state.replay(decoded)  # partitions under rebuild take their messages
-        batch = Batch.of([d.msg for d in decoded], decoded, self.keys)
+        rest = self.state.replay(decoded)  # partitions under rebuild take their messages
+        batch = Batch.of(msgs if rest is decoded else [d.msg for d in rest], rest, self.keys)
         for _attempt in range(MAX_ATTEMPTS):
             if not batch.decoded:
                 break
