@@ -46,7 +46,9 @@ Each key is written and read in one place::
                                                                    als.history.parse_history
     <p>:applied:...        streamrec.sink.Sink.write               parse_applied
                            (deleted by worker.rebuild when a rebuild begins)
-    <p>:origin:...         worker.rebuild.StateGuard               worker.rebuild.StateGuard
+    <p>:origin:...         worker.rebuild.Origin.to_json           worker.rebuild.Origin.parse
+                           (StateGuard: at assignment, when a      (StateGuard; the rebuild
+                           rebuild begins and ends)                bench and fault tests)
 
 Rules for changing this module: adding a field to a JSON value is compatible; renaming or
 removing a field, changing a type or a key's meaning is a breaking change and needs
