@@ -381,6 +381,13 @@ class StateGuard:
                 self._sink.write(())  # UNWATCH
                 self._taken(part, own, raw[1])
                 return
+            gone = [u for u, v in zip(users, raw[2:], strict=True) if v is None and u in r.fresh]
+            if gone:  # a history this pass wrote (minutes ago, with its TTL) was deleted
+                self._sink.write(())  # UNWATCH
+                low, high = self._watermarks(part)
+                self._begin(part, f"the history of {gone[0]!r}, rebuilt by this pass, is gone "
+                            "from Redis", low, high, seek=True)  # fmt: skip
+                return
             done = parse_applied(raw[0], missing=-1)
             fresh = [d for d in items if position(d.msg)[1] > done]
             failed = [(d.msg, d.reason or "") for d in fresh
