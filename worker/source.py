@@ -102,6 +102,7 @@ class Source:
         self._uncommitted = False
         self._on_revoke = on_revoke
         self._on_assign = on_assign
+        self._undecided: list[TopicPartition] = []  # assigned paused: start not chosen yet
         self._cooperative = "cooperative" in str(conf["partition.assignment.strategy"])
         self.assigned: set[tuple[str, int]] = set()
         # The last applied offset per owned partition, and whether a commit of it failed.
@@ -120,6 +121,25 @@ class Source:
         self.assigned |= {(p.topic, p.partition) for p in parts}
         if self._on_assign is None or not parts:
             return  # the client assigns them at the committed offsets
+        try:
+            chosen = self._starts(consumer, parts)
+        except BaseException:
+            # Undecided (Redis or the broker did not answer): assigned paused, so nothing of
+            # them is read from an unchosen offset; ``poll`` decides again. The error comes
+            # out of this poll.
+            plain = [TopicPartition(p.topic, p.partition, OFFSET_INVALID) for p in parts]
+            self._assign(consumer, plain)
+            consumer.pause(plain)
+            self._undecided += plain
+            log.error("could not choose where %s start; paused until they are chosen",
+                      ", ".join(f"{p.topic}[{p.partition}]" for p in parts))  # fmt: skip
+            raise
+        # Assigning here, with offsets, replaces the client's own assignment at the commits.
+        self._assign(consumer, chosen)
+
+    def _starts(self, consumer: Consumer, parts: list[TopicPartition]) -> list[TopicPartition]:
+        """``on_assign``'s start offsets for ``parts`` (OFFSET_INVALID: the commit)."""
+        assert self._on_assign is not None
         committed = consumer.committed(parts, timeout=ASSIGN_TIMEOUT_S)
         infos = []
         for tp, c in zip(parts, committed, strict=True):
@@ -127,14 +147,28 @@ class Source:
             at = c.offset if c.offset >= 0 else None
             infos.append(Assigned(tp.topic, tp.partition, at, low, high))
         starts = self._on_assign(infos)
-        chosen = [TopicPartition(p.topic, p.partition, starts.get((p.topic, p.partition),
-                                                                  OFFSET_INVALID))
-                  for p in parts]  # fmt: skip
-        # Assigning here, with offsets, replaces the client's own assignment at the commits.
+        return [TopicPartition(p.topic, p.partition, starts.get((p.topic, p.partition),
+                                                                OFFSET_INVALID))
+                for p in parts]  # fmt: skip
+
+    def _assign(self, consumer: Consumer, parts: list[TopicPartition]) -> None:
         if self._cooperative:
-            consumer.incremental_assign(chosen)
+            consumer.incremental_assign(parts)
         else:
-            consumer.assign(chosen)
+            consumer.assign(parts)
+
+    def _decide_again(self) -> None:
+        """Choose the start of partitions left undecided at their assignment, then read them."""
+        parts = [p for p in self._undecided if (p.topic, p.partition) in self.assigned]
+        chosen = self._starts(self._consumer, parts) if parts else []
+        self._undecided = []
+        for tp in chosen:
+            if tp.offset != OFFSET_INVALID:
+                self._consumer.seek(tp)
+        if parts:
+            self._consumer.resume(parts)
+            log.info("chose where %s start; reading them", ", ".join(
+                f"{p.topic}[{p.partition}]" for p in parts))  # fmt: skip
 
     def seek(self, offsets: Mapping[tuple[str, int], int]) -> None:
         """Move owned partitions: the next messages of each come from its offset (or
@@ -180,6 +214,7 @@ class Source:
                 log.warning("commit on revocation failed (%s); the next owner skips what "
                             "Redis holds as applied", exc)  # fmt: skip
         self.assigned -= gone
+        self._undecided = [p for p in self._undecided if (p.topic, p.partition) not in gone]
         for part in gone:
             self._applied.pop(part, None)
         if self._on_revoke is not None:
@@ -194,6 +229,8 @@ class Source:
         latency is about two batch times plus the linger, and under load batches grow by
         themselves, which is what keeps up with it.
         """
+        if self._undecided:
+            self._decide_again()
         consume = self._consumer.consume
         msgs = consume(num_messages=self._batch_max, timeout=0)
         if not msgs:

@@ -12,7 +12,7 @@ from streamrec.connect import ensure_topics
 from streamrec.events import new_event
 from streamrec.producer.producer import EventProducer
 from streamrec.settings import Settings
-from streamrec.worker.source import Source
+from streamrec.worker.source import Assigned, Source
 from tests.conftest import committed_total, wait_for
 
 
@@ -63,5 +63,47 @@ def test_a_refused_commit_is_sent_again_once_idle(stack: Callable[..., Settings]
             return committed_total(s) == 20
 
         wait_for(idle, 30)
+    finally:
+        source.close()
+
+
+@pytest.mark.integration
+def test_partitions_whose_start_cannot_be_chosen_wait_paused_until_it_is(
+    stack: Callable[..., Settings],
+) -> None:
+    s = stack(topic_events_partitions=1)
+    ensure_topics(s)
+    with EventProducer(s) as producer:
+        for n in range(10):
+            producer.send(new_event("u", f"i{n}", "click"))
+    calls: list[list[Assigned]] = []
+
+    def choose(infos: list[Assigned]) -> dict[tuple[str, int], int]:
+        calls.append(infos)
+        if len(calls) == 1:
+            raise ConnectionError("injected: Redis does not answer")
+        return {(s.topic_events, 0): 4}
+
+    source = Source(s, on_assign=choose)
+    try:
+        got: list[Message] = []
+
+        def assignment_fails() -> bool:
+            try:
+                got.extend(source.poll())
+            except ConnectionError:
+                return True
+            return False
+
+        wait_for(assignment_fails, 30)
+
+        def rest() -> bool:
+            got.extend(source.poll())
+            return len(got) >= 6
+
+        wait_for(rest, 30)
+        # Nothing was read from an offset nobody chose; then from the one chosen.
+        assert [m.offset() for m in got] == list(range(4, 10))
+        assert [(a.partition, a.committed, a.low, a.high) for a in calls[1]] == [(0, None, 0, 10)]
     finally:
         source.close()
