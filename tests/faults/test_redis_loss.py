@@ -209,11 +209,14 @@ def test_a_rebuild_cut_short_is_done_again_from_the_start(
     with pytest.raises(ConnectionError, match="injected"):
         cut.run(duration_s=60)
     assert cut.stats.rebuilds == s.topic_events_partitions
-    assert not _complete(client, keys, s)
+    parts = range(s.topic_events_partitions)
+    marks = client.mget([keys.origin(s.topic_events, p) for p in parts])
+    unfinished = sum(not Origin.parse(m).complete for m in marks if m is not None)
+    assert unfinished > 0  # (a small partition may have been rebuilt before the cut)
     assert 0 < _applied(client, keys, s) < total  # the cut-short pass's histories are stored
 
     again = run_worker(s)
     wait_for(lambda: _caught_up(client, keys, s, total), 60)
-    assert again.stats.rebuilds == s.topic_events_partitions
+    assert again.stats.rebuilds == unfinished
     _assert_same(_snapshot(client, keys), _clean_pass(s, own.stack, total))
     client.close()
