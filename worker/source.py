@@ -20,11 +20,14 @@ from confluent_kafka import (
 from streamrec.connect import read_ranges
 from streamrec.settings import Settings
 from streamrec.worker.errors import WorkerError
+from streamrec.worker.retry import down_dependency
 
 log = logging.getLogger(__name__)
 
 #: The longest wait for the broker while partitions are being assigned.
 ASSIGN_TIMEOUT_S = 10.0
+#: How soon the start of partitions left undecided (Redis or Kafka down) is tried again.
+DECIDE_AGAIN_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +106,7 @@ class Source:
         self._on_revoke = on_revoke
         self._on_assign = on_assign
         self._undecided: list[TopicPartition] = []  # assigned paused: start not chosen yet
+        self._decide_at = 0.0
         self._cooperative = "cooperative" in str(conf["partition.assignment.strategy"])
         self.assigned: set[tuple[str, int]] = set()
         # The last applied offset per owned partition, and whether a commit of it failed.
@@ -123,16 +127,22 @@ class Source:
             return  # the client assigns them at the committed offsets
         try:
             chosen = self._starts(consumer, parts)
-        except BaseException:
-            # Undecided (Redis or the broker did not answer): assigned paused, so nothing of
-            # them is read from an unchosen offset; ``poll`` decides again. The error comes
-            # out of this poll.
+        except BaseException as exc:
+            # Undecided: assigned paused, so nothing of them is read from an unchosen offset;
+            # ``poll`` chooses again. An outage (Redis or Kafka not answering) is waited out
+            # that way; anything else comes out of this poll as well.
             plain = [TopicPartition(p.topic, p.partition, OFFSET_INVALID) for p in parts]
             self._assign(consumer, plain)
             consumer.pause(plain)
             self._undecided += plain
-            log.error("could not choose where %s start; paused until they are chosen",
-                      ", ".join(f"{p.topic}[{p.partition}]" for p in parts))  # fmt: skip
+            self._decide_at = time.monotonic() + DECIDE_AGAIN_S
+            names = ", ".join(f"{p.topic}[{p.partition}]" for p in parts)
+            down = down_dependency(exc) if isinstance(exc, Exception) else None
+            if down is not None:
+                log.warning("could not choose where %s start (%s down: %s); paused until it "
+                            "answers", names, down, exc)  # fmt: skip
+                return
+            log.error("could not choose where %s start; paused until they are chosen", names)
             raise
         # Assigning here, with offsets, replaces the client's own assignment at the commits.
         self._assign(consumer, chosen)
@@ -229,8 +239,13 @@ class Source:
         latency is about two batch times plus the linger, and under load batches grow by
         themselves, which is what keeps up with it.
         """
-        if self._undecided:
-            self._decide_again()
+        if self._undecided and time.monotonic() >= self._decide_at:
+            try:
+                self._decide_again()
+            except Exception as exc:
+                if down_dependency(exc) is None:
+                    raise
+                self._decide_at = time.monotonic() + DECIDE_AGAIN_S
         consume = self._consumer.consume
         msgs = consume(num_messages=self._batch_max, timeout=0)
         if not msgs:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from streamrec.connect import ensure_topics
@@ -68,9 +69,13 @@ def test_a_refused_commit_is_sent_again_once_idle(stack: Callable[..., Settings]
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("outage", [False, True], ids=["error", "redis-down"])
 def test_partitions_whose_start_cannot_be_chosen_wait_paused_until_it_is(
-    stack: Callable[..., Settings],
+    stack: Callable[..., Settings], outage: bool
 ) -> None:
+    """The first choice fails: with Redis down, the poll goes on (the partition paused);
+    with any other error, the poll raises it. Either way nothing is read before the second
+    choice, and then from the offset it chose."""
     s = stack(topic_events_partitions=1)
     ensure_topics(s)
     with EventProducer(s) as producer:
@@ -81,7 +86,9 @@ def test_partitions_whose_start_cannot_be_chosen_wait_paused_until_it_is(
     def choose(infos: list[Assigned]) -> dict[tuple[str, int], int]:
         calls.append(infos)
         if len(calls) == 1:
-            raise ConnectionError("injected: Redis does not answer")
+            if outage:
+                raise redis.ConnectionError("injected: Redis does not answer")
+            raise ValueError("injected: a bug")
         return {(s.topic_events, 0): 4}
 
     source = Source(s, on_assign=choose)
@@ -91,11 +98,12 @@ def test_partitions_whose_start_cannot_be_chosen_wait_paused_until_it_is(
         def assignment_fails() -> bool:
             try:
                 got.extend(source.poll())
-            except ConnectionError:
+            except ValueError:
                 return True
-            return False
+            return len(calls) == 1
 
         wait_for(assignment_fails, 30)
+        assert got == []
 
         def rest() -> bool:
             got.extend(source.poll())
