@@ -62,9 +62,13 @@ def _garbage(s: Settings, n: int, tag: str) -> None:
             p.send_raw(f"{tag}-{k}".encode(), b"not an event")
 
 
-def test_redis_restarted_empty_then_the_restarted_worker_rebuilds(
-    own: OwnServices, small_model: Path, tmp_path: Path
+@pytest.mark.parametrize("restart", [True, False], ids=["worker-restarted", "worker-kept"])
+def test_redis_restarted_empty_then_the_worker_rebuilds(
+    own: OwnServices, small_model: Path, tmp_path: Path, restart: bool
 ) -> None:
+    """Redis SIGKILLed, events go on, Redis starts again empty. ``restart``: the worker is
+    SIGKILLed too and a new one rebuilds at start; else the worker waits the outage out
+    (worker/retry.py) and notices the loss itself."""
     first_n, down_n, after_n = 1500, 300, 300
     first_msgs, total = first_n + 3, first_n + 3 + down_n + 2 + after_n
     # Static membership: the restarted worker gets the partitions back at once.
@@ -75,8 +79,9 @@ def test_redis_restarted_empty_then_the_restarted_worker_rebuilds(
     keys, client = Keys(s.redis_prefix), redis_client(s)
     logs = [tmp_path / "worker-1.log", tmp_path / "worker-2.log"]
     cmd = [sys.executable, "-m", "streamrec", "worker"]
+    ports = [_free_port(), _free_port()]
     with logs[0].open("wb") as log:
-        env = _env(s, STREAMREC_METRICS_BIND="")
+        env = _env(s, STREAMREC_METRICS_BIND=f"127.0.0.1:{ports[0]}")
         first = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
     second: subprocess.Popen[bytes] | None = None
     try:
@@ -89,25 +94,25 @@ def test_redis_restarted_empty_then_the_restarted_worker_rebuilds(
         _produce(s, small_model, down_n, users=150, seed=12, start_ms=LATER_MS)  # Kafka is up
         _garbage(s, 2, "down")  # never seen by a worker: dead-lettered by the rebuild
         own.start_redis(empty=True)
-        first.send_signal(signal.SIGKILL)  # whether Redis' death stopped it or not
-        first.wait(10)
+        worker, log_path, port = first, logs[0], ports[0]
+        if restart:
+            first.send_signal(signal.SIGKILL)
+            first.wait(10)
+            env = _env(s, STREAMREC_METRICS_BIND=f"127.0.0.1:{ports[1]}")
+            with logs[1].open("wb") as log:
+                second = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
+            worker, log_path, port = second, logs[1], ports[1]
         client = redis_client(s)
-        assert client.dbsize() == 0
-
-        port = _free_port()
-        env = _env(s, STREAMREC_METRICS_BIND=f"127.0.0.1:{port}")
-        with logs[1].open("wb") as log:
-            second = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
         _produce(s, small_model, after_n, users=150, seed=13, start_ms=2 * LATER_MS)
-        wait_for(lambda: _caught_up(client, keys, s, total) or second.poll() is not None, 90)
-        assert second.poll() is None, f"worker exited; see {logs[1]}"
+        wait_for(lambda: _caught_up(client, keys, s, total) or worker.poll() is not None, 90)
+        assert worker.poll() is None, f"worker exited; see {log_path}"
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)
-    text = logs[1].read_text(errors="replace")
+    text = log_path.read_text(errors="replace")
     assert text.count("rebuilding it from the events topic") == s.topic_events_partitions, text
     assert b"streamrec_rebuilds_total 3.0" in metrics
     assert log_end(s, s.topic_dlq) == 3 + 2  # every dead letter once
