@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from streamrec.artifact import Model, load_model, read_manifest, write_model
+from streamrec.artifact import Model, fsync_path, load_model, read_manifest, write_model
 from streamrec.errors import ArtifactError
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,9 @@ def write_version(
     if final.exists():  # same second, same factors: the same model; keep the first copy
         shutil.rmtree(incoming, ignore_errors=True)
     else:
-        _fsync(incoming)  # its entries first, then the rename that publishes them
+        fsync_path(incoming)  # its entries first, then the rename that publishes them
         incoming.rename(final)
-        _fsync(root)
+        fsync_path(root)
     log.info("model %s in place at %s", version, final)
     return load_model(final)
 
@@ -100,14 +100,6 @@ def sweep(root: Path) -> list[Path]:
                     d.name, m.group(1))  # fmt: skip
         gone.append(d)
     return gone
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def versions(root: Path) -> list[Path]:

@@ -134,7 +134,7 @@ def write_model(
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), "utf-8")
         for p in tmp.iterdir():
-            _fsync(p)
+            fsync_path(p)
         load_model(tmp)  # never publish what we could not load back
         old = None
         if out.exists():
@@ -149,7 +149,8 @@ def write_model(
     return out
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory: so a rename into it is on disk too)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

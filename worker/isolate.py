@@ -13,13 +13,14 @@ and applies the rest of the batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-from streamrec.als.history import UserState, flatten
+from streamrec.als.history import Rules, UserState, flatten
 from streamrec.als.scorer import Scored, Scorer
+from streamrec.events import Event
 
 #: user -> why their batch could not be applied to them (one line).
 Failed = dict[str, str]
@@ -46,6 +47,28 @@ def read_states(
         except Exception as exc:
             failed[u] = why("stored state", exc)
     return states
+
+
+def apply_events(
+    events: Iterable[Event], states: dict[str, UserState], rules: Rules, failed: Failed
+) -> tuple[list[str], int]:
+    """Apply ``events`` in order to their users' ``states``; a user whose event cannot be
+    applied is added to ``failed`` and skipped from then on. Returns the users whose state
+    changed (in order of first change, without the failed ones) and how many events were
+    duplicates (an ``event_id`` the user's dedup window already holds)."""
+    touched: dict[str, None] = {}
+    duplicates = 0
+    for ev in events:
+        if failed and ev.user_id in failed:
+            continue
+        try:
+            if states[ev.user_id].apply(ev, rules):
+                touched[ev.user_id] = None
+            else:
+                duplicates += 1
+        except Exception as exc:
+            failed[ev.user_id] = why("history", exc)
+    return [u for u in touched if u not in failed], duplicates
 
 
 def flatten_apart(

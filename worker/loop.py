@@ -46,7 +46,13 @@ from streamrec.sink import Sink
 from streamrec.worker.batch import Batch
 from streamrec.worker.decode import DeadLetters, Decoded, decode_batch
 from streamrec.worker.errors import WorkerError
-from streamrec.worker.isolate import Failed, flatten_apart, read_states, score_apart, why
+from streamrec.worker.isolate import (
+    Failed,
+    apply_events,
+    flatten_apart,
+    read_states,
+    score_apart,
+)
 from streamrec.worker.metrics import Metrics, MetricsServer, Stats
 from streamrec.worker.models import ModelWatcher
 from streamrec.worker.preflight import check_redis
@@ -288,20 +294,8 @@ class Worker:
         faulty: Failed = {}
         with m.stage("history").time():
             states = read_states(users, raw_states, faulty)
-            touched: dict[str, None] = {}
-            duplicates = 0
             events = [d.event for d in fresh if d.event is not None]
-            for ev in events:
-                if faulty and ev.user_id in faulty:
-                    continue
-                try:
-                    if states[ev.user_id].apply(ev, self.rules):
-                        touched[ev.user_id] = None
-                    else:
-                        duplicates += 1
-                except Exception as exc:
-                    faulty[ev.user_id] = why("history", exc)
-            live = [u for u in touched if u not in faulty]
+            live, duplicates = apply_events(events, states, self.rules, faulty)
             live, counts, item_ids, totals = flatten_apart(
                 live, states, self.rules.half_life_ms, faulty
             )

@@ -59,7 +59,13 @@ from streamrec.keys import Keys, parse_applied
 from streamrec.settings import Settings
 from streamrec.worker.decode import Decoded
 from streamrec.worker.errors import WorkerError
-from streamrec.worker.isolate import Failed, flatten_apart, read_states, score_apart, why
+from streamrec.worker.isolate import (
+    Failed,
+    apply_events,
+    flatten_apart,
+    read_states,
+    score_apart,
+)
 from streamrec.worker.metrics import Metrics
 from streamrec.worker.seams import BatchSink, DeadLetterWriter, Positions
 from streamrec.worker.source import Assigned, position
@@ -402,23 +408,9 @@ class StateGuard:
             for u in users:
                 if u not in r.fresh:
                     states[u] = UserState()  # what is stored is no part of this pass
-            touched: dict[str, None] = {}
-            events = duplicates = 0
-            for d in fresh:
-                ev = d.event
-                if ev is None:
-                    continue
-                events += 1
-                if faulty and ev.user_id in faulty:
-                    continue
-                try:
-                    if states[ev.user_id].apply(ev, self._rules):
-                        touched[ev.user_id] = None
-                    else:
-                        duplicates += 1
-                except Exception as exc:
-                    faulty[ev.user_id] = why("history", exc)
-            live = [u for u in touched if u not in faulty]
+            decoded = [d.event for d in fresh if d.event is not None]
+            events = len(decoded)
+            live, duplicates = apply_events(decoded, states, self._rules, faulty)
             live = flatten_apart(live, states, self._rules.half_life_ms, faulty)[0]
             ok = self._sink.write(
                 lists=(),
