@@ -4,9 +4,11 @@ with EventProducer(settings) as p:
     p.send(new_event("user-1", "track-9", "play", value=184.0))
 # leaving the block flushes and raises DeliveryError if anything was not delivered
 
-With the broker down, every step ends within about ``settings.kafka_timeout_s``: building the
-producer (it asks for the topic's metadata first: ``InfraError`` naming the broker), each
-event's delivery (librdkafka's ``message.timeout.ms``: the event fails), and ``flush``.
+With the broker down, building the producer ends within about ``settings.kafka_timeout_s`` (it
+asks for the topic's metadata first: ``InfraError`` naming the broker). Once running, an event
+the broker does not acknowledge is retried for ``settings.delivery_timeout_s`` (librdkafka's
+``message.timeout.ms``), so a broker restart shorter than that loses nothing; then it fails,
+and ``flush`` waits about as long.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class EventProducer:
         self.topic = settings.topic_events
         self._bootstrap = settings.kafka_bootstrap
         self._timeout_s = settings.kafka_timeout_s
+        self._delivery_s = settings.delivery_timeout_s
         self._encode = encode_avro if fmt == "avro" else encode_json
         self._producer = Producer(
             {
@@ -46,7 +49,7 @@ class EventProducer:
                 "linger.ms": 5,
                 "compression.type": "lz4",
                 # An event not acknowledged within this fails (librdkafka's default is 5 min).
-                "message.timeout.ms": int(self._timeout_s * 1000),
+                "message.timeout.ms": int(self._delivery_s * 1000),
                 **overrides,
             }
         )
@@ -112,7 +115,7 @@ class EventProducer:
         """Wait for every queued event (by default a little past the delivery timeout, so an
         unacknowledged event has failed by then); raises DeliveryError, one line naming the
         broker, if any failed or is still waiting."""
-        timeout = self._timeout_s + FLUSH_MARGIN_S if timeout_s is None else timeout_s
+        timeout = self._delivery_s + FLUSH_MARGIN_S if timeout_s is None else timeout_s
         left = self._producer.flush(timeout)
         new = self.failed[self._reported :]
         self._reported = self._logged = len(self.failed)

@@ -81,9 +81,18 @@ class Settings(BaseSettings):
         10.0,
         gt=0,
         le=300,
-        description="longest wait for the broker in one step: a producer's delivery of an "
-        "event, a topic check or creation, the worker's last commit and close at stop; with "
+        description="longest wait for the broker in one step: a producer's or command's first "
+        "contact, a topic check or creation, the worker's last commit and close at stop; with "
         "Kafka down, a command ends (one line, exit 3) after about this long",
+    )
+    delivery_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="how long a running producer keeps retrying an event the broker has not "
+        "acknowledged (librdkafka's message.timeout.ms) before counting it failed: a broker "
+        "restart shorter than this loses no event; a producer started while the broker is "
+        "down still fails within kafka_timeout_s",
     )
 
     # --- Redis -----------------------------------------------------------------------------

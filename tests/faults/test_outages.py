@@ -169,7 +169,8 @@ def test_broker_killed_and_restarted_while_producers_send(
         batch_max=25,
         metrics_bind=f"127.0.0.1:{port}",
         retry_backoff_max_s=0.5,
-        kafka_timeout_s=3,  # the sender's undelivered chunks fail, and are sent again, sooner
+        kafka_timeout_s=3,
+        delivery_timeout_s=3,  # the sender's undelivered chunks fail, and are sent again, sooner
     )
     ensure_topics(s)
     keys, client = Keys(s.redis_prefix), redis_client(s)
@@ -182,12 +183,12 @@ def test_broker_killed_and_restarted_while_producers_send(
     lone = EventProducer(s)  # built while the broker answers
     own.kill_kafka()
     try:
-        # A producer's event fails after kafka_timeout_s, in one line naming the broker.
+        # A producer's event fails after delivery_timeout_s, in one line naming the broker.
         lone.send(new_event("lone", "i", "play"))
         started = time.monotonic()
         with pytest.raises(DeliveryError) as caught:
             lone.flush()
-        assert time.monotonic() - started < s.kafka_timeout_s + 3
+        assert time.monotonic() - started < s.delivery_timeout_s + 3
         message = str(caught.value)
         assert "\n" not in message and "Message timed out" in message
         assert message.startswith(f"Kafka at {s.kafka_bootstrap}: 1 event(s) not delivered")
