@@ -295,6 +295,18 @@ def kill_pid(pid: int, name: str, echo: Echo, timeout_s: float = 10.0) -> None:
         raise InfraError(f"{name}: pid {pid} survived SIGKILL")
 
 
+def wait_port_closed(host: str, port: int, name: str, timeout_s: float = 10.0) -> None:
+    """Poll until nothing accepts at ``host:port`` (a killed server's listening socket can
+    outlive its pid by a moment, and a restart must not find it busy)."""
+    deadline = time.monotonic() + timeout_s
+    while port_open(host, port, 0.2):
+        if time.monotonic() > deadline:
+            raise InfraError(
+                f"{name}: {host}:{port} still accepts {timeout_s:.0f} s after the kill"
+            )
+        time.sleep(POLL_S)
+
+
 _TRAMPOLINE = '"$@" >>"$0" 2>&1 </dev/null & echo $!'
 
 

@@ -35,6 +35,7 @@ from streamrec.infra import (
     spawn_detached,
     stop_pid,
     tail,
+    wait_port_closed,
     write_pid,
 )
 
@@ -553,3 +554,5 @@ def kill(settings: Settings, echo: Echo) -> None:
         raise InfraError(f"kafka: no broker of ours at {settings.kafka_bootstrap} to kill")
     kill_pid(pid, NAME, echo)
     paths.pid_file.unlink(missing_ok=True)
+    host, port, _ = split_bootstrap(settings.kafka_bootstrap)
+    wait_port_closed(host, port, NAME)

@@ -35,6 +35,7 @@ from streamrec.infra import (
     spawn_detached,
     stop_pid,
     tail,
+    wait_port_closed,
     write_pid,
 )
 
@@ -350,3 +351,6 @@ def kill(settings: Settings, echo: Echo) -> None:
         )
     kill_pid(pid, NAME, echo)
     paths.pid_file.unlink(missing_ok=True)
+    target = RedisTarget.parse(settings.redis_url)
+    if target.scheme != "unix":
+        wait_port_closed(target.host, target.port, NAME)

@@ -408,7 +408,9 @@ def test_redis_of_ours_keeps_acknowledged_writes_across_a_sigkill(spare_redis: S
     client.close()
     os.kill(started.pid, signal.SIGKILL)  # no shutdown, no final save
     deadline = time.monotonic() + 15
-    while infra_api.pid_alive(started.pid):
+    port = redis_server.RedisTarget.parse(s.redis_url).port
+    # Gone, and its listening socket with it (the kernel may close it after the pid is gone).
+    while infra_api.pid_alive(started.pid) or infra_api.port_open("127.0.0.1", port, 0.2):
         assert time.monotonic() < deadline, "redis-server survived SIGKILL for 15 s"
         time.sleep(0.05)
 
