@@ -13,9 +13,9 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from streamrec.errors import InfraError
+from streamrec.errors import AuthError, ConfigError, InfraError
 from streamrec.keys import Keys
-from streamrec.settings import Settings
+from streamrec.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -31,22 +31,36 @@ def redis_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
     backoff (the worker, ``streamrec.worker.retry``); a command says so in one line.
     """
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
-    client = redis.Redis.from_url(
-        settings.redis_url,
-        password=password,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        health_check_interval=30,
-        retry=Retry(ExponentialWithJitterBackoff(cap=0.1, base=0.01), 1),
-    )
+    try:
+        client = redis.Redis.from_url(
+            settings.redis_url,
+            password=password,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            health_check_interval=30,
+            retry=Retry(ExponentialWithJitterBackoff(cap=0.1, base=0.01), 1),
+        )
+    except (TypeError, ValueError) as exc:  # e.g. an option redis-py does not know: ?foo=1
+        raise _bad_url(settings, exc) from None
     try:
         client.ping()
+    except redis.AuthenticationError as exc:
+        raise AuthError(
+            f"Redis at {settings.redis_address} refused the credentials ({exc}); check "
+            "STREAMREC_REDIS_PASSWORD or the user and password in STREAMREC_REDIS_URL"
+        ) from None
+    except (TypeError, ValueError) as exc:  # an option of the URL refused when connecting
+        raise _bad_url(settings, exc) from None
     except redis.RedisError as exc:
         raise InfraError(
             f"Redis at {settings.redis_address} does not answer ({exc}); "
             "start it with: streamrec infra up"
         ) from None
     return client
+
+
+def _bad_url(settings: Settings, exc: Exception) -> ConfigError:
+    return ConfigError(f"bad setting redis_url {redact_url(settings.redis_url)!r}: {exc}")
 
 
 def _topics(admin: AdminClient, settings: Settings, timeout_s: float | None) -> set[str]:

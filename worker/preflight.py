@@ -20,7 +20,6 @@ from ``INFO memory``; when neither answers the worker says it cannot tell, and r
 from __future__ import annotations
 
 import logging
-from urllib.parse import urlsplit
 
 import redis
 
@@ -70,7 +69,7 @@ def check_redis(client: redis.Redis, settings: Settings) -> str | None:
 
     Returns the policy (None: it could not be read; logged, and the worker runs).
     """
-    where = redis_address(settings.redis_url)
+    where = settings.redis_address  # never the URL: it may hold a password
     try:
         policy, source = read_policy(client)
     except redis.RedisError as exc:
@@ -106,20 +105,6 @@ def check_redis(client: redis.Redis, settings: Settings) -> str | None:
         f"set maxmemory-policy {SAFE} on the server (redis.conf, or CONFIG SET "
         f"maxmemory-policy {SAFE}), or STREAMREC_ACCEPT_EVICTION=true to run anyway"
     )
-
-
-def redis_address(url: str) -> str:
-    """``url`` without its user and password: what messages may show."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return f"unix:{parts.path}"
-    try:
-        port = parts.port or 6379
-    except ValueError:
-        port = 6379
-    host = parts.hostname or "127.0.0.1"
-    host = f"[{host}]" if ":" in host else host
-    return f"{parts.scheme}://{host}:{port}{parts.path}"
 
 
 def _text(value: object) -> str:
