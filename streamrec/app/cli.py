@@ -394,6 +394,34 @@ def _retrain(p: _Parser) -> None:
 
 
 @_command(
+    "model",
+    "list the stored model versions, or roll back to one",
+    "The model store (--models-dir, default <home>/models, where retrain writes): 'list' "
+    "shows every version with its size and holdout metrics and marks the live one; "
+    "'rollback VERSION' makes a stored version live as a new model goes live: verified, "
+    "every user's list rewritten from their live history, popular and similar items, the "
+    "pointer moved and the version announced, so workers swap to it.",
+)
+def _model(p: _Parser) -> None:
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
+
+    def models_dir(q: argparse.ArgumentParser) -> None:
+        q.add_argument(
+            "--models-dir",
+            type=Path,
+            metavar="DIR",
+            help="root of the versioned model directories (default: <home>/models)",
+        )
+
+    listing = sub.add_parser("list", help="stored versions, their metrics, the live one (*)")
+    models_dir(listing)
+    listing.add_argument("--json", action="store_true", help="one JSON object per version")
+    back = sub.add_parser("rollback", help="make a stored version live again")
+    back.add_argument("version", metavar="VERSION", help="a version from 'model list'")
+    models_dir(back)
+
+
+@_command(
     "worker",
     "consume events and keep lists fresh in Redis",
     "Consume interaction events, fold users in against the "

@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         "evaluate": cmd_evaluate,
         "recommend": cmd_recommend,
         "retrain": cmd_retrain,
+        "model": cmd_model,
         "worker": cmd_worker,
         "produce": cmd_produce,
         "replay": cmd_replay,
@@ -162,6 +163,42 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             print(f"report: {args.report / 'report.html'}")
         return Exit.OK if result.promoted else Exit.KEPT
     return _daily(args.at, lambda: retrain(settings, cfg, redis_client(settings)).promoted)
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    """``model list`` / ``model rollback VERSION`` (``streamrec.model.rollback``)."""
+    import json
+
+    from streamrec.connect import redis_client
+    from streamrec.errors import InfraError
+    from streamrec.keys import Keys, read_model_pointer
+    from streamrec.model.rollback import list_versions, rollback, table
+
+    settings = load_settings()
+    root = args.models_dir or settings.home / "models"
+    if args.action == "rollback":
+        model, counts = rollback(settings, redis_client(settings), root, args.version)
+        print(
+            f"rolled back: {settings.redis_prefix}:model -> {model.version} ({counts['lists']} "
+            f"lists, {counts['similar']} similar-item lists); announced on {settings.topic_models}"
+        )
+        return Exit.OK
+    try:  # the list is worth having with Redis down: only the live mark is missing then
+        live = read_model_pointer(redis_client(settings), Keys(settings.redis_prefix))
+        unknown = ""
+    except InfraError as exc:
+        live, unknown = None, f"live model unknown: {exc}"
+    rows = list_versions(root, live)
+    if args.json:
+        for v in rows:
+            print(json.dumps(v.to_dict(), sort_keys=True))
+    elif rows:
+        print(table(rows))
+    else:
+        print(f"no model versions under {root}")
+    if unknown:
+        log.warning("%s", unknown)
+    return Exit.OK
 
 
 def _daily(at: tuple[int, int], job: Callable[[], object]) -> int:

@@ -210,12 +210,12 @@ def test_file_variable_errors_name_the_variable(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("STREAMREC_REDIS_PASSWORD_FILE", str(tmp_path / "absent"))
-    with pytest.raises(ConfigError, match="STREAMREC_REDIS_PASSWORD_FILE=.*absent: cannot read"):
+    with pytest.raises(ConfigError, match=r"STREAMREC_REDIS_PASSWORD_FILE=.*absent: cannot read"):
         load_settings()
     (tmp_path / "pw").write_text("x")
     monkeypatch.setenv("STREAMREC_REDIS_PASSWORD_FILE", str(tmp_path / "pw"))
     monkeypatch.setenv("STREAMREC_REDIS_PASSWORD", "y")
-    with pytest.raises(ConfigError, match="both STREAMREC_REDIS_PASSWORD and .*_FILE"):
+    with pytest.raises(ConfigError, match=r"both STREAMREC_REDIS_PASSWORD and .*_FILE"):
         load_settings()
     monkeypatch.delenv("STREAMREC_REDIS_PASSWORD")
     (tmp_path / "n").write_text("many\n")
@@ -244,7 +244,7 @@ def test_a_secrets_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert s.kafka_sasl_password.get_secret_value() == "from-env"  # env beats the directory
     assert s.top_n == 7 and s.batch_max == 5  # the directory beats the file
     (secrets / "STREAMREC_TOP_N").write_text("lots")
-    with pytest.raises(ConfigError, match="top_n .STREAMREC_SECRETS_DIR: .*STREAMREC_TOP_N"):
+    with pytest.raises(ConfigError, match=r"top_n .STREAMREC_SECRETS_DIR: .*STREAMREC_TOP_N"):
         load_settings()
     monkeypatch.setenv("STREAMREC_SECRETS_DIR", str(tmp_path / "none"))
     with pytest.raises(ConfigError, match="no such directory"):
