@@ -117,13 +117,18 @@ def test_model_list_and_rollback_swap_a_running_worker(
     wait_for(lambda: worker.scorer.version == old.version, timeout_s=15)
 
     # Lists follow: a new event after the rollback is folded in by the swapped worker.
-    before = parse_list(client.get(keys.recs(users[0])))
+    def recs(user: str) -> dict[str, Any]:
+        raw = client.get(keys.recs(user))
+        assert raw is not None, f"no list for {user}"
+        return parse_list(raw)
+
+    before = recs(users[0])
     fresh = next(i["item_id"] for i in before["items"])  # its top item, now played
     with EventProducer(s) as producer:
         producer.send(new_event(users[0], fresh, "play"))
 
     def updated() -> dict[str, Any] | None:
-        now = parse_list(client.get(keys.recs(users[0])))
+        now = recs(users[0])
         return now if now["updated_at_ms"] > before["updated_at_ms"] else None
 
     after = wait_for(updated, timeout_s=15)
