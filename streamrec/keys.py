@@ -62,11 +62,17 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, overload
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
-import numpy as np
-import numpy.typing as npt
 import orjson
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+# numpy is imported inside the writers below, never at import time: the readers
+# (parse_list, parse_model_pointer, ...) serve streamrec.client, which front-ends use
+# without the ALS dependencies (tests/streamrec/test_client.py checks it).
 
 CONTRACT_VERSION = 1
 
@@ -113,6 +119,8 @@ def round_scores(scores: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
     Done once per batch by whoever makes lists, so every value is short JSON: the decimal
     the rounded float64 prints as is exactly those 6 digits.
     """
+    import numpy as np
+
     x = np.asarray(scores, dtype=np.float64)
     a = np.abs(x)
     ok = np.isfinite(x) & (a > 0)
@@ -143,6 +151,8 @@ class ListEncoder:
     """
 
     def __init__(self, item_ids: Sequence[str]) -> None:
+        import numpy as np
+
         self._frags = np.array(
             [b'},{"item_id":' + orjson.dumps(i) + b',"score":' for i in item_ids], dtype=np.object_
         )
@@ -162,6 +172,8 @@ class ListEncoder:
             scores: (B, m) scores (rounded here with ``round_scores``).
             tail: what follows the list's ``]`` (the same for every row).
         """
+        import numpy as np
+
         b, m = items.shape
         if b == 0:
             return []
