@@ -172,11 +172,12 @@ def cmd_model(args: argparse.Namespace) -> int:
     from streamrec.connect import redis_client
     from streamrec.errors import InfraError
     from streamrec.keys import Keys, read_model_pointer
-    from streamrec.model.rollback import list_versions, rollback, table
+    from streamrec.model.rollback import find_version, list_versions, rollback, table
 
     settings = load_settings()
     root = args.models_dir or settings.home / "models"
     if args.action == "rollback":
+        find_version(root, args.version)  # an unknown version: exit 4 before any connection
         model, counts = rollback(settings, redis_client(settings), root, args.version)
         print(
             f"rolled back: {settings.redis_prefix}:model -> {model.version} ({counts['lists']} "
@@ -320,6 +321,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streamrec.worker.loop import Worker
 
     settings = load_settings(model_path=args.model)
+    if args.model is not None and not args.model.is_dir():  # as every command's missing input
+        from streamrec.errors import ArtifactError
+
+        raise ArtifactError(f"--model {args.model}: no such model directory")
     stop = threading.Event()
     install_stop_handlers(stop)
     # Measured (bench/e2e.py): a second OpenBLAS thread spins at 70-85% of a core on the
@@ -337,6 +342,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
     settings = load_settings()
     if args.user is not None and not args.item:
         raise ConfigError("--user needs --item")
+    rows = read(args.csv, args.limit) if args.csv is not None else None  # before connecting
     with EventProducer(settings, fmt=args.format) as producer:
         if args.user is not None:
             event = new_event(
@@ -348,8 +354,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
                 event_id=args.event_id,
             )
             producer.send(event)
-        else:
-            for event in events(read(args.csv, args.limit)):  # file order, first N rows
+        elif rows is not None:
+            for event in events(rows):  # file order, first N rows
                 producer.send(event)
     print(f"delivered {producer.delivered} event(s) to {producer.topic}")
     return 0
