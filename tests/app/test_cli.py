@@ -291,7 +291,8 @@ def test_a_malformed_setting_is_one_line_and_exit_2_for_every_command(
     assert main(_argv_for_settings(argv, tmp_path)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
-    assert err[0].startswith("streamrec: error: bad setting event_weights (STREAMREC_EVENT_WEIGHTS)")
+    bad = "streamrec: error: bad setting event_weights (STREAMREC_EVENT_WEIGHTS)"
+    assert err[0].startswith(bad)
     assert '{"play": 1.0}' in err[0]  # what a good value looks like
 
 
