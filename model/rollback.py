@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,7 +123,11 @@ def find_version(root: Path, version: str) -> Path:
 
 
 def rollback(
-    settings: Settings, client: redis.Redis, root: Path, version: str
+    settings: Settings,
+    client: redis.Redis,
+    root: Path,
+    version: str,
+    progress: Callable[[float, float], None] | None = None,
 ) -> tuple[Model, dict[str, int]]:
     """Make the stored ``version`` under ``root`` live, as a new model goes live (module doc).
 
@@ -139,5 +143,5 @@ def rollback(
              model.version)  # fmt: skip
     users = sorted(live_users(client, keys))
     histories = live_histories(client, keys, users, settings.half_life_ms)
-    counts = publish(model, settings, client, histories=histories)
+    counts = publish(model, settings, client, histories=histories, progress=progress)
     return model, counts

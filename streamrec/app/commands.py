@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from streamrec.app.progress import Progress
 from streamrec.errors import ConfigError
 from streamrec.exits import Exit
 from streamrec.settings import Settings, load_settings
@@ -95,13 +96,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         from streamrec.model.split import split_interactions
         from streamrec.model.tune import tune
 
-        result = tune(
-            split_interactions(data, 0.0),
-            args.tune,
-            seed=args.seed,
-            base=params,
-            history_max=settings.history_max,
-        )
+        with Progress("tuning", args.tune, "s", rate=False) as shown:
+            result = tune(
+                split_interactions(data, 0.0),
+                args.tune,
+                seed=args.seed,
+                base=params,
+                history_max=settings.history_max,
+                progress=shown,
+            )
         print(result.table(10))
         params = result.best
         print(
@@ -112,7 +115,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             k: v for k, v in result.to_dict().items() if k not in ("trials", "best")
         } | {"trials": len(result.trials)}
     matrix = build_matrix(data, params.transform)
-    model = train(matrix, params, args.out, extra=extra)
+    with Progress("fitting ALS", params.iterations, "sweeps") as shown:
+        model = train(matrix, params, args.out, extra=extra, progress=shown)
     print(f"model {model.version}: {model.n_items} items x {model.factors} factors -> {args.out}")
     if args.publish:
         _publish(model, settings)
@@ -178,7 +182,9 @@ def cmd_model(args: argparse.Namespace) -> int:
     root = args.models_dir or settings.home / "models"
     if args.action == "rollback":
         find_version(root, args.version)  # an unknown version: exit 4 before any connection
-        model, counts = rollback(settings, redis_client(settings), root, args.version)
+        client = redis_client(settings)
+        with Progress(f"publishing {args.version}", None, "values") as shown:
+            model, counts = rollback(settings, client, root, args.version, progress=shown)
         print(
             f"rolled back: {settings.redis_prefix}:model -> {model.version} ({counts['lists']} "
             f"lists, {counts['similar']} similar-item lists); announced on {settings.topic_models}"
@@ -245,7 +251,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {"source": source}
     tuned, ease_lambda = None, EASE_LAMBDA
     if args.tune is not None:
-        result = tune(split, args.tune, seed=args.seed, history_max=settings.history_max)
+        with Progress("tuning", args.tune, "s", rate=False) as shown:
+            result = tune(
+                split, args.tune, seed=args.seed, history_max=settings.history_max, progress=shown
+            )
         print(result.table(5))
         tuned = result.best
         ease = tune_ease(split, seed=args.seed, max_items=args.ease_max_items)
@@ -310,7 +319,9 @@ def _publish(model: Model, settings: Settings) -> None:
     from streamrec.connect import redis_client
     from streamrec.model.publish import publish
 
-    publish(model, settings, redis_client(settings))
+    client = redis_client(settings)
+    with Progress(f"publishing {model.version}", None, "values") as shown:
+        publish(model, settings, client, progress=shown)
     print(f"published: {settings.redis_prefix}:model -> {model.version}")
 
 
@@ -385,7 +396,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     ensure_topics(settings)
     stop = threading.Event()
     install_stop_handlers(stop)
-    with EventProducer(settings, fmt=args.format) as producer:
+    with (
+        EventProducer(settings, fmt=args.format) as producer,
+        Progress("replaying", len(rows), "events") as shown,
+    ):
         report = replay(
             producer,
             rows,
@@ -393,8 +407,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
             max_gap_s=args.max_gap,
             progress_every=args.progress,
             stop=stop,
+            # On a terminal the bar says it; elsewhere the periodic lines do, as before.
+            echo=_quiet if shown.drawing else print,
+            progress=shown if shown.drawing else None,
         )
-        return _report(report, producer.topic, interrupted=stop.is_set())
+    return _report(report, producer.topic, interrupted=stop.is_set())
 
 
 def cmd_loadgen(args: argparse.Namespace) -> int:
@@ -428,9 +445,23 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
     )
     stop = threading.Event()
     install_stop_handlers(stop)
-    with EventProducer(settings, fmt=args.format) as producer:
-        report = run_load(producer, spec, items, stop=stop)
-        return _report(report, producer.topic, interrupted=False)
+    with (
+        EventProducer(settings, fmt=args.format) as producer,
+        Progress("loadgen", None, "events") as shown,
+    ):
+        report = run_load(
+            producer,
+            spec,
+            items,
+            stop=stop,
+            echo=_quiet if shown.drawing else print,
+            progress=shown if shown.drawing else None,
+        )
+    return _report(report, producer.topic, interrupted=False)
+
+
+def _quiet(_line: str) -> None:
+    """An ``echo`` that says nothing: a progress bar is drawn instead."""
 
 
 def _loadgen_items(settings: Settings, catalog: str, n: int) -> tuple[list[str] | None, str]:
