@@ -326,6 +326,7 @@ def _publish(model: Model, settings: Settings) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    import redis
     from threadpoolctl import threadpool_limits
 
     from streamrec.app.signals import install_stop_handlers
@@ -340,8 +341,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     install_stop_handlers(stop)
     # Measured (bench/e2e.py): a second OpenBLAS thread spins at 70-85% of a core on the
     # worker's small products without making it faster; scale out with workers instead.
-    with threadpool_limits(1, "blas"):
-        Worker(settings, stop).run(max_messages=args.max_events, duration_s=args.duration)
+    try:
+        with threadpool_limits(1, "blas"):
+            Worker(settings, stop).run(max_messages=args.max_events, duration_s=args.duration)
+    except redis.AuthenticationError as exc:  # the password changed under a running worker
+        from streamrec.errors import AuthError
+
+        raise AuthError(
+            f"Redis at {settings.redis_address} refused the credentials ({exc}); check "
+            "STREAMREC_REDIS_PASSWORD or the user and password in STREAMREC_REDIS_URL"
+        ) from None
     return 0
 
 

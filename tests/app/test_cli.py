@@ -449,3 +449,37 @@ def test_the_worker_and_retrain_logs_never_show_the_url_password(
     out = retrain.stdout + retrain.stderr
     assert retrain.returncode == 0, out[-3000:]
     assert "promoted" in out and "right-pw" not in out
+
+
+@pytest.mark.integration
+def test_a_password_changed_under_a_running_worker_is_exit_6(
+    stack: Callable[..., Settings], locked_redis: int, small_model: Path, tmp_path: Path
+) -> None:
+    import time
+
+    import redis
+
+    s = stack()
+    url = f"redis://:right-pw@127.0.0.1:{locked_redis}/0"
+    env = _cli_env(s, tmp_path, STREAMREC_REDIS_URL=url)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "streamrec", "worker", "--model", str(small_model),
+         "--duration", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        admin = redis.Redis(port=locked_redis, password="right-pw", socket_timeout=5)
+        deadline = time.monotonic() + 60
+        while not admin.keys(f"{s.redis_prefix}:origin:*"):  # its partitions are set up
+            assert worker.poll() is None, worker.communicate()
+            assert time.monotonic() < deadline, "the worker did not start within 60 s"
+            time.sleep(0.1)
+        admin.config_set("requirepass", "new-pw")
+        admin.client_kill_filter(_type="normal", skipme=True)  # its connections must log in again
+        _, err = worker.communicate(timeout=60)
+    finally:
+        worker.kill()
+    assert worker.returncode == 6, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"streamrec: Redis at 127.0.0.1:{locked_redis}/0 refused"), last
+    assert "right-pw" not in err and "Traceback" not in err
