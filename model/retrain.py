@@ -22,6 +22,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,20 @@ class RetrainConfig:
     #: ``params.iterations``.
     final_iterations: int = 3
     seed: int = 0
+    #: ``progress(what, unit)``: a context manager giving the progress callback of one long
+    #: step (the search, the final fit, the publish); the command draws it
+    #: (``streamrec.app.progress``). None: no progress is reported.
+    progress: ProgressSteps | None = None
+
+
+#: A callback of one step's progress: ``(done, total)``.
+StepProgress = Callable[[float, float], None]
+#: ``(what, unit) -> a context manager yielding a StepProgress``.
+ProgressSteps = Callable[[str, str], AbstractContextManager[StepProgress]]
+
+
+def _step(cfg: RetrainConfig, what: str, unit: str) -> AbstractContextManager[StepProgress | None]:
+    return cfg.progress(what, unit) if cfg.progress is not None else nullcontext(None)
 
 
 @dataclass
@@ -184,7 +199,8 @@ def retrain(
     params = cfg.params
     if cfg.tune_s > 0:
         echo(f"  tuning for up to {cfg.tune_s:g} s on a validation split of the training data ...")
-        tuning = tune(split, cfg.tune_s, seed=cfg.seed, base=cfg.params)
+        with _step(cfg, "tuning", "s") as shown:
+            tuning = tune(split, cfg.tune_s, seed=cfg.seed, base=cfg.params, progress=shown)
         params = tuning.best
         echo(f"  best: {asdict(params)}")
     if tuning is not None:
@@ -231,7 +247,8 @@ def retrain(
                           candidate.item_ids, candidate.item_factors, cfg.seed)  # fmt: skip
         how = f": {cfg.final_iterations} sweeps from the evaluated candidate"
     echo(f"fitting the final model on all the data{how} ...")
-    als = fit(matrix, params, True, init, cfg.final_iterations or None)
+    with _step(cfg, "fitting the final model", "sweeps") as shown:
+        als = fit(matrix, params, False, init, cfg.final_iterations or None, progress=shown)
     lap("fit")
     popularity = np.asarray(matrix.confidence.maximum(0).sum(axis=0), dtype=np.float32).ravel()
     model = write_version(
@@ -262,7 +279,10 @@ def retrain(
     # Every user's list: from the worker's live history where it has one, else the data's.
     live_hist = live_histories(client, keys, list(split.user_ids), settings.half_life_ms)
     totals = Totals(split.user_ids, split.item_ids, split.all_totals())
-    counts = publish(model, settings, client, histories=live_hist, totals=totals)
+    with _step(cfg, f"publishing {model.version}", "values") as shown:
+        counts = publish(
+            model, settings, client, histories=live_hist, totals=totals, progress=shown
+        )
     lap("publish")
     pruned = prune(cfg.models_dir, cfg.keep, protect=[model.path])
     result = replace(

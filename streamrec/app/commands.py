@@ -160,6 +160,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         read_kafka=not args.no_kafka,
         final_iterations=args.final_iterations,
         seed=args.seed,
+        progress=lambda what, unit: Progress(what, None, unit, rate=unit != "s"),
     )
     if args.at is None:
         result = retrain(settings, cfg, redis_client(settings))

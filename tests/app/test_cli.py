@@ -449,6 +449,8 @@ def test_the_worker_and_retrain_logs_never_show_the_url_password(
     out = retrain.stdout + retrain.stderr
     assert retrain.returncode == 0, out[-3000:]
     assert "promoted" in out and "right-pw" not in out
+    # Its long steps log plain lines in a log (no terminal), never a bar's carriage returns.
+    assert "\r" not in out and "fitting the final model: done, 3/3 sweeps" in out
 
 
 @pytest.mark.integration
