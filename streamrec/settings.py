@@ -160,6 +160,20 @@ class Settings(BaseSettings):
         "fewer, larger batches (less CPU per event at a few thousand events/s) for up to this "
         "much more latency; 0 = a batch is what arrived while the last one was processed",
     )
+    prefetch_messages: int = Field(
+        100_000,
+        ge=1,
+        le=10_000_000,
+        description="messages per partition the consumer fetches ahead of the worker "
+        "(librdkafka queued.min.messages)",
+    )
+    prefetch_kb: int = Field(
+        65_536,
+        ge=1,
+        le=2_097_151,
+        description="most kilobytes of fetched-ahead messages the consumer holds "
+        "(librdkafka queued.max.messages.kbytes)",
+    )
     commit_interval_s: float = Field(
         1.0,
         ge=0,
