@@ -76,10 +76,7 @@ def test_every_alert_is_required_documented_and_fires_in_a_unit_test() -> None:
             assert re.fullmatch(r"\d+[mh]", rule.get("for", "")), rule["alert"]
     tests = yaml.safe_load(ALERTS_TEST.read_text())["tests"]
     fired = {
-        case["alertname"]
-        for t in tests
-        for case in t["alert_rule_test"]
-        if case.get("exp_alerts")
+        case["alertname"] for t in tests for case in t["alert_rule_test"] if case.get("exp_alerts")
     }
     quiet = {
         case["alertname"]
