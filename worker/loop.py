@@ -101,7 +101,14 @@ class Worker:
         )
         self.keys = Keys(settings.redis_prefix)
         self._redis = redis_client(settings)
-        self.models = ModelWatcher(settings, self._redis, self.keys, self.metrics, stop=self.stop)
+        try:
+            self.models = ModelWatcher(
+                settings, self._redis, self.keys, self.metrics, stop=self.stop
+            )
+        except BaseException:
+            if self.server is not None:  # no model: the process ends, and its endpoint
+                self.server.close()
+            raise
         self.rules = Rules(
             weights=settings.event_weights,
             half_life_ms=settings.half_life_ms,
