@@ -93,9 +93,8 @@ class ModelWatcher:
         if pointed is None and self._settings.model_wait_s > 0:
             pointed = self._wait_for_pointer(self._settings.model_wait_s)
         if pointed is None:
-            waited = f" after waiting {self._settings.model_wait_s:g} s" * (
-                self._settings.model_wait_s > 0
-            )
+            wait_s = self._settings.model_wait_s
+            waited = f" after waiting {wait_s:g} s" if wait_s > 0 else ""
             raise InfraError(
                 f"no model: {self._keys.model} is not set in Redis{waited} and no model path "
                 "was given; run: streamrec train --dataset synthetic --out DIR --publish "
