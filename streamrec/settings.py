@@ -188,6 +188,13 @@ class Settings(BaseSettings):
     metrics_bind: str = Field(
         "127.0.0.1:9108", description="host:port of /metrics and /healthz; empty = off"
     )
+    model_wait_s: float = Field(
+        0.0,
+        ge=0,
+        description="a worker started before any model is published waits up to this long "
+        "for the streamrec:model pointer (polling each second, /healthz 503 'waiting for a "
+        "model' meanwhile) instead of exiting at once (exit 3); 0 = exit at once",
+    )
     retry_backoff_max_s: float = Field(
         5.0,
         gt=0,
