@@ -90,6 +90,14 @@ def replication_factor(setting: int | None, brokers: int) -> int:
     return 3 if brokers >= 3 else 1
 
 
+def cluster_brokers(meta: Any) -> set[int]:
+    """Ids of the brokers a cluster's metadata (``list_topics()``) knows of: the live ones and
+    every replica's. A dead broker is missing from the first, not from the second: one broker
+    down must not make streamrec create a topic with one copy, or accept one."""
+    replicas = {r for t in meta.topics.values() for p in t.partitions.values() for r in p.replicas}
+    return set(meta.brokers) | replicas
+
+
 def min_insync(replication: int) -> int:
     """``min.insync.replicas`` for a topic of ``replication`` copies: 2 from 3 copies up (an
     acknowledged event is on two brokers, and one broker may be down), else 1."""
@@ -145,11 +153,11 @@ def ensure_topics(
             f"topic(s) {', '.join(absent)} missing at {settings.kafka_bootstrap}{why}; "
             "create them with: streamrec topics create"
         )
-    replicas = replication_factor(settings.topic_replication_factor, len(meta.brokers))
+    replicas = replication_factor(settings.topic_replication_factor, len(cluster_brokers(meta)))
     if absent and replicas > len(meta.brokers):
         raise InfraError(
             f"cannot create {', '.join(absent)} with {replicas} replicas: Kafka at "
-            f"{settings.kafka_bootstrap} lists {len(meta.brokers)} broker(s) "
+            f"{settings.kafka_bootstrap} has {len(meta.brokers)} broker(s) up "
             "(STREAMREC_TOPIC_REPLICATION_FACTOR); start the others, or lower it"
         )
     configs = topic_configs(settings, replicas)

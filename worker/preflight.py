@@ -28,7 +28,7 @@ import redis
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from streamrec.connect import ensure_topics, min_insync, replication_factor
+from streamrec.connect import cluster_brokers, ensure_topics, min_insync, replication_factor
 from streamrec.errors import ConfigError, InfraError, TopicsError
 from streamrec.settings import Settings
 
@@ -181,10 +181,7 @@ def check_events_topic(settings: Settings, timeout_s: float | None = None) -> To
             f"topic {topic} missing at {where}; create it with: streamrec topics create"
         )
     parts = meta.topics[topic].partitions
-    # A dead broker is not in the metadata's broker list, but its id still is in the replica
-    # lists: counting both, a broker down does not lower the replication wanted.
-    known = set(meta.brokers) | {r for t in meta.topics.values() for p in t.partitions.values()
-                                 for r in p.replicas}  # fmt: skip
+    known = cluster_brokers(meta)  # a broker down does not lower the replication wanted
     wanted = replication_factor(settings.topic_replication_factor, len(known))
     replicas = min((len(p.replicas) for p in parts.values()), default=0)
     if replicas < wanted:
@@ -231,11 +228,12 @@ def check_events_topic(settings: Settings, timeout_s: float | None = None) -> To
 
 def _min_isr(admin: Any, topic: str, timeout_s: float) -> int | None:
     """The topic's ``min.insync.replicas`` (its own or the broker's default), None when the
-    broker does not say (e.g. DescribeConfigs denied by an ACL)."""
+    broker does not say within ``timeout_s`` (e.g. DescribeConfigs denied by an ACL, or sent
+    to a broker that just died and is not fenced yet)."""
     try:
         res = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)])
         entries = next(iter(res.values())).result(timeout=timeout_s)
         return int(entries["min.insync.replicas"].value)
-    except (KafkaException, KeyError, ValueError, TypeError) as exc:
-        log.debug("could not read min.insync.replicas of %s: %s", topic, exc)
+    except (KafkaException, TimeoutError, KeyError, ValueError, TypeError) as exc:
+        log.debug("could not read min.insync.replicas of %s: %r", topic, exc)
         return None
