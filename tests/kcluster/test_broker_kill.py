@@ -75,7 +75,8 @@ class _Sender(threading.Thread):
     def run(self) -> None:
         types = ["play", "play", "click", "like", "skip", "view"]
         try:
-            with _Recording(self.s) as p:
+            p = _Recording(self.s)
+            with p:
                 started, k = time.monotonic(), 0
                 while not self.stop.is_set():
                     event_id = f"ev-{self.tag}-{k}"
@@ -118,7 +119,7 @@ def _worker_stall(
         acked = sorted((t, o) for t, p, o in acks if p == part)
         run_value, run_start = samples[0][1][part], samples[0][0]
         for t, values in [*samples[1:], (float("inf"), {})]:
-            value = values.get(part)
+            value = values.get(part, -2)  # -2: the end sentinel, unlike any offset
             if value == run_value:
                 continue
             waiting = [ta for ta, o in acked if o > run_value]  # acknowledged beyond it
