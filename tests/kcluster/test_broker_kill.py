@@ -30,7 +30,7 @@ from streamrec.keys import Keys
 from streamrec.producer.producer import EventProducer
 from streamrec.settings import Settings
 from streamrec.worker.loop import Worker
-from tests.conftest import consume_events, wait_for
+from tests.conftest import consume_events, log_end, wait_for
 from tests.kcluster.conftest import KCluster
 from tests.worker.test_exactly_once import _assert_same, _clean_pass, _snapshot
 
@@ -41,7 +41,7 @@ pytestmark = pytest.mark.integration
 #: failover (~3 s) + the clients' metadata refresh (~1 s) + the worker's backoff (at most
 #: retry_backoff_max_s, 5 s) = ~18 s, rounded up for a loaded 2-core machine.
 STALL_BOUND_S = 30.0
-RATE = 60.0  # events/s per producer
+RATE = 40.0  # events/s per producer: each partition gets an event every ~40 ms
 DOWN_S = 20.0  # how long the killed broker stays down
 AFTER_S = 8.0  # sending after it is back
 
@@ -185,6 +185,7 @@ def test_a_broker_sigkilled_mid_stream_loses_nothing_and_stalls_no_one(
     sampler.join(10)
 
     # Nothing lost, nothing twice: the topic holds exactly the produced events.
+    assert sum(log_end(s, s.topic_events, p) for p in range(3)) == total
     held = Counter(e.event_id for _, e in consume_events(s, total, timeout_s=60))
     assert held == Counter(produced)
 
