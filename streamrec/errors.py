@@ -8,8 +8,10 @@ Tree::
     │                              (keeps the raw bytes; the worker dead-letters it)
     ├── ArtifactError              a model directory that is missing, corrupt or inconsistent
     │                              (refused before it replaces a good model)
-    └── InfraError                 Kafka or Redis missing, unreachable or not ready in time
-                                   (stops the process loudly)
+    ├── InfraError                 Kafka or Redis missing, unreachable or not ready in time
+    │                              (stops the process loudly)
+    └── TopicsError                a topic streamrec needs is missing, or the events topic is
+                                   under-replicated (the worker refuses to start, exit 6)
 """
 
 from __future__ import annotations
@@ -41,3 +43,7 @@ class ArtifactError(StreamrecError):
 
 class InfraError(StreamrecError):
     """A service streamrec depends on is not available."""
+
+
+class TopicsError(StreamrecError):
+    """A topic is missing or under-replicated; the one-line message says what to run."""

@@ -15,12 +15,16 @@ status  name             what it means for an operator
                          malformed or fails verification; retrying won't help
 5       ``KEPT``         ``retrain``: the candidate failed the gate and the live model keeps
                          serving; a verdict, not a failure (a scheduler must not retry it)
+6       ``TOPICS``       the worker (or ``topics check``) refused to start: a topic is missing
+                         (run ``streamrec topics create``) or the events topic is
+                         under-replicated (the line names the partitions and brokers); fix
+                         the cluster, retrying alone won't help
 130     ``INTERRUPTED``  interrupted: Ctrl-C (128 + SIGINT), or a replay stopped by a signal
                          before its last event
 ======  ===============  =======================================================================
 
-``streamrec.app.cli.main`` maps the error classes of ``streamrec.errors`` to 2-4; the nightly job
-(``streamrec.model.retrain``) returns ``KEPT``. Changing a number breaks deploy files
+``streamrec.app.cli.main`` maps the error classes of ``streamrec.errors`` to 2-4 and 6; the
+nightly job (``streamrec.model.retrain``) returns ``KEPT``. Changing a number breaks deploy files
 (``deploy/k8s/retrain-cronjob.yaml`` ends the Job at once on 5, 2 and 4) and operators'
 alerts: add, never renumber.
 """
@@ -38,4 +42,5 @@ class Exit(IntEnum):
     INFRA = 3
     DATA = 4
     KEPT = 5
+    TOPICS = 6
     INTERRUPTED = 130
