@@ -9,9 +9,11 @@ Tree::
     ├── ArtifactError              a model directory that is missing, corrupt or inconsistent
     │                              (refused before it replaces a good model)
     ├── InputError                 an input file (data, events, names) missing or unreadable
-    └── InfraError                 Kafka or Redis missing, unreachable or not ready in time
-        │                          (stops the process loudly)
-        └── AuthError              a service refused the credentials (retrying won't help)
+    ├── InfraError                 Kafka or Redis missing, unreachable or not ready in time
+    │   │                          (stops the process loudly)
+    │   └── AuthError              a service refused the credentials (retrying won't help)
+    └── TopicsError                a topic streamrec needs is missing, or the events topic is
+                                   under-replicated (the worker refuses to start, exit 6)
 
 Each is one exit status of ``streamrec.exits`` (``status_of``).
 """
@@ -53,3 +55,7 @@ class InfraError(StreamrecError):
 
 class AuthError(InfraError):
     """A service refused streamrec's credentials (a wrong password or user)."""
+
+
+class TopicsError(StreamrecError):
+    """A topic is missing or under-replicated; the one-line message says what to run."""

@@ -19,7 +19,11 @@ status  name             what it means for an operator
                          help
 5       ``KEPT``         ``retrain``: the candidate failed the gate and the live model keeps
                          serving; a verdict, not a failure (a scheduler must not retry it)
-6       ``AUTH``         a service refused streamrec's credentials (a wrong Redis password, a
+6       ``TOPICS``       the worker (or ``topics check``) refused to start: a topic is missing
+                         (run ``streamrec topics create``) or the events topic is
+                         under-replicated (the line names the partitions and brokers); fix
+                         the cluster, retrying alone won't help
+7       ``AUTH``         a service refused streamrec's credentials (a wrong Redis password, a
                          Kafka SASL login refused): retrying won't help until they are fixed
 130     ``INTERRUPTED``  interrupted: Ctrl-C (128 + SIGINT), or a replay stopped by a signal
                          before its last event
@@ -28,7 +32,8 @@ status  name             what it means for an operator
 Which error is which status is ``status_of`` (the ``ERRORS`` table below, most specific class
 first), used by ``streamrec.app.cli.main`` for every command; the nightly job
 (``streamrec.model.retrain``) returns ``KEPT``. Changing a number breaks deploy files
-(``deploy/k8s/retrain-cronjob.yaml`` ignores 5) and operators' alerts: add, never renumber.
+(``deploy/k8s/retrain-cronjob.yaml`` ends the Job at once on 5, 2, 4 and 7) and operators'
+alerts: add, never renumber.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from streamrec.errors import (
     InfraError,
     InputError,
     StreamrecError,
+    TopicsError,
 )
 
 
@@ -54,7 +60,8 @@ class Exit(IntEnum):
     INFRA = 3
     DATA = 4
     KEPT = 5
-    AUTH = 6
+    TOPICS = 6
+    AUTH = 7
     INTERRUPTED = 130
 
 
@@ -62,6 +69,7 @@ class Exit(IntEnum):
 #: (``AuthError`` is an ``InfraError``; ``model.errors.DataError`` an ``InputError``).
 ERRORS: tuple[tuple[type[BaseException], Exit], ...] = (
     (ConfigError, Exit.USAGE),
+    (TopicsError, Exit.TOPICS),
     (AuthError, Exit.AUTH),
     (InfraError, Exit.INFRA),
     (InputError, Exit.DATA),

@@ -146,6 +146,27 @@ class Settings(BaseSettings):
     topic_events_partitions: int = Field(6, ge=1, description="partitions when creating events")
     topic_dlq: str = Field("streamrec.events.dlq", description="undecodable events + reason header")
     topic_models: str = Field("streamrec.models", description="model announcements")
+    # --- A Kafka cluster (README "Running on a multi-broker Kafka") ------------------------
+    kafka_brokers: int = Field(
+        1,
+        ge=1,
+        le=9,
+        description="KRaft nodes (each broker and controller) `streamrec infra up` runs on "
+        "loopback; node k (from 0) listens at the k-th kafka_bootstrap server, or at the "
+        "first one's port + 2k, and its controller at kafka_controller_port + 2k",
+    )
+    topic_replication_factor: int | None = Field(
+        None,
+        ge=1,
+        description="replication factor of the topics streamrec creates; None = 3 when the "
+        "cluster has 3 or more brokers, else 1; min.insync.replicas is 2 when it is 3 or more",
+    )
+    create_topics: bool = Field(
+        True,
+        description="the worker, the producing commands, the demo and the nightly job create "
+        "missing topics (dev, tests); false (production): only `streamrec topics create` does, "
+        "and a worker missing one refuses to start (exit 6)",
+    )
     consumer_group: str = Field("streamrec-worker", description="worker consumer group id")
     instance_id: str | None = Field(
         None,
@@ -241,6 +262,20 @@ class Settings(BaseSettings):
         "fewer, larger batches (less CPU per event at a few thousand events/s) for up to this "
         "much more latency; 0 = a batch is what arrived while the last one was processed",
     )
+    prefetch_messages: int = Field(
+        100_000,
+        ge=1,
+        le=10_000_000,
+        description="messages per partition the consumer fetches ahead of the worker "
+        "(librdkafka queued.min.messages)",
+    )
+    prefetch_kb: int = Field(
+        65_536,
+        ge=1,
+        le=2_097_151,
+        description="most kilobytes of fetched-ahead messages the consumer holds "
+        "(librdkafka queued.max.messages.kbytes)",
+    )
     commit_interval_s: float = Field(
         1.0,
         ge=0,
@@ -254,6 +289,13 @@ class Settings(BaseSettings):
     )
     metrics_bind: str = Field(
         "127.0.0.1:9108", description="host:port of /metrics and /healthz; empty = off"
+    )
+    model_wait_s: float = Field(
+        0.0,
+        ge=0,
+        description="a worker started before any model is published waits up to this long "
+        "for the streamrec:model pointer (polling each second, /healthz 503 'waiting for a "
+        "model' meanwhile) instead of exiting at once (exit 3); 0 = exit at once",
     )
     retry_backoff_max_s: float = Field(
         5.0,

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 def run(args: argparse.Namespace) -> int:
     handler: Callable[[argparse.Namespace], int] = {
         "infra": cmd_infra,
+        "topics": cmd_topics,
         "train": cmd_train,
         "evaluate": cmd_evaluate,
         "recommend": cmd_recommend,
@@ -51,10 +52,13 @@ def cmd_infra(args: argparse.Namespace) -> int:
     from streamrec import infra
     from streamrec.connect import ensure_topics
 
-    settings = load_settings()
+    settings = load_settings(kafka_brokers=getattr(args, "brokers", None))
     if args.action == "up":
         state = infra.up(settings, echo=print)
-        created = ensure_topics(settings)
+        if state.kafka_nodes and settings.kafka_bootstrap != state.kafka.address:
+            # Its nodes, whatever the bootstrap named: the topics go to the cluster just started.
+            settings = settings.model_copy(update={"kafka_bootstrap": state.kafka.address})
+        created = ensure_topics(settings, create=True)
         for line in state.lines():
             print(line)
         if created:
@@ -67,6 +71,25 @@ def cmd_infra(args: argparse.Namespace) -> int:
     for line in state.lines():
         print(line)
     return Exit.OK if state.ok else Exit.INFRA
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from streamrec.connect import ensure_topics, topic_specs
+    from streamrec.worker.preflight import check_events_topic
+
+    settings = load_settings()
+    # check: a missing topic is a TopicsError (exit 6), as at the worker's start.
+    created = ensure_topics(settings, create=args.action == "create")
+    if args.action == "create":
+        for topic in topic_specs(settings):
+            print(f"{topic}: {'created' if topic in created else 'exists, left as it is'}")
+    health = check_events_topic(settings)  # TopicsError (exit 6) when it would refuse
+    print(
+        f"{health.topic}: {health.partitions} partitions, {health.replicas} replicas each "
+        f"(wanted {health.wanted} on {health.brokers} brokers), min.insync.replicas "
+        f"{health.min_isr}, every partition in sync"
+    )
+    return Exit.OK
 
 
 def _params(args: argparse.Namespace) -> Params:
@@ -89,6 +112,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     params = _params(args)
     settings = load_settings()  # before the fit: a bad setting should fail fast
+    if args.if_absent and _live_model_exists(settings):
+        return 0
     data, source = _load_source(args)
     print(f"loaded {len(data)} rows from {source}")
     extra: dict[str, Any] = {"source": source}
@@ -121,6 +146,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.publish:
         _publish(model, settings)
     return 0
+
+
+def _live_model_exists(settings: Settings) -> bool:
+    """``train --if-absent``: the pointer names a model directory that is there (said why)."""
+    from streamrec.artifact import MANIFEST
+    from streamrec.connect import redis_client
+    from streamrec.keys import Keys, read_model_pointer
+
+    pointed = read_model_pointer(redis_client(settings), Keys(settings.redis_prefix))
+    if pointed is None:
+        return False
+    if not (pointed.path / MANIFEST).is_file():
+        print(f"{settings.redis_prefix}:model names {pointed.path}, which holds no model: training")
+        return False
+    print(f"{settings.redis_prefix}:model already names {pointed.version} ({pointed.path}): "
+          "nothing to do (--if-absent)")  # fmt: skip
+    return True
 
 
 def _load_source(args: argparse.Namespace) -> tuple[Interactions, str]:

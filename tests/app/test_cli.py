@@ -185,7 +185,8 @@ def test_help_of_every_command_is_complete(capsys: pytest.CaptureFixture[str]) -
         ("EventError", 4),
         ("StreamrecError", 4),
         ("InputError", 4),
-        ("AuthError", 6),
+        ("AuthError", 7),
+        ("TopicsError", 6),
         ("KeyboardInterrupt", 130),
     ],
 )
@@ -216,7 +217,7 @@ def test_the_exit_table_documents_every_status() -> None:
     assert rows == {str(e.value): e.name for e in Exit}
     assert len({e.value for e in Exit}) == len(Exit)
     assert (Exit.USAGE, Exit.INFRA, Exit.DATA, Exit.KEPT, Exit.INTERRUPTED) == (2, 3, 4, 5, 130)
-    assert Exit.AUTH == 6
+    assert (Exit.TOPICS, Exit.AUTH) == (6, 7)
     # The README's table says the same.
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for e in Exit:
@@ -231,6 +232,7 @@ def _every_command() -> list[list[str]]:
     parser = build_parser()
     needs = {
         "infra": ["status"],
+        "topics": ["check"],
         "train": ["--dataset", "synthetic", "--out", "x"],
         "replay": ["x.csv"],
         "model": ["list"],
@@ -387,7 +389,7 @@ def _cli_env(s: Settings, home: Path, **extra: str) -> dict[str, str]:
 
 
 @pytest.mark.integration
-def test_a_refused_password_is_one_line_exit_6_and_never_printed(
+def test_a_refused_password_is_one_line_exit_7_and_never_printed(
     stack: Callable[..., Settings], locked_redis: int, small_model: Path, tmp_path: Path
 ) -> None:
     s = stack()
@@ -408,7 +410,7 @@ def test_a_refused_password_is_one_line_exit_6_and_never_printed(
         if argv[0] == "model":  # the unknown version is found first: exit 4
             assert proc.returncode == 4, out
             continue
-        assert proc.returncode == 6, (argv, out)
+        assert proc.returncode == 7, (argv, out)
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith(f"streamrec: Redis at 127.0.0.1:{locked_redis}/0 refused the "
                                "credentials"), last  # fmt: skip
@@ -454,7 +456,7 @@ def test_the_worker_and_retrain_logs_never_show_the_url_password(
 
 
 @pytest.mark.integration
-def test_a_password_changed_under_a_running_worker_is_exit_6(
+def test_a_password_changed_under_a_running_worker_is_exit_7(
     stack: Callable[..., Settings], locked_redis: int, small_model: Path, tmp_path: Path
 ) -> None:
     import time
@@ -481,7 +483,7 @@ def test_a_password_changed_under_a_running_worker_is_exit_6(
         _, err = worker.communicate(timeout=60)
     finally:
         worker.kill()
-    assert worker.returncode == 6, err[-3000:]
+    assert worker.returncode == 7, err[-3000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"streamrec: Redis at 127.0.0.1:{locked_redis}/0 refused"), last
     assert "right-pw" not in err and "Traceback" not in err
