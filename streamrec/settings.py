@@ -263,14 +263,15 @@ class Settings(BaseSettings):
         "much more latency; 0 = a batch is what arrived while the last one was processed",
     )
     prefetch_messages: int = Field(
-        100_000,
+        10_000,
         ge=1,
         le=10_000_000,
         description="messages per partition the consumer fetches ahead of the worker "
-        "(librdkafka queued.min.messages)",
+        "(librdkafka queued.min.messages; its default of 100000 held up to 100 MiB more while "
+        "the worker was behind, bench/soak.py)",
     )
     prefetch_kb: int = Field(
-        65_536,
+        16_384,
         ge=1,
         le=2_097_151,
         description="most kilobytes of fetched-ahead messages the consumer holds "
