@@ -11,9 +11,9 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
-from streamrec.connect import read_ranges
+from streamrec.connect import kafka_metadata, read_ranges
 from streamrec.errors import EventError, InfraError
 from streamrec.events import Event, decode
 from streamrec.settings import Settings
@@ -38,13 +38,7 @@ def read_window(settings: Settings, since_ms: int, timeout_s: float = 300.0) -> 
     # Metadata from one consumer, the messages from ``read_ranges``' own.
     consumer = Consumer({**settings.kafka_common(), "group.id": "streamrec-retrain"})
     try:
-        try:
-            meta = consumer.list_topics(topic, timeout=settings.kafka_timeout_s)
-        except KafkaException as exc:
-            raise InfraError(
-                f"Kafka at {settings.kafka_bootstrap} does not answer within "
-                f"{settings.kafka_timeout_s:g} s ({exc.args[0].str()})"
-            ) from None
+        meta = kafka_metadata(consumer, settings, topic)  # not assigned yet: poll is safe
         if topic not in meta.topics or meta.topics[topic].error is not None:
             raise InfraError(f"topic {topic} does not exist")
         parts = sorted(meta.topics[topic].partitions)

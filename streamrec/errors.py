@@ -9,7 +9,9 @@ Tree::
     ├── ArtifactError              a model directory that is missing, corrupt or inconsistent
     │                              (refused before it replaces a good model)
     └── InfraError                 Kafka or Redis missing, unreachable or not ready in time
-                                   (stops the process loudly)
+        │                          (stops the process loudly)
+        └── AuthError              Kafka refused the credentials or the TLS handshake
+                                   (one line, exit 6: retrying won't help)
 """
 
 from __future__ import annotations
@@ -41,3 +43,8 @@ class ArtifactError(StreamrecError):
 
 class InfraError(StreamrecError):
     """A service streamrec depends on is not available."""
+
+
+class AuthError(InfraError):
+    """A service refused streamrec's credentials or TLS handshake (wrong password, unknown
+    user, a certificate it does not trust): a setting to fix, not an outage to wait out."""

@@ -15,12 +15,16 @@ status  name             what it means for an operator
                          malformed or fails verification; retrying won't help
 5       ``KEPT``         ``retrain``: the candidate failed the gate and the live model keeps
                          serving; a verdict, not a failure (a scheduler must not retry it)
+6       ``AUTH``         Kafka refused the credentials or the TLS handshake (wrong SASL user or
+                         password, an untrusted or missing certificate): one line naming the
+                         broker and librdkafka's reason; fix the ``kafka_sasl_*`` /
+                         ``kafka_ssl_*`` settings, retrying won't help
 130     ``INTERRUPTED``  interrupted: Ctrl-C (128 + SIGINT), or a replay stopped by a signal
                          before its last event
 ======  ===============  =======================================================================
 
-``streamrec.app.cli.main`` maps the error classes of ``streamrec.errors`` to 2-4; the nightly job
-(``streamrec.model.retrain``) returns ``KEPT``. Changing a number breaks deploy files
+``streamrec.app.cli.main`` maps the error classes of ``streamrec.errors`` to 2-4 and 6; the
+nightly job (``streamrec.model.retrain``) returns ``KEPT``. Changing a number breaks deploy files
 (``deploy/k8s/retrain-cronjob.yaml`` ignores 5) and operators' alerts: add, never renumber.
 """
 
@@ -37,4 +41,5 @@ class Exit(IntEnum):
     INFRA = 3
     DATA = 4
     KEPT = 5
+    AUTH = 6
     INTERRUPTED = 130

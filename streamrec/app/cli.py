@@ -26,7 +26,14 @@ from pathlib import Path
 from typing import NoReturn
 
 from streamrec import __version__
-from streamrec.errors import ArtifactError, ConfigError, EventError, InfraError, StreamrecError
+from streamrec.errors import (
+    ArtifactError,
+    AuthError,
+    ConfigError,
+    EventError,
+    InfraError,
+    StreamrecError,
+)
 from streamrec.events import EVENT_TYPES
 from streamrec.exits import Exit
 from streamrec.feedback import TRANSFORMS
@@ -550,6 +557,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"streamrec: error: {exc}", file=sys.stderr)
         return Exit.USAGE
+    except AuthError as exc:  # an InfraError, but one that retrying won't mend
+        print(f"streamrec: {exc}", file=sys.stderr)
+        return Exit.AUTH
     except InfraError as exc:
         print(f"streamrec: {exc}", file=sys.stderr)
         return Exit.INFRA
