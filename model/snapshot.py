@@ -15,7 +15,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from streamrec.connect import kafka_metadata, read_ranges
 from streamrec.errors import EventError, InfraError
-from streamrec.events import Event, decode
+from streamrec.events import Event
+from streamrec.registry import event_decoder
 from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ def read_window(settings: Settings, since_ms: int, timeout_s: float = 300.0) -> 
     todo = {tp.partition: (tp.offset if tp.offset >= 0 else ends[tp.partition], ends[tp.partition])
             for tp in starts}  # fmt: skip
     group = f"streamrec-retrain-{uuid.uuid4().hex[:12]}"  # reads, never commits
+    decode = event_decoder(settings)  # every schema version the worker reads, the registry too
     for msg in read_ranges(settings, topic, todo, group, timeout_s):
         try:
             snap.events.append(decode(msg.value()))

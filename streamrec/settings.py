@@ -176,6 +176,25 @@ class Settings(BaseSettings):
         description="most bytes of an event's context map: its keys and values in UTF-8",
     )
 
+    # --- Event schemas (README "Contract 1": versions and the registry framing) -----------
+    event_schemas_dir: Path | None = Field(
+        None,
+        description="a directory of further interaction-v<N>.avsc versions (newer producers' "
+        "writer schemas) read into the package's newest by Avro's resolution rules",
+    )
+    schema_registry_url: str | None = Field(
+        None,
+        description="Confluent-compatible Schema Registry URL for values framed 00 + schema "
+        "id; None = such values are dead-lettered",
+    )
+    schema_registry_username: str | None = Field(None, description="registry basic-auth user")
+    schema_registry_password: SecretStr | None = Field(
+        None, description="registry basic-auth password"
+    )
+    schema_registry_ca_file: Path | None = Field(
+        None, description="PEM CA file for an https registry; None = the system's CA store"
+    )
+
     # --- Worker ----------------------------------------------------------------------------
     batch_max: int = Field(1000, ge=1, description="most events taken per poll")
     poll_timeout_s: float = Field(
@@ -257,7 +276,7 @@ class Settings(BaseSettings):
 
         taken = sorted(set(value) & set(OWN_KAFKA_KEYS))
         if taken:
-            own = ", ".join(f"{k} (kafka_{OWN_KAFKA_KEYS[k]})" for k in taken)
+            own = ", ".join(f"{k} ({OWN_KAFKA_KEYS[k]})" for k in taken)
             raise ValueError(f"set these with their own settings, not kafka_extra: {own}")
         return value
 
