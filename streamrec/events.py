@@ -459,7 +459,7 @@ class EventDecoder:
             raise EventError(
                 f"schema id {schema_id} is not an Avro schema: {type(exc).__name__}"
             ) from None
-        if parsed.get("name") != SCHEMA_NAME:
+        if not isinstance(parsed, dict) or parsed.get("name") != SCHEMA_NAME:
             raise EventError(f"schema id {schema_id} is not the record {SCHEMA_NAME}")
         return parsed
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,7 +42,7 @@ EXPECTED = Event(
 )
 
 
-def _decoder(tmp_path: Path, **versions: dict) -> EventDecoder:  # type: ignore[type-arg]
+def _decoder(tmp_path: Path, **versions: dict[str, Any]) -> EventDecoder:
     for name, schema in versions.items():
         write_version(tmp_path / "schemas", int(name.lstrip("v")), schema)
     return EventDecoder(schemas=SchemaSet.load([tmp_path / "schemas"]))
