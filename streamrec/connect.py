@@ -19,30 +19,13 @@ from redis.retry import Retry
 
 from streamrec.errors import AuthError, ConfigError, InfraError
 from streamrec.keys import Keys
-from streamrec.settings import Settings
+from streamrec.settings import OWN_KAFKA_KEYS, Settings
 
 log = logging.getLogger(__name__)
 
 CREATE_TIMEOUT_S = 30.0  # a broker that answers may still take a while to create topics
 
 
-#: librdkafka keys that ``kafka_config`` sets from a setting of their own (key -> that setting):
-#: ``kafka_extra`` may not set them, so one value never hides behind another.
-OWN_KAFKA_KEYS: dict[str, str] = {
-    "bootstrap.servers": "kafka_bootstrap",
-    "metadata.broker.list": "kafka_bootstrap",
-    "security.protocol": "kafka_security_protocol",
-    "sasl.mechanism": "kafka_sasl_mechanism",
-    "sasl.mechanisms": "kafka_sasl_mechanism",
-    "sasl.username": "kafka_sasl_username",
-    "sasl.password": "kafka_sasl_password",
-    "ssl.ca.location": "kafka_ssl_ca_file",
-    "ssl.certificate.location": "kafka_ssl_cert_file",
-    "ssl.key.location": "kafka_ssl_key_file",
-    "ssl.key.password": "kafka_ssl_key_password",
-    "ssl.endpoint.identification.algorithm": "kafka_ssl_verify_hostname",
-    "logger": "log_format",
-}
 #: Keys whose values are secrets (``redact`` hides them): librdkafka's passwords, secrets,
 #: inline PEM keys and JAAS-like configs.
 _SECRET_KEY = re.compile(r"password|secret|\.pem$|oauthbearer\.config|jaas|token", re.I)
@@ -68,8 +51,15 @@ class KafkaRefusals:
         self._latest: dict[str, tuple[float, str]] = {}
 
     def callback(self, bootstrap: str) -> Callable[[KafkaError], None]:
+        """The ``error_cb`` of a client of ``bootstrap``. With one set, librdkafka no longer
+        logs its errors itself, so every error also goes to ``KAFKA_LOG`` as it would have
+        (an ERROR line, demoted to DEBUG there when it only says a broker is unreachable or
+        refused us, and never repeated within its window)."""
+        from streamrec.settings import KAFKA_LOG
+
         def on_error(err: KafkaError) -> None:
             code, text = err.code(), err.str()
+            KAFKA_LOG.log(logging.ERROR, "ERROR %s: %s", err.name(), text)
             if code == KafkaError._AUTHENTICATION or (
                 code in (KafkaError._SSL, KafkaError._TRANSPORT) and _TLS_FAILURE.search(text)
             ):

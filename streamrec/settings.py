@@ -38,6 +38,24 @@ from streamrec.feedback import DEFAULT_WEIGHTS
 
 CONFIG_ENV = "STREAMREC_CONFIG"
 
+#: librdkafka keys that ``kafka_config`` sets from a setting of their own (key -> that setting):
+#: ``kafka_extra`` may not set them, so one value never hides behind another.
+OWN_KAFKA_KEYS: dict[str, str] = {
+    "bootstrap.servers": "kafka_bootstrap",
+    "metadata.broker.list": "kafka_bootstrap",
+    "security.protocol": "kafka_security_protocol",
+    "sasl.mechanism": "kafka_sasl_mechanism",
+    "sasl.mechanisms": "kafka_sasl_mechanism",
+    "sasl.username": "kafka_sasl_username",
+    "sasl.password": "kafka_sasl_password",
+    "ssl.ca.location": "kafka_ssl_ca_file",
+    "ssl.certificate.location": "kafka_ssl_cert_file",
+    "ssl.key.location": "kafka_ssl_key_file",
+    "ssl.key.password": "kafka_ssl_key_password",
+    "ssl.endpoint.identification.algorithm": "kafka_ssl_verify_hostname",
+    "logger": "log_format",
+}
+
 
 def _default_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "streamrec"
@@ -272,8 +290,6 @@ class Settings(BaseSettings):
     @field_validator("kafka_extra")
     @classmethod
     def _check_kafka_extra(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from streamrec.connect import OWN_KAFKA_KEYS  # same layer; connect imports settings
-
         taken = sorted(set(value) & set(OWN_KAFKA_KEYS))
         if taken:
             own = ", ".join(f"{k} ({OWN_KAFKA_KEYS[k]})" for k in taken)
