@@ -4,6 +4,10 @@ Jars come from Maven Central through ``mvn dependency:copy-dependencies`` (see `
 to this module) into ``<home>/kafka/<version>/libs``, once. Each broker port gets its own run
 directory, ``<home>/kafka/run-<port>``, with the rendered ``server.properties``, the log4j2
 configuration, KRaft storage under ``data/`` (formatted on first start) and logs under ``logs/``.
+
+``up(..., security=BrokerSecurity(...))`` adds TLS and SASL listeners beside the PLAINTEXT one
+and creates SCRAM users when the storage is formatted: the security tests' broker
+(``tests/security/conftest.py``); ``streamrec infra up`` never does.
 """
 
 from __future__ import annotations

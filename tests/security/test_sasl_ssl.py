@@ -195,3 +195,20 @@ def test_refusal_in_process_is_an_auth_error(
     with pytest.raises(AuthError, match="refused the connection"):
         EventProducer(s)
     assert time.monotonic() - started < s.kafka_timeout_s
+
+
+def test_web_service_posts_events_over_sasl_ssl(
+    secure_broker: SecureBroker, secure_stack: Callable[..., Settings]
+) -> None:
+    from streamrec.app.web.api import DemoApp
+
+    s = secure_stack(**secure_broker.sasl_ssl(*SCRAM_512))
+    app = DemoApp(s)  # creates the events topic and its producer over SASL_SSL
+    try:
+        ack = app.post_event({"user_id": "web-user", "item_id": "i9", "type": "like"})
+    finally:
+        app.close()
+    assert ack["delivered"] is True
+    ranges = {part: (0, 1 << 62) for part in range(s.topic_events_partitions)}
+    got = [decode(m.value()) for m in read_ranges(s, s.topic_events, ranges, "web", 30)]
+    assert [(e.user_id, e.type) for e in got] == [("web-user", "like")]
