@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -137,7 +138,7 @@ def gate(report: EvalReport, live: bool, tolerance: float, min_lift: float) -> t
     return True, f"candidate {METRIC} {cand:.4f} vs popularity {pop:.4f} (no live model)"
 
 
-def retrain(
+def _run(
     settings: Settings,
     cfg: RetrainConfig,
     client: redis.Redis,
@@ -285,3 +286,67 @@ def _report(cfg: RetrainConfig, result: RetrainResult, model: Model | None) -> N
     cfg.report_dir.mkdir(parents=True, exist_ok=True)
     (cfg.report_dir / "report.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
     write_report(cfg.report_dir / "report.html", result, model)
+
+
+def retrain(
+    settings: Settings,
+    cfg: RetrainConfig,
+    client: redis.Redis,
+    echo: Callable[[str], None] = print,
+) -> RetrainResult:
+    """The nightly job (the module's steps 1-6); how it ended, promoted, kept or failed, is
+    recorded in ``<p>:retrain:last`` (``record_outcome``) before it returns or raises."""
+    keys = Keys(settings.redis_prefix)
+    started_ms = int(time.time() * 1000)
+    try:
+        result = _run(settings, cfg, client, echo)
+    except BaseException as exc:
+        record_outcome(client, keys, "failed", started_ms, reason=f"{type(exc).__name__}: {exc}")
+        raise
+    record_outcome(client, keys, "promoted" if result.promoted else "kept", started_ms, result)
+    return result
+
+
+OUTCOMES = ("promoted", "kept", "failed")
+_CREDENTIALS = re.compile(r"(://)[^@/\s]*@")
+
+
+def record_outcome(
+    client: redis.Redis,
+    keys: Keys,
+    outcome: str,
+    started_ms: int,
+    result: RetrainResult | None = None,
+    reason: str = "",
+) -> dict[str, Any] | None:
+    """Write ``<p>:retrain:last`` (layout in ``streamrec/keys.py``) and return it; None when
+    Redis refused it (logged: a record that cannot be written must not hide the run's own
+    outcome or error, and a failed run whose Redis is down shows as a stale
+    ``streamrec_retrain_last_completed_timestamp_seconds``)."""
+    assert outcome in OUTCOMES, outcome
+    now_ms = int(time.time() * 1000)
+    try:
+        previous = json.loads(client.get(keys.retrain_last) or b"{}")
+        completed = previous.get("last_completed_at_ms") if isinstance(previous, dict) else None
+        evaluation = result.evaluation if result is not None else None
+        record = {
+            "outcome": outcome,
+            "version": result.version if result is not None else None,
+            "live_version": result.live_version if result is not None else None,
+            # An error line may quote a URL: never store its credentials.
+            "reason": _CREDENTIALS.sub(r"\1***@", result.reason if result else reason)[:500],
+            "started_at_ms": started_ms,
+            "finished_at_ms": now_ms,
+            "duration_s": round((now_ms - started_ms) / 1000, 3),
+            "last_completed_at_ms": now_ms if outcome != "failed" else completed,
+            "metrics": {r.name: r.metrics for r in evaluation.results if not r.skipped}
+            if evaluation is not None
+            else None,
+            "timings": result.timings if result is not None else None,
+        }
+        client.set(keys.retrain_last, json.dumps(record, separators=(",", ":")))
+    except (redis.RedisError, ValueError) as exc:
+        log.warning("could not record the retrain's outcome (%s) in %s: %s", outcome,
+                    keys.retrain_last, exc)  # fmt: skip
+        return None
+    return record

@@ -25,7 +25,8 @@ status  name             what it means for an operator
 
 ``streamrec.app.cli.main`` maps the error classes of ``streamrec.errors`` to 2-4 and 6; the
 nightly job (``streamrec.model.retrain``) returns ``KEPT``. Changing a number breaks deploy files
-(``deploy/k8s/retrain-cronjob.yaml`` ignores 5) and operators' alerts: add, never renumber.
+(``deploy/k8s/retrain-cronjob.yaml`` ends the Job at once on 5, 2 and 4) and operators'
+alerts: add, never renumber.
 """
 
 from __future__ import annotations

@@ -32,6 +32,15 @@ Internal keys (may change without notice; do not read them from front-ends)::
         complete: false while a rebuild after a loss of Redis is under way.
         Absent, with no applied offset, while the group has committed offsets: Redis lost the
         partition's state, and the worker rebuilds it from the events topic.
+    <p>:retrain:last               STRING, JSON: how the last nightly retrain ended (ops: the
+                                   worker's /metrics exports it as streamrec_retrain_* gauges)
+        {"outcome": "promoted" | "kept" | "failed", "version": str | null,
+         "live_version": str | null, "reason": str, "started_at_ms": int,
+         "finished_at_ms": int, "duration_s": float,
+         "last_completed_at_ms": int | null, "metrics": {model: {metric: float}},
+         "timings": {step: float}}
+        last_completed_at_ms: the end of the last run that promoted or kept (a failed run
+        carries the previous one's forward); metrics: the evaluation (null when it failed).
 
 Each key is written and read in one place::
 
@@ -49,6 +58,7 @@ Each key is written and read in one place::
     <p>:origin:...         worker.rebuild.Origin.to_json           worker.rebuild.Origin.parse
                            (StateGuard: at assignment, when a      (StateGuard; the rebuild
                            rebuild begins and ends)                bench and fault tests)
+    <p>:retrain:last       model.retrain.record_outcome            worker.metrics.RetrainCollector
 
 Rules for changing this module: adding a field to a JSON value is compatible; renaming or
 removing a field, changing a type or a key's meaning is a breaking change and needs
@@ -105,6 +115,11 @@ class Keys:
 
     def origin(self, topic: str, partition: int) -> str:
         return f"{self.prefix}:origin:{topic}:{partition}"
+
+    @property
+    def retrain_last(self) -> str:
+        """Internal (ops): the last nightly retrain's outcome record."""
+        return f"{self.prefix}:retrain:last"
 
 
 def round_scores(scores: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:

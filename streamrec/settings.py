@@ -230,6 +230,20 @@ class Settings(BaseSettings):
         "fewer, larger batches (less CPU per event at a few thousand events/s) for up to this "
         "much more latency; 0 = a batch is what arrived while the last one was processed",
     )
+    prefetch_messages: int = Field(
+        100_000,
+        ge=1,
+        le=10_000_000,
+        description="messages per partition the consumer fetches ahead of the worker "
+        "(librdkafka queued.min.messages)",
+    )
+    prefetch_kb: int = Field(
+        65_536,
+        ge=1,
+        le=2_097_151,
+        description="most kilobytes of fetched-ahead messages the consumer holds "
+        "(librdkafka queued.max.messages.kbytes)",
+    )
     commit_interval_s: float = Field(
         1.0,
         ge=0,
@@ -243,6 +257,13 @@ class Settings(BaseSettings):
     )
     metrics_bind: str = Field(
         "127.0.0.1:9108", description="host:port of /metrics and /healthz; empty = off"
+    )
+    model_wait_s: float = Field(
+        0.0,
+        ge=0,
+        description="a worker started before any model is published waits up to this long "
+        "for the streamrec:model pointer (polling each second, /healthz 503 'waiting for a "
+        "model' meanwhile) instead of exiting at once (exit 3); 0 = exit at once",
     )
     retry_backoff_max_s: float = Field(
         5.0,

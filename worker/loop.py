@@ -96,9 +96,20 @@ class Worker:
         self.settings = settings
         self.stop = stop or threading.Event()
         self.metrics = Metrics()
+        # Up before the model is: a worker waiting for a first model answers /healthz 503.
+        self.server = (
+            MetricsServer(self.metrics, settings.metrics_bind) if settings.metrics_bind else None
+        )
         self.keys = Keys(settings.redis_prefix)
         self._redis = redis_client(settings)
-        self.models = ModelWatcher(settings, self._redis, self.keys, self.metrics)
+        try:
+            self.models = ModelWatcher(
+                settings, self._redis, self.keys, self.metrics, stop=self.stop
+            )
+        except BaseException:
+            if self.server is not None:  # no model: the process ends, and its endpoint
+                self.server.close()
+            raise
         self.rules = Rules(
             weights=settings.event_weights,
             half_life_ms=settings.half_life_ms,
@@ -139,7 +150,7 @@ class Worker:
         source, dead = self._source, self._dead
         self.state.attach(source if isinstance(source, Positions) else None, dead)
         self.assigned = source.assigned
-        server = MetricsServer(self.metrics, s.metrics_bind) if s.metrics_bind else None
+        server = self.server
         started = time.monotonic()
         next_report = started + PROGRESS_S
         log.info(

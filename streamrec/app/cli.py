@@ -233,6 +233,13 @@ def _train(p: _Parser) -> None:
         help="point Redis' <prefix>:model at the new model (workers hot-swap) "
         "and write <prefix>:popular",
     )
+    p.add_argument(
+        "--if-absent",
+        action="store_true",
+        help="do nothing (exit 0) when <prefix>:model already names a model directory that "
+        "exists: a first-model step run on every start (compose, a Kubernetes Job) never "
+        "replaces a promoted model",
+    )
 
 
 @_command(

@@ -87,6 +87,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     params = _params(args)
     settings = load_settings()  # before the fit: a bad setting should fail fast
+    if args.if_absent and _live_model_exists(settings):
+        return 0
     data, source = _load_source(args)
     print(f"loaded {len(data)} rows from {source}")
     extra: dict[str, Any] = {"source": source}
@@ -116,6 +118,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.publish:
         _publish(model, settings)
     return 0
+
+
+def _live_model_exists(settings: Settings) -> bool:
+    """``train --if-absent``: the pointer names a model directory that is there (said why)."""
+    from streamrec.artifact import MANIFEST
+    from streamrec.connect import redis_client
+    from streamrec.keys import Keys, read_model_pointer
+
+    pointed = read_model_pointer(redis_client(settings), Keys(settings.redis_prefix))
+    if pointed is None:
+        return False
+    if not (pointed.path / MANIFEST).is_file():
+        print(f"{settings.redis_prefix}:model names {pointed.path}, which holds no model: training")
+        return False
+    print(f"{settings.redis_prefix}:model already names {pointed.version} ({pointed.path}): "
+          "nothing to do (--if-absent)")  # fmt: skip
+    return True
 
 
 def _load_source(args: argparse.Namespace) -> tuple[Interactions, str]:
