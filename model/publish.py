@@ -34,7 +34,7 @@ from streamrec.als.scorer import Scored, Scorer
 from streamrec.als.scoring import score_csr, scored_in_order
 from streamrec.als.similar import similar_items
 from streamrec.artifact import Model
-from streamrec.connect import blocked_items, ensure_topics, kafka_metadata
+from streamrec.connect import DURABLE_PRODUCER, blocked_items, ensure_topics, kafka_metadata
 from streamrec.errors import InfraError
 from streamrec.keys import Keys, model_value, popular_value
 from streamrec.settings import Settings
@@ -114,7 +114,7 @@ def _announcement_producer(settings: Settings) -> Producer:
     """A producer connected to the broker that leads ``settings.topic_models`` (created when
     missing)."""
     ensure_topics(settings, {settings.topic_models: 1})
-    producer = Producer(settings.kafka_common())
+    producer = Producer({**settings.kafka_common(), **DURABLE_PRODUCER})
     kafka_metadata(producer, settings, settings.topic_models)  # InfraError / AuthError
     return producer
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from streamrec.connect import kafka_metadata
+from streamrec.connect import DURABLE_PRODUCER, kafka_metadata
 from streamrec.events import Event, encode_avro, encode_json
 from streamrec.producer.errors import DeliveryError
 from streamrec.settings import Settings
@@ -34,7 +34,7 @@ FAILURE_LOG_S = 30.0  # while sending, undelivered events are logged at most thi
 
 
 class EventProducer:
-    """An idempotent Kafka producer of ``Event``s with delivery accounting."""
+    """An idempotent Kafka producer of ``Event``s (``acks=all``) with delivery accounting."""
 
     def __init__(self, settings: Settings, fmt: Format = "avro", **overrides: Any) -> None:
         self.topic = settings.topic_events
@@ -45,7 +45,7 @@ class EventProducer:
         self._producer = Producer(
             {
                 **settings.kafka_common(),
-                "enable.idempotence": True,
+                **DURABLE_PRODUCER,  # acks=all, idempotent: see streamrec.connect
                 "linger.ms": 5,
                 "compression.type": "lz4",
                 # An event not acknowledged within this fails (librdkafka's default is 5 min).
@@ -53,7 +53,7 @@ class EventProducer:
                 **overrides,
             }
         )
-        # InfraError naming the broker, or AuthError (exit 6) when it refuses the credentials.
+        # InfraError naming the broker, or AuthError (exit 7) when it refuses the credentials.
         kafka_metadata(self._producer, settings, self.topic)
         self.sent = 0
         self.delivered = 0

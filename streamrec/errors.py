@@ -8,10 +8,12 @@ Tree::
     │                              (keeps the raw bytes; the worker dead-letters it)
     ├── ArtifactError              a model directory that is missing, corrupt or inconsistent
     │                              (refused before it replaces a good model)
-    └── InfraError                 Kafka or Redis missing, unreachable or not ready in time
-        │                          (stops the process loudly)
-        └── AuthError              Kafka refused the credentials or the TLS handshake
-                                   (one line, exit 6: retrying won't help)
+    ├── InfraError                 Kafka or Redis missing, unreachable or not ready in time
+    │   │                          (stops the process loudly)
+    │   └── AuthError              Kafka refused the credentials or the TLS handshake
+    │                              (one line, exit 7: retrying won't help)
+    └── TopicsError                a topic streamrec needs is missing, or the events topic is
+                                   under-replicated (the worker refuses to start, exit 6)
 """
 
 from __future__ import annotations
@@ -48,3 +50,7 @@ class InfraError(StreamrecError):
 class AuthError(InfraError):
     """A service refused streamrec's credentials or TLS handshake (wrong password, unknown
     user, a certificate it does not trust): a setting to fix, not an outage to wait out."""
+
+
+class TopicsError(StreamrecError):
+    """A topic is missing or under-replicated; the one-line message says what to run."""

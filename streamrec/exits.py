@@ -15,7 +15,11 @@ status  name             what it means for an operator
                          malformed or fails verification; retrying won't help
 5       ``KEPT``         ``retrain``: the candidate failed the gate and the live model keeps
                          serving; a verdict, not a failure (a scheduler must not retry it)
-6       ``AUTH``         Kafka refused the credentials or the TLS handshake (wrong SASL user or
+6       ``TOPICS``       the worker (or ``topics check``) refused to start: a topic is missing
+                         (run ``streamrec topics create``) or the events topic is
+                         under-replicated (the line names the partitions and brokers); fix
+                         the cluster, retrying alone won't help
+7       ``AUTH``         Kafka refused the credentials or the TLS handshake (wrong SASL user or
                          password, an untrusted or missing certificate): one line naming the
                          broker and librdkafka's reason; fix the ``kafka_sasl_*`` /
                          ``kafka_ssl_*`` settings, retrying won't help
@@ -23,9 +27,9 @@ status  name             what it means for an operator
                          before its last event
 ======  ===============  =======================================================================
 
-``streamrec.app.cli.main`` maps the error classes of ``streamrec.errors`` to 2-4 and 6; the
+``streamrec.app.cli.main`` maps the error classes of ``streamrec.errors`` to 2-4, 6 and 7; the
 nightly job (``streamrec.model.retrain``) returns ``KEPT``. Changing a number breaks deploy files
-(``deploy/k8s/retrain-cronjob.yaml`` ends the Job at once on 5, 2 and 4) and operators'
+(``deploy/k8s/retrain-cronjob.yaml`` ends the Job at once on 5, 2, 4 and 7) and operators'
 alerts: add, never renumber.
 """
 
@@ -42,5 +46,6 @@ class Exit(IntEnum):
     INFRA = 3
     DATA = 4
     KEPT = 5
-    AUTH = 6
+    TOPICS = 6
+    AUTH = 7
     INTERRUPTED = 130

@@ -10,7 +10,7 @@ version, not per event.
 Failures: an id the registry does not have, or a schema that is not Avro, is the event's
 fault (``EventError``: the message is dead-lettered with the reason); a registry that does not
 answer (connection refused, a timeout, a 5xx) is ``InfraError`` (the worker waits it out and
-redoes the batch); one that refuses the credentials (401/403) is ``AuthError`` (exit 6).
+redoes the batch); one that refuses the credentials (401/403) is ``AuthError`` (exit 7).
 """
 
 from __future__ import annotations

@@ -116,6 +116,27 @@ class Settings(BaseSettings):
     topic_events_partitions: int = Field(6, ge=1, description="partitions when creating events")
     topic_dlq: str = Field("streamrec.events.dlq", description="undecodable events + reason header")
     topic_models: str = Field("streamrec.models", description="model announcements")
+    # --- A Kafka cluster (README "Running on a multi-broker Kafka") ------------------------
+    kafka_brokers: int = Field(
+        1,
+        ge=1,
+        le=9,
+        description="KRaft nodes (each broker and controller) `streamrec infra up` runs on "
+        "loopback; node k (from 0) listens at the k-th kafka_bootstrap server, or at the "
+        "first one's port + 2k, and its controller at kafka_controller_port + 2k",
+    )
+    topic_replication_factor: int | None = Field(
+        None,
+        ge=1,
+        description="replication factor of the topics streamrec creates; None = 3 when the "
+        "cluster has 3 or more brokers, else 1; min.insync.replicas is 2 when it is 3 or more",
+    )
+    create_topics: bool = Field(
+        True,
+        description="the worker, the producing commands, the demo and the nightly job create "
+        "missing topics (dev, tests); false (production): only `streamrec topics create` does, "
+        "and a worker missing one refuses to start (exit 6)",
+    )
     consumer_group: str = Field("streamrec-worker", description="worker consumer group id")
     instance_id: str | None = Field(
         None,

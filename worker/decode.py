@@ -24,6 +24,7 @@ from functools import partial
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from streamrec.connect import DURABLE_PRODUCER
 from streamrec.errors import AuthError, EventError, InfraError
 from streamrec.events import LIMITS, Event, EventDecoder, Limits, default_decoder
 from streamrec.settings import Settings
@@ -83,7 +84,7 @@ def decode_batch(msgs: Sequence[Message], decoder: EventDecoder | Limits = LIMIT
         except EventError as exc:
             out.append(Decoded(m, None, exc.reason))
         except AuthError:
-            raise  # the registry refused the credentials: a setting to fix (exit 6)
+            raise  # the registry refused the credentials: a setting to fix (exit 7)
         except InfraError as exc:  # the registry, looking up a new schema id
             raise DependencyDown("kafka", str(exc)) from None
         except Exception as exc:  # decode raises EventError alone; a bug there must not stop us
@@ -115,7 +116,7 @@ class DeadLetters:
         self._producer = Producer(
             {
                 **settings.kafka_common(),
-                "enable.idempotence": True,
+                **DURABLE_PRODUCER,  # acks=all, idempotent: see streamrec.connect
                 "linger.ms": 5,
                 "message.max.bytes": DLQ_MESSAGE_MAX_BYTES,
                 "compression.type": "lz4",

@@ -39,7 +39,7 @@ from confluent_kafka import Message
 
 from streamrec.als.history import Rules, UserState
 from streamrec.als.scorer import Scorer
-from streamrec.connect import ensure_topics, redis_client
+from streamrec.connect import redis_client
 from streamrec.keys import Keys, parse_applied
 from streamrec.registry import event_decoder
 from streamrec.settings import Settings
@@ -56,7 +56,7 @@ from streamrec.worker.isolate import (
 )
 from streamrec.worker.metrics import Metrics, MetricsServer, Stats
 from streamrec.worker.models import ModelWatcher
-from streamrec.worker.preflight import check_redis
+from streamrec.worker.preflight import check_redis, preflight_topics
 from streamrec.worker.rebuild import StateGuard, StateLost
 from streamrec.worker.retry import Outages, Stopped, within
 from streamrec.worker.seams import BatchSink, BatchSource, DeadLetterWriter, Positions
@@ -142,7 +142,7 @@ class Worker:
     def run(self, max_messages: int | None = None, duration_s: float | None = None) -> Stats:
         check_redis(self._redis, self.settings)  # refuses a Redis that can evict its state
         s = self.settings
-        ensure_topics(s)
+        preflight_topics(s)  # refuses missing or under-replicated topics (exit 6)
         if self._source is None:
             self._source = Source(s, on_assign=self.state.assigned, on_revoke=self.state.revoked)
         if self._dead is None:

@@ -33,6 +33,7 @@ from streamrec.errors import (
     EventError,
     InfraError,
     StreamrecError,
+    TopicsError,
 )
 from streamrec.events import EVENT_TYPES
 from streamrec.exits import Exit
@@ -192,6 +193,26 @@ def _als_arguments(p: _Parser, d: Params, *, alpha: str) -> None:
 )
 def _infra(p: _Parser) -> None:
     p.add_argument("action", choices=("up", "status", "down"))
+    p.add_argument(
+        "--brokers",
+        type=_positive_int,
+        metavar="N",
+        help="up: run a cluster of N KRaft nodes on loopback (STREAMREC_KAFKA_BROKERS, 1); "
+        "status and down find a cluster by themselves",
+    )
+
+
+@_command(
+    "topics",
+    "create or check the Kafka topics",
+    "create: make the missing topics (events, dead letters, models) with "
+    "STREAMREC_TOPIC_REPLICATION_FACTOR copies (default 3 on 3+ brokers, else 1) and "
+    "min.insync.replicas 2 from 3 copies up; existing ones are left as they are. The one "
+    "command that creates topics when STREAMREC_CREATE_TOPICS is false. check: what the "
+    "worker checks at start (all exist, the events topic fully replicated); exit 6 if not.",
+)
+def _topics(p: _Parser) -> None:
+    p.add_argument("action", choices=("create", "check"))
 
 
 @_command(
@@ -570,6 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InfraError as exc:
         print(f"streamrec: {exc}", file=sys.stderr)
         return Exit.INFRA
+    except TopicsError as exc:
+        print(f"streamrec: {exc}", file=sys.stderr)
+        return Exit.TOPICS
     except (ArtifactError, EventError) as exc:
         print(f"streamrec: {exc}", file=sys.stderr)
         return Exit.DATA

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 def run(args: argparse.Namespace) -> int:
     handler: Callable[[argparse.Namespace], int] = {
         "infra": cmd_infra,
+        "topics": cmd_topics,
         "train": cmd_train,
         "evaluate": cmd_evaluate,
         "recommend": cmd_recommend,
@@ -49,10 +50,13 @@ def cmd_infra(args: argparse.Namespace) -> int:
     from streamrec import infra
     from streamrec.connect import ensure_topics
 
-    settings = load_settings()
+    settings = load_settings(kafka_brokers=getattr(args, "brokers", None))
     if args.action == "up":
         state = infra.up(settings, echo=print)
-        created = ensure_topics(settings)
+        if state.kafka_nodes and settings.kafka_bootstrap != state.kafka.address:
+            # Its nodes, whatever the bootstrap named: the topics go to the cluster just started.
+            settings = settings.model_copy(update={"kafka_bootstrap": state.kafka.address})
+        created = ensure_topics(settings, create=True)
         for line in state.lines():
             print(line)
         if created:
@@ -65,6 +69,25 @@ def cmd_infra(args: argparse.Namespace) -> int:
     for line in state.lines():
         print(line)
     return Exit.OK if state.ok else Exit.INFRA
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from streamrec.connect import ensure_topics, topic_specs
+    from streamrec.worker.preflight import check_events_topic
+
+    settings = load_settings()
+    # check: a missing topic is a TopicsError (exit 6), as at the worker's start.
+    created = ensure_topics(settings, create=args.action == "create")
+    if args.action == "create":
+        for topic in topic_specs(settings):
+            print(f"{topic}: {'created' if topic in created else 'exists, left as it is'}")
+    health = check_events_topic(settings)  # TopicsError (exit 6) when it would refuse
+    print(
+        f"{health.topic}: {health.partitions} partitions, {health.replicas} replicas each "
+        f"(wanted {health.wanted} on {health.brokers} brokers), min.insync.replicas "
+        f"{health.min_isr}, every partition in sync"
+    )
+    return Exit.OK
 
 
 def _params(args: argparse.Namespace) -> Params:

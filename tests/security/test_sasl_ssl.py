@@ -1,6 +1,6 @@
 """Every kind of client over TLS and SASL against a real broker (``conftest.secure_broker``):
 SASL_SSL with SCRAM-SHA-256, SCRAM-SHA-512 and PLAIN, SSL with a client certificate (mTLS);
-wrong credentials and untrusted certificates end with one line and exit 6."""
+wrong credentials and untrusted certificates end with one line and exit 7."""
 
 from __future__ import annotations
 
@@ -149,7 +149,7 @@ def _refusals(b: SecureBroker, topic_values: dict[str, Any]) -> dict[str, dict[s
 @pytest.mark.parametrize(
     "case", ["wrong password", "unknown user", "untrusted broker", "no client certificate"]
 )
-def test_refused_producer_cli_says_so_in_one_line_and_exits_6(
+def test_refused_producer_cli_says_so_in_one_line_and_exits_7(
     secure_broker: SecureBroker, secure_stack: Callable[..., Settings], case: str
 ) -> None:
     s = secure_stack()

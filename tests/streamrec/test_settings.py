@@ -132,7 +132,7 @@ def test_kafka_log_lines_go_through_logging(caplog: pytest.LogCaptureFixture) ->
     _kafka_line(log, logging.ERROR, "Topic authorization failed")
     got = [(r.levelno, r.getMessage()) for r in caplog.records]
     # Unreachable: DEBUG (whoever waits says so, naming the broker); repeats dropped. A refused
-    # login too: the first contact's AuthError says it once (exit 6), the worker's outage log
+    # login too: the first contact's AuthError says it once (exit 7), the worker's outage log
     # names it (streamrec.connect.KAFKA_REFUSALS).
     assert got[0][0] == logging.DEBUG and "Connection refused" in got[0][1]
     assert got[1] == (
