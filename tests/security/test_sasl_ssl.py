@@ -164,7 +164,7 @@ def test_refused_producer_cli_says_so_in_one_line_and_exits_7(
         assert f"={secret}" not in err and f" {secret} " not in err
 
 
-def test_refused_worker_exits_6_with_one_line_and_no_secret(
+def test_refused_worker_exits_7_with_one_line_and_no_secret(
     secure_broker: SecureBroker, secure_stack: Callable[..., Settings], small_model: Path
 ) -> None:
     s = secure_stack()
