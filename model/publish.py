@@ -27,14 +27,14 @@ from functools import partial
 
 import redis
 import scipy.sparse as sp
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import Producer
 
 from streamrec.als.history import UserState
 from streamrec.als.scorer import Scored, Scorer
 from streamrec.als.scoring import score_csr, scored_in_order
 from streamrec.als.similar import similar_items
 from streamrec.artifact import Model
-from streamrec.connect import DURABLE_PRODUCER, blocked_items, ensure_topics
+from streamrec.connect import DURABLE_PRODUCER, blocked_items, ensure_topics, kafka_metadata
 from streamrec.errors import InfraError
 from streamrec.keys import Keys, model_value, popular_value
 from streamrec.settings import Settings
@@ -117,13 +117,7 @@ def _announcement_producer(settings: Settings) -> Producer:
     missing)."""
     ensure_topics(settings, {settings.topic_models: 1})
     producer = Producer({**settings.kafka_common(), **DURABLE_PRODUCER})
-    try:
-        producer.list_topics(settings.topic_models, timeout=settings.kafka_timeout_s)
-    except KafkaException as exc:
-        raise InfraError(
-            f"Kafka at {settings.kafka_bootstrap} does not answer within "
-            f"{settings.kafka_timeout_s:g} s ({exc.args[0].str()})"
-        ) from None
+    kafka_metadata(producer, settings, settings.topic_models)  # InfraError / AuthError
     return producer
 
 

@@ -11,11 +11,12 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
-from streamrec.connect import read_ranges
+from streamrec.connect import kafka_metadata, read_ranges
 from streamrec.errors import EventError, InfraError
-from streamrec.events import Event, decode
+from streamrec.events import Event
+from streamrec.registry import event_decoder
 from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,13 +39,7 @@ def read_window(settings: Settings, since_ms: int, timeout_s: float = 300.0) -> 
     # Metadata from one consumer, the messages from ``read_ranges``' own.
     consumer = Consumer({**settings.kafka_common(), "group.id": "streamrec-retrain"})
     try:
-        try:
-            meta = consumer.list_topics(topic, timeout=settings.kafka_timeout_s)
-        except KafkaException as exc:
-            raise InfraError(
-                f"Kafka at {settings.kafka_bootstrap} does not answer within "
-                f"{settings.kafka_timeout_s:g} s ({exc.args[0].str()})"
-            ) from None
+        meta = kafka_metadata(consumer, settings, topic)  # not assigned yet: poll is safe
         if topic not in meta.topics or meta.topics[topic].error is not None:
             raise InfraError(f"topic {topic} does not exist")
         parts = sorted(meta.topics[topic].partitions)
@@ -60,9 +55,10 @@ def read_window(settings: Settings, since_ms: int, timeout_s: float = 300.0) -> 
     todo = {tp.partition: (tp.offset if tp.offset >= 0 else ends[tp.partition], ends[tp.partition])
             for tp in starts}  # fmt: skip
     group = f"streamrec-retrain-{uuid.uuid4().hex[:12]}"  # reads, never commits
+    decode = event_decoder(settings)  # every schema version the worker reads, the registry too
     for msg in read_ranges(settings, topic, todo, group, timeout_s):
         try:
-            snap.events.append(decode(msg.value(), settings.event_limits))
+            snap.events.append(decode(msg.value()))
         except EventError:
             snap.undecodable += 1
     log.info("read %d events (%d undecodable) from %s since %d, snapshot %s",

@@ -18,10 +18,9 @@ import time
 from types import TracebackType
 from typing import Any, Literal
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, Message, Producer
 
-from streamrec.connect import DURABLE_PRODUCER
-from streamrec.errors import InfraError
+from streamrec.connect import DURABLE_PRODUCER, kafka_metadata
 from streamrec.events import Event, encode_avro, encode_json
 from streamrec.producer.errors import DeliveryError
 from streamrec.settings import Settings
@@ -54,13 +53,8 @@ class EventProducer:
                 **overrides,
             }
         )
-        try:
-            self._producer.list_topics(self.topic, timeout=self._timeout_s)
-        except KafkaException as exc:
-            raise InfraError(
-                f"Kafka at {self._bootstrap} does not answer within {self._timeout_s:g} s "
-                f"({exc.args[0].str()}); start it with: streamrec infra up"
-            ) from None
+        # InfraError naming the broker, or AuthError (exit 7) when it refuses the credentials.
+        kafka_metadata(self._producer, settings, self.topic)
         self.sent = 0
         self.delivered = 0
         self.failed: list[str] = []  # every failure so far (for the delivery report)

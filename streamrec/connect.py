@@ -1,11 +1,15 @@
-"""Clients for the two services, built from settings: Redis, Kafka topic creation (and the
-durability every producer adds), and reading fixed offset ranges of a topic."""
+"""Clients for the two services, built from settings: Redis, the one librdkafka configuration
+every Kafka client takes (``kafka_config``: broker, TLS, SASL, extra settings), Kafka topic
+creation (and the durability every producer adds), and reading fixed offset ranges of a
+topic."""
 
 from __future__ import annotations
 
 import logging
+import re
+import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import redis
@@ -16,11 +20,150 @@ from redis.retry import Retry
 
 from streamrec.errors import AuthError, ConfigError, InfraError, TopicsError
 from streamrec.keys import Keys
-from streamrec.settings import Settings, redact_url
+from streamrec.settings import OWN_KAFKA_KEYS, Settings, redact_url
 
 log = logging.getLogger(__name__)
 
 CREATE_TIMEOUT_S = 30.0  # a broker that answers may still take a while to create topics
+
+
+#: Keys whose values are secrets (``redact`` hides them): librdkafka's passwords, secrets,
+#: inline PEM keys and JAAS-like configs.
+_SECRET_KEY = re.compile(r"password|secret|\.pem$|oauthbearer\.config|jaas|token", re.I)
+#: librdkafka's words for a TLS handshake that failed (it reports them as _TRANSPORT errors).
+_TLS_FAILURE = re.compile(r"SSL routines|SSL handshake|certificate", re.IGNORECASE)
+#: "sasl_ssl://127.0.0.1:9093/bootstrap: " before, "(after 3ms in state AUTH_REQ)" after.
+_BROKER_HEAD = re.compile(r"^\S+://\S+?: ")
+_STATE_TAIL = re.compile(r"\s*\(after \d+ms in state [^)]*\)\s*$")
+FIRST_CONTACT_SLICE_S = 0.5  # a refusal is told apart from silence within about this
+
+
+class KafkaRefusals:
+    """Authentication and TLS failures librdkafka reported (its ``error_cb``), per bootstrap.
+
+    librdkafka treats a refused login like a broker that is down: it retries, and a metadata
+    request just times out. Its error callback, though, says why (``_AUTHENTICATION``, or a
+    ``_TRANSPORT`` error from the TLS handshake); ``kafka_config`` gives every client one that
+    records it here, and ``kafka_metadata`` turns it into ``AuthError`` (exit 7) at once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._latest: dict[str, tuple[float, str]] = {}
+
+    def callback(self, bootstrap: str) -> Callable[[KafkaError], None]:
+        """The ``error_cb`` of a client of ``bootstrap``. With one set, librdkafka no longer
+        logs its errors itself, so every error also goes to ``KAFKA_LOG`` as it would have
+        (an ERROR line, demoted to DEBUG there when it only says a broker is unreachable or
+        refused us, and never repeated within its window)."""
+        from streamrec.settings import KAFKA_LOG
+
+        def on_error(err: KafkaError) -> None:
+            code, text = err.code(), err.str()
+            KAFKA_LOG.log(logging.ERROR, "ERROR %s: %s", err.name(), text)
+            if code == KafkaError._AUTHENTICATION or (
+                code in (KafkaError._SSL, KafkaError._TRANSPORT) and _TLS_FAILURE.search(text)
+            ):
+                reason = _STATE_TAIL.sub("", _BROKER_HEAD.sub("", text))
+                with self._lock:
+                    self._latest[bootstrap] = (time.monotonic(), reason)
+
+        return on_error
+
+    def since(self, bootstrap: str, started: float) -> str | None:
+        """The latest refusal at ``bootstrap`` reported after ``started`` (monotonic)."""
+        with self._lock:
+            when, reason = self._latest.get(bootstrap, (0.0, ""))
+        return reason if reason and when >= started else None
+
+
+#: The one ``KafkaRefusals`` of the process (every client's ``error_cb``).
+KAFKA_REFUSALS = KafkaRefusals()
+
+
+def kafka_config(settings: Settings) -> dict[str, Any]:
+    """librdkafka settings shared by every client the project makes (worker consumer, dead
+    letters, producers, admin, the retrain reader, the web service, model announcements: all
+    through ``Settings.kafka_common``).
+
+    The broker, ``security.protocol`` (``kafka_security_protocol``; by default SASL_PLAINTEXT
+    when a SASL user is set, else PLAINTEXT), SASL (mechanism, user, password), TLS (CA file,
+    client certificate and key for mTLS, the key's password, hostname check), then
+    ``kafka_extra`` as given (bools as ``true``/``false``), and librdkafka's log lines routed
+    through Python ``logging`` (``KAFKA_LOG``). ``ConfigError`` (one line, naming the setting)
+    for a combination that cannot work: a certificate without its key, a file that is not
+    there, SASL settings on a protocol without SASL or the reverse. Secrets are in the dict
+    (librdkafka needs them); log it only through ``redact``.
+    """
+    from streamrec.settings import KAFKA_LOG
+
+    protocol = settings.kafka_security_protocol or (
+        "SASL_PLAINTEXT" if settings.kafka_sasl_username else "PLAINTEXT"
+    )
+    conf: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "security.protocol": protocol,
+        "logger": KAFKA_LOG,
+        "error_cb": KAFKA_REFUSALS.callback(settings.kafka_bootstrap),
+    }
+    sasl = protocol.startswith("SASL_")
+    if sasl:
+        if not settings.kafka_sasl_username:
+            raise ConfigError(f"kafka_security_protocol {protocol} needs kafka_sasl_username")
+        password = settings.kafka_sasl_password
+        conf.update(
+            {
+                "sasl.mechanism": settings.kafka_sasl_mechanism,
+                "sasl.username": settings.kafka_sasl_username,
+                "sasl.password": password.get_secret_value() if password else "",
+            }
+        )
+    elif settings.kafka_sasl_username:
+        raise ConfigError(
+            f"kafka_sasl_username is set but kafka_security_protocol is {protocol}: "
+            "use SASL_SSL or SASL_PLAINTEXT, or unset the user"
+        )
+    tls = protocol in ("SSL", "SASL_SSL")
+    files = {
+        "ssl.ca.location": ("kafka_ssl_ca_file", settings.kafka_ssl_ca_file),
+        "ssl.certificate.location": ("kafka_ssl_cert_file", settings.kafka_ssl_cert_file),
+        "ssl.key.location": ("kafka_ssl_key_file", settings.kafka_ssl_key_file),
+    }
+    for key, (name, path) in files.items():
+        if path is None:
+            continue
+        if not tls:
+            raise ConfigError(f"{name} is set but kafka_security_protocol is {protocol}, no TLS")
+        if not path.is_file():
+            raise ConfigError(f"{name}={path}: no such file")
+        conf[key] = str(path)
+    if (settings.kafka_ssl_cert_file is None) != (settings.kafka_ssl_key_file is None):
+        raise ConfigError("kafka_ssl_cert_file and kafka_ssl_key_file go together (mTLS)")
+    if tls:
+        if settings.kafka_ssl_key_password is not None:
+            conf["ssl.key.password"] = settings.kafka_ssl_key_password.get_secret_value()
+        conf["ssl.endpoint.identification.algorithm"] = (
+            "https" if settings.kafka_ssl_verify_hostname else "none"
+        )
+    for key, value in settings.kafka_extra.items():
+        if key in OWN_KAFKA_KEYS:  # the settings' validator refuses them; a copy may not
+            raise ConfigError(f"kafka_extra: set {key} with {OWN_KAFKA_KEYS[key]}")
+        conf[key] = ("true" if value else "false") if isinstance(value, bool) else value
+    return conf
+
+
+def redact(conf: Mapping[str, Any]) -> dict[str, Any]:
+    """``conf`` fit for a log line or an error message: every secret value (passwords,
+    secrets, inline keys) replaced by ``***``, the logger object by its name."""
+    out: dict[str, Any] = {}
+    for key, value in conf.items():
+        if _SECRET_KEY.search(key):
+            out[key] = "***"
+        elif callable(value) or key == "logger":
+            out[key] = getattr(getattr(value, "logger", value), "name", type(value).__name__)
+        else:
+            out[key] = value
+    return out
 
 
 def redis_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
@@ -64,17 +207,46 @@ def _bad_url(settings: Settings, exc: Exception) -> ConfigError:
     return ConfigError(f"bad setting redis_url {redact_url(settings.redis_url)!r}: {exc}")
 
 
+def kafka_metadata(
+    client: Any, settings: Settings, topic: str | None = None, timeout_s: float | None = None
+) -> Any:
+    """A client's first contact with the cluster: its metadata (of ``topic``, or of all
+    topics), asked for in short slices until ``timeout_s`` (``settings.kafka_timeout_s`` by
+    default).
+
+    ``AuthError`` as soon as the broker refused the credentials or the TLS handshake
+    (``KafkaRefusals``: usually within a second), one line with librdkafka's reason;
+    ``InfraError`` naming the broker when nothing answered in time. ``client``: a Producer or
+    AdminClient built from ``kafka_config``, or a Consumer not yet assigned (its ``poll(0)``
+    serves the error callback here, and must not hand back a message).
+    """
+    timeout = settings.kafka_timeout_s if timeout_s is None else timeout_s
+    started = time.monotonic()
+    deadline = started + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            return client.list_topics(topic, timeout=max(0.05, min(FIRST_CONTACT_SLICE_S, left)))
+        except KafkaException as exc:
+            client.poll(0)  # serves the error callback (and librdkafka's log lines)
+            refused = KAFKA_REFUSALS.since(settings.kafka_bootstrap, started - 5.0)
+            if refused:
+                raise AuthError(
+                    f"Kafka at {settings.kafka_bootstrap} refused the connection ({refused}); "
+                    "check kafka_security_protocol, kafka_sasl_* and kafka_ssl_*"
+                ) from None
+            if time.monotonic() >= deadline:
+                raise InfraError(
+                    f"Kafka at {settings.kafka_bootstrap} does not answer within {timeout:g} s "
+                    f"({exc.args[0].str()}); start it with: streamrec infra up"
+                ) from None
+
+
 def _metadata(admin: AdminClient, settings: Settings, timeout_s: float | None) -> Any:
     """The cluster's metadata (brokers, topics); ``InfraError`` naming the broker when it does
-    not answer within ``timeout_s`` (``settings.kafka_timeout_s`` by default)."""
-    timeout = settings.kafka_timeout_s if timeout_s is None else timeout_s
-    try:
-        return admin.list_topics(timeout=timeout)
-    except KafkaException as exc:
-        raise InfraError(
-            f"Kafka at {settings.kafka_bootstrap} does not answer within {timeout:g} s "
-            f"({exc.args[0].str()}); start it with: streamrec infra up"
-        ) from None
+    not answer within ``timeout_s`` (``settings.kafka_timeout_s`` by default), ``AuthError``
+    when it refuses the credentials or TLS."""
+    return kafka_metadata(admin, settings, None, timeout_s)
 
 
 def topic_specs(settings: Settings) -> dict[str, int]:

@@ -11,7 +11,8 @@ Tree::
     ├── InputError                 an input file (data, events, names) missing or unreadable
     ├── InfraError                 Kafka or Redis missing, unreachable or not ready in time
     │   │                          (stops the process loudly)
-    │   └── AuthError              a service refused the credentials (retrying won't help)
+    │   └── AuthError              a service refused the credentials or the TLS handshake
+    │                              (one line, exit 7: retrying won't help)
     └── TopicsError                a topic streamrec needs is missing, or the events topic is
                                    under-replicated (the worker refuses to start, exit 6)
 
@@ -54,7 +55,9 @@ class InfraError(StreamrecError):
 
 
 class AuthError(InfraError):
-    """A service refused streamrec's credentials (a wrong password or user)."""
+    """A service refused streamrec's credentials or TLS handshake (a wrong Redis password, a
+    Kafka login refused, a certificate it does not trust): a setting to fix, not an outage to
+    wait out."""
 
 
 class TopicsError(StreamrecError):

@@ -1,11 +1,20 @@
-"""The event contract: the interaction schema and its two wire encodings.
+"""The event contract: the interaction schema, its versions and its wire encodings.
 
 Avro single-object encoding (the Avro spec's "Single object encoding")::
 
     C3 01 | 8-byte little-endian CRC-64-AVRO fingerprint of the schema's canonical form | datum
 
-lets a reader tell schema versions apart without a registry. JSON objects with the same field
-names are accepted too (``timestamp`` as epoch milliseconds or an ISO 8601 string).
+lets a reader tell schema versions apart without a registry: every version in
+``streamrec/schema/interaction-v<N>.avsc`` (and in ``Settings.event_schemas_dir``) is known by
+its fingerprint, and a datum written with one is read into the newest (the reader schema) by
+Avro's schema resolution rules (``SchemaSet``; README, contract 1's changelog). The Confluent
+Schema Registry framing::
+
+    00 | 4-byte big-endian schema id | datum
+
+is read the same way, the writer schema fetched by id (``EventDecoder``'s ``registry``, in the
+worker ``streamrec.registry.RegistrySchemas``). JSON objects with the same field names are
+accepted too (``timestamp`` as epoch milliseconds or an ISO 8601 string).
 
 ``decode`` is total: whatever a message holds (any bytes, any nesting, any number, broken UTF-8
 or text no encoder can write), it returns an ``Event`` or raises ``EventError`` with a one-line
@@ -22,16 +31,19 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import fastavro
+from fastavro.read import SchemaResolutionError
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from streamrec.errors import EventError
@@ -40,9 +52,12 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # the reader schema's: the newest file of streamrec/schema/
 SCHEMA_FILE = f"interaction-v{SCHEMA_VERSION}.avsc"
+SCHEMA_NAME = "streamrec.Interaction"
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = b"\x00"  # then a 4-byte big-endian schema id
+_SCHEMA_FILE = re.compile(r"^interaction-v(\d+)\.avsc$")
 EVENT_TYPES: tuple[str, ...] = (
     "play",
     "click",
@@ -214,22 +229,121 @@ def schema_text() -> str:
     return resources.files("streamrec").joinpath("schema", SCHEMA_FILE).read_text("utf-8")
 
 
+def _plain_timestamp(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` (a parsed .avsc) with ``timestamp`` as a plain long: fastavro then hands back
+    the raw long (the binary encoding is the same; canonical form ignores logical types)."""
+    raw = json.loads(json.dumps(raw))
+    for f in raw.get("fields", []):
+        if f.get("name") == "timestamp" and isinstance(f.get("type"), dict):
+            f["type"] = f["type"].get("type", "long")
+    return raw
+
+
+def avro_fingerprint(schema: Mapping[str, Any] | str) -> bytes:
+    """8-byte little-endian CRC-64-AVRO fingerprint of a schema's parsing canonical form."""
+    raw = json.loads(schema) if isinstance(schema, str) else dict(schema)
+    return bytes.fromhex(fingerprint(to_parsing_canonical_form(raw), "CRC-64-AVRO"))
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaVersion:
+    """One known version of the event schema: its number, fingerprint and parsed form."""
+
+    version: int
+    fingerprint: bytes
+    parsed: Any  # fastavro's parsed schema (timestamp as a plain long)
+    fields: frozenset[str]
+    source: str  # the file it came from
+
+
+class SchemaSet:
+    """Every version of the event schema a reader knows, by fingerprint, and the reader schema
+    (the newest) that each is resolved into.
+
+    Versions are ``interaction-v<N>.avsc`` files: the package's folder ``streamrec/schema/``,
+    then any ``extra_dirs`` (``Settings.event_schemas_dir``: versions newer producers write,
+    known before this reader is upgraded). A datum written with version W is read as the
+    reader schema R by Avro's resolution rules (fastavro's ``schemaless_reader(fo, W, R)``):
+    a field of W that R lacks is skipped, a field of R that W lacks takes R's default, an
+    int/long/float becomes the wider number R says. Two files of one version number that
+    differ, or a writer whose record is not ``streamrec.Interaction``, are refused here
+    (``ValueError``), not at the first event.
+    """
+
+    def __init__(self, versions: Iterable[SchemaVersion], reader: SchemaVersion) -> None:
+        self.by_fingerprint = {v.fingerprint: v for v in versions}
+        self.by_fingerprint.setdefault(reader.fingerprint, reader)
+        self.reader = reader
+        #: JSON events may carry any field of any known version (those R lacks are dropped).
+        self.json_fields = frozenset().union(*(v.fields for v in self.by_fingerprint.values()))
+
+    @classmethod
+    def load(cls, extra_dirs: Iterable[Path] = ()) -> SchemaSet:
+        """The package's versions plus those in ``extra_dirs``; the reader is the package's
+        newest (an extra directory adds writers, never a new reader)."""
+        package = resources.files("streamrec").joinpath("schema")
+        texts = [(e.name, e.read_text("utf-8")) for e in package.iterdir() if e.is_file()]
+        own = _versions(texts, "streamrec/schema")
+        if not own:
+            raise ValueError("streamrec/schema holds no interaction-v<N>.avsc")
+        reader = max(own, key=lambda v: v.version)
+        extra: list[SchemaVersion] = []
+        for d in extra_dirs:
+            if not Path(d).is_dir():
+                raise ValueError(f"event_schemas_dir {d}: no such directory")
+            texts = [(p.name, p.read_text("utf-8")) for p in sorted(Path(d).iterdir())]
+            extra += _versions(texts, str(d))
+        seen: dict[int, SchemaVersion] = {}
+        for v in [*own, *extra]:
+            if v.version in seen and seen[v.version].fingerprint != v.fingerprint:
+                raise ValueError(
+                    f"two different schemas are version {v.version}: {seen[v.version].source} "
+                    f"and {v.source}"
+                )
+            seen.setdefault(v.version, v)
+        return cls(seen.values(), reader)
+
+    def writer(self, fp: bytes) -> SchemaVersion | None:
+        return self.by_fingerprint.get(fp)
+
+
+def _versions(files: Iterable[tuple[str, str]], where: str) -> list[SchemaVersion]:
+    out = []
+    for name, text in files:
+        m = _SCHEMA_FILE.match(name)
+        if not m:
+            continue
+        raw = json.loads(text)
+        full = raw.get("name", "")
+        full = full if "." in full else f"{raw.get('namespace', '')}.{full}".lstrip(".")
+        if raw.get("type") != "record" or full != SCHEMA_NAME:
+            raise ValueError(f"{where}/{name}: not the record {SCHEMA_NAME}")
+        out.append(
+            SchemaVersion(
+                int(m.group(1)),
+                avro_fingerprint(raw),
+                fastavro.parse_schema(_plain_timestamp(raw)),
+                frozenset(f["name"] for f in raw["fields"]),
+                f"{where}/{name}",
+            )
+        )
+    return out
+
+
 @cache
+def known_schemas() -> SchemaSet:
+    """The package's schema versions (no extra directory): what ``decode`` reads by default."""
+    return SchemaSet.load()
+
+
 def _codec_schema() -> Any:
-    # Parsed without the timestamp-millis logical type so fastavro hands back the raw long
-    # (the binary encoding is the same; canonical form ignores logical types anyway).
-    raw = json.loads(schema_text())
-    for f in raw["fields"]:
-        if f["name"] == "timestamp":
-            f["type"] = "long"
-    return fastavro.parse_schema(raw)
+    """The reader schema, parsed (what ``encode_avro`` writes)."""
+    return known_schemas().reader.parsed
 
 
-@cache
 def schema_fingerprint() -> bytes:
-    """8-byte little-endian CRC-64-AVRO fingerprint of the schema's parsing canonical form."""
-    canonical = to_parsing_canonical_form(json.loads(schema_text()))
-    return bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
+    """8-byte little-endian CRC-64-AVRO fingerprint of the reader schema's canonical form."""
+    return known_schemas().reader.fingerprint
 
 
 def encode_avro(event: Event) -> bytes:
@@ -248,28 +362,148 @@ def encode_json(event: Event) -> bytes:
     return json.dumps(record, separators=(",", ":")).encode()
 
 
-def decode(raw: bytes | None, limits: Limits = LIMITS) -> Event:
-    """Decode one Kafka message value; raises EventError (keeping ``raw``) on anything wrong,
-    and nothing else, whatever ``raw`` holds (see the module docstring)."""
-    if not raw:
-        raise EventError("empty message", raw)
-    try:
-        if len(raw) > limits.message_bytes:
+#: A registry lookup: schema id -> the writer schema's text (raises ``EventError`` for an id
+#: the registry does not have; anything else it raises propagates: an outage, not a bad event).
+RegistryLookup = Callable[[int], str]
+
+
+class EventDecoder:
+    """``decode`` with a given set of schema versions and, for the Confluent framing, a
+    registry lookup; writer schemas fetched by id are parsed once and kept (ids are
+    immutable in a registry)."""
+
+    def __init__(
+        self,
+        limits: Limits = LIMITS,
+        schemas: SchemaSet | None = None,
+        registry: RegistryLookup | None = None,
+    ) -> None:
+        self.limits = limits
+        self.schemas = schemas if schemas is not None else known_schemas()
+        self._registry = registry
+        self._by_id: dict[int, Any] = {}
+
+    def __call__(self, raw: bytes | None) -> Event:
+        """One Kafka message value as an ``Event``; ``EventError`` (keeping ``raw``) on
+        anything wrong with it, whatever it holds. Only the registry lookup's own failure
+        (the registry not answering) propagates as something else."""
+        if not raw:
+            raise EventError("empty message", raw)
+        try:
+            if len(raw) > self.limits.message_bytes:
+                raise EventError(
+                    f"message of {len(raw)} bytes is over the limit of {self.limits.message_bytes}"
+                )
+            if raw[:2] == SINGLE_OBJECT_MAGIC:
+                event = self._single_object(raw)
+            elif raw[:1] == CONFLUENT_MAGIC:
+                event = self._confluent(raw)
+            elif raw.lstrip()[:1] in (b"{", b"["):
+                event = _decode_json(raw, self.schemas)
+            else:
+                raise EventError(
+                    "neither Avro single-object encoding (C3 01), Confluent Schema Registry "
+                    "framing (00 + schema id) nor a JSON object"
+                )
+            _validate(event, self.limits)
+        except EventError as exc:
+            raise EventError(_one_line(exc.reason), raw) from None
+        except _RegistryFailure as exc:
+            raise exc.cause from None  # not the event's fault: the caller waits it out
+        except Exception as exc:  # a parser's or a library's own error: still a bad message
+            raise EventError(_one_line(f"undecodable: {type(exc).__name__}: {exc}"), raw) from None
+        return event
+
+    def _single_object(self, raw: bytes) -> Event:
+        fp = raw[2:10]
+        if len(fp) < 8:
+            raise EventError("truncated Avro header")
+        writer = self.schemas.writer(fp)
+        if writer is None:
+            known = ", ".join(f"v{v.version}" for v in self.schemas.by_fingerprint.values())
+            raise EventError(f"unknown schema fingerprint {fp.hex()} (this reader knows {known})")
+        return _read_datum(raw, 10, writer.parsed, self.schemas.reader)
+
+    def _confluent(self, raw: bytes) -> Event:
+        if len(raw) < 5:
+            raise EventError("truncated Confluent framing (00 + 4-byte schema id)")
+        schema_id = int.from_bytes(raw[1:5], "big")
+        if self._registry is None:
             raise EventError(
-                f"message of {len(raw)} bytes is over the limit of {limits.message_bytes}"
+                f"Confluent Schema Registry framing (schema id {schema_id}) but no "
+                "schema_registry_url is set"
             )
-        if raw[:2] == SINGLE_OBJECT_MAGIC:
-            event = _decode_avro(raw)
-        elif raw.lstrip()[:1] in (b"{", b"["):
-            event = _decode_json(raw)
-        else:
-            raise EventError("neither Avro single-object encoding (C3 01) nor a JSON object")
-        _validate(event, limits)
-    except EventError as exc:
-        raise EventError(_one_line(exc.reason), raw) from None
-    except Exception as exc:  # a parser's or a library's own error: still a bad message
-        raise EventError(_one_line(f"undecodable: {type(exc).__name__}: {exc}"), raw) from None
-    return event
+        writer = self._by_id.get(schema_id)
+        if writer is None:
+            try:
+                text = self._registry(schema_id)
+            except EventError:
+                raise
+            except Exception as exc:
+                raise _RegistryFailure(exc) from None
+            writer = self._parse_writer(schema_id, text)
+            self._by_id[schema_id] = writer
+        return _read_datum(raw, 5, writer, self.schemas.reader)
+
+    @staticmethod
+    def _parse_writer(schema_id: int, text: str) -> Any:
+        try:
+            raw = json.loads(text)
+        except ValueError:
+            raise EventError(f"schema id {schema_id} is not an Avro schema (not JSON)") from None
+        if not isinstance(raw, dict) or raw.get("type") != "record":
+            raise EventError(f"schema id {schema_id} is not the record {SCHEMA_NAME}")
+        try:
+            parsed = fastavro.parse_schema(_plain_timestamp(raw))
+        except Exception as exc:
+            raise EventError(
+                f"schema id {schema_id} is not an Avro schema: {type(exc).__name__}"
+            ) from None
+        if not isinstance(parsed, dict) or parsed.get("name") != SCHEMA_NAME:
+            raise EventError(f"schema id {schema_id} is not the record {SCHEMA_NAME}")
+        return parsed
+
+
+class _RegistryFailure(Exception):
+    """Carries a registry lookup's own failure past the decoder's catch-all."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def _read_datum(raw: bytes, start: int, writer: Any, reader: SchemaVersion) -> Event:
+    """The Avro binary datum at ``raw[start:]``, written with ``writer``, read as ``reader``."""
+    datum = io.BytesIO(raw[start:])
+    try:
+        # Resolution only when they differ: reading with the writer alone is faster.
+        resolve = None if writer is reader.parsed else reader.parsed
+        rec = fastavro.schemaless_reader(datum, writer, resolve)
+    except SchemaResolutionError as exc:  # the writer broke a rule (README, contract 1)
+        raise EventError(
+            f"written with a schema that cannot be read as the reader schema v{reader.version}: "
+            f"{exc}"
+        ) from None
+    except Exception as exc:  # fastavro raises many types on corrupt input or bad resolution
+        raise EventError(f"corrupt Avro datum: {type(exc).__name__}: {exc}") from None
+    if datum.tell() != len(raw) - start:
+        raise EventError(f"corrupt Avro datum: {len(raw) - start - datum.tell()} bytes after it")
+    if not isinstance(rec, dict):
+        raise EventError("corrupt Avro datum: not a record")
+    return Event(**rec)
+
+
+@cache
+def default_decoder(limits: Limits = LIMITS) -> EventDecoder:
+    """The decoder of ``limits`` with the package's schema versions and no registry."""
+    return EventDecoder(limits)
+
+
+def decode(raw: bytes | None, limits: Limits = LIMITS) -> Event:
+    """Decode one Kafka message value with the package's schema versions (no registry);
+    raises EventError (keeping ``raw``) on anything wrong, and nothing else, whatever ``raw``
+    holds (see the module docstring)."""
+    return default_decoder(limits)(raw)
 
 
 def _one_line(reason: str) -> str:
@@ -286,25 +520,7 @@ def _quote(value: object) -> str:
     return text if len(text) <= _QUOTE else text[: _QUOTE - 3] + "..."
 
 
-def _decode_avro(raw: bytes) -> Event:
-    fp = raw[2:10]
-    if len(fp) < 8:
-        raise EventError("truncated Avro header")
-    if fp != schema_fingerprint():
-        raise EventError(f"unknown schema fingerprint {fp.hex()} (this reader knows v1 only)")
-    datum = io.BytesIO(raw[10:])
-    try:
-        rec = fastavro.schemaless_reader(datum, _codec_schema(), None)
-    except Exception as exc:  # fastavro raises many types on corrupt input
-        raise EventError(f"corrupt Avro datum: {type(exc).__name__}: {exc}") from None
-    if datum.tell() != len(raw) - 10:
-        raise EventError(f"corrupt Avro datum: {len(raw) - 10 - datum.tell()} bytes after it")
-    if not isinstance(rec, dict):
-        raise EventError("corrupt Avro datum: not a record")
-    return Event(**rec)
-
-
-def _decode_json(raw: bytes) -> Event:
+def _decode_json(raw: bytes, schemas: SchemaSet) -> Event:
     try:
         obj = json.loads(raw)
     except RecursionError:
@@ -313,7 +529,7 @@ def _decode_json(raw: bytes) -> Event:
         raise EventError(f"invalid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise EventError("JSON event must be an object")
-    unknown = set(obj) - {"event_id", "user_id", "item_id", "type", "value", "timestamp", "context"}
+    unknown = set(obj) - schemas.json_fields  # a field of a newer known version is dropped
     if unknown:
         names = ", ".join(_quote(n)[1:-1] for n in sorted(unknown)[:5])
         raise EventError(f"unknown field(s): {names}" + (" ..." if len(unknown) > 5 else ""))

@@ -23,8 +23,10 @@ status  name             what it means for an operator
                          (run ``streamrec topics create``) or the events topic is
                          under-replicated (the line names the partitions and brokers); fix
                          the cluster, retrying alone won't help
-7       ``AUTH``         a service refused streamrec's credentials (a wrong Redis password, a
-                         Kafka SASL login refused): retrying won't help until they are fixed
+7       ``AUTH``         a service refused streamrec's credentials: a wrong Redis password, or
+                         Kafka refused the login or the TLS handshake (wrong SASL user or
+                         password, an untrusted or missing certificate); one line naming the
+                         service and the reason; retrying won't help until they are fixed
 130     ``INTERRUPTED``  interrupted: Ctrl-C (128 + SIGINT), or a replay stopped by a signal
                          before its last event
 ======  ===============  =======================================================================

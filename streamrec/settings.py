@@ -119,6 +119,24 @@ def redact_url(url: str) -> str:
         query = "&".join(params) + hashmark + fragment
     return f"{scheme}{sep}{head}{qmark}{query}"
 
+#: librdkafka keys that ``kafka_config`` sets from a setting of their own (key -> that setting):
+#: ``kafka_extra`` may not set them, so one value never hides behind another.
+OWN_KAFKA_KEYS: dict[str, str] = {
+    "bootstrap.servers": "kafka_bootstrap",
+    "metadata.broker.list": "kafka_bootstrap",
+    "security.protocol": "kafka_security_protocol",
+    "sasl.mechanism": "kafka_sasl_mechanism",
+    "sasl.mechanisms": "kafka_sasl_mechanism",
+    "sasl.username": "kafka_sasl_username",
+    "sasl.password": "kafka_sasl_password",
+    "ssl.ca.location": "kafka_ssl_ca_file",
+    "ssl.certificate.location": "kafka_ssl_cert_file",
+    "ssl.key.location": "kafka_ssl_key_file",
+    "ssl.key.password": "kafka_ssl_key_password",
+    "ssl.endpoint.identification.algorithm": "kafka_ssl_verify_hostname",
+    "logger": "log_format",
+}
+
 
 def _default_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "streamrec"
@@ -140,8 +158,41 @@ class Settings(BaseSettings):
     )
     kafka_version: str = Field("4.1.1", description="Apache Kafka version the local broker runs")
     kafka_heap: str = Field("768m", description="JVM heap (-Xmx) for the local broker")
-    kafka_sasl_username: str | None = Field(None, description="SASL/PLAIN user; None = PLAINTEXT")
-    kafka_sasl_password: SecretStr | None = Field(None, description="SASL/PLAIN password")
+    # --- Kafka security (README "Security"; every client gets it from connect.kafka_config) ---
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = (
+        Field(
+            None,
+            description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; None = SASL_PLAINTEXT when "
+            "kafka_sasl_username is set, else PLAINTEXT",
+        )
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user; None = no SASL")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password")
+    kafka_ssl_ca_file: Path | None = Field(
+        None,
+        description="PEM file of the CA(s) that signed the brokers' certificates; None = "
+        "the system's CA store",
+    )
+    kafka_ssl_cert_file: Path | None = Field(
+        None, description="PEM client certificate (mTLS); needs kafka_ssl_key_file"
+    )
+    kafka_ssl_key_file: Path | None = Field(None, description="PEM private key of the client cert")
+    kafka_ssl_key_password: SecretStr | None = Field(
+        None, description="password of an encrypted kafka_ssl_key_file"
+    )
+    kafka_ssl_verify_hostname: bool = Field(
+        True, description="check that the broker's certificate names the host connected to"
+    )
+    kafka_extra: dict[str, str | bool | int | float] = Field(
+        default_factory=dict,
+        repr=False,  # may hold a secret (e.g. sasl.oauthbearer.client.secret): never printed
+        description="any further librdkafka setting for every client: JSON in the environment "
+        '(e.g. {"socket.keepalive.enable": true}) or a [kafka_extra] table in the TOML file; '
+        "a key that has a setting of its own here is refused",
+    )
     topic_events: str = Field("streamrec.events", description="interaction events (key = user_id)")
     topic_events_partitions: int = Field(6, ge=1, description="partitions when creating events")
     topic_dlq: str = Field("streamrec.events.dlq", description="undecodable events + reason header")
@@ -245,6 +296,25 @@ class Settings(BaseSettings):
         description="most bytes of an event's context map: its keys and values in UTF-8",
     )
 
+    # --- Event schemas (README "Contract 1": versions and the registry framing) -----------
+    event_schemas_dir: Path | None = Field(
+        None,
+        description="a directory of further interaction-v<N>.avsc versions (newer producers' "
+        "writer schemas) read into the package's newest by Avro's resolution rules",
+    )
+    schema_registry_url: str | None = Field(
+        None,
+        description="Confluent-compatible Schema Registry URL for values framed 00 + schema "
+        "id; None = such values are dead-lettered",
+    )
+    schema_registry_username: str | None = Field(None, description="registry basic-auth user")
+    schema_registry_password: SecretStr | None = Field(
+        None, description="registry basic-auth password"
+    )
+    schema_registry_ca_file: Path | None = Field(
+        None, description="PEM CA file for an https registry; None = the system's CA store"
+    )
+
     # --- Worker ----------------------------------------------------------------------------
     batch_max: int = Field(1000, ge=1, description="most events taken per poll")
     poll_timeout_s: float = Field(
@@ -339,6 +409,15 @@ class Settings(BaseSettings):
         host, _, port = value.split(",")[0].rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"expected host:port, got {value!r}")
+        return value
+
+    @field_validator("kafka_extra")
+    @classmethod
+    def _check_kafka_extra(cls, value: dict[str, Any]) -> dict[str, Any]:
+        taken = sorted(set(value) & set(OWN_KAFKA_KEYS))
+        if taken:
+            own = ", ".join(f"{k} ({OWN_KAFKA_KEYS[k]})" for k in taken)
+            raise ValueError(f"set these with their own settings, not kafka_extra: {own}")
         return value
 
     @field_validator("event_weights")
@@ -438,24 +517,12 @@ class Settings(BaseSettings):
         return redis_address(self.redis_url)
 
     def kafka_common(self) -> dict[str, Any]:
-        """librdkafka settings shared by every client: the broker, SASL, and its log lines
-        routed through Python ``logging`` (``KAFKA_LOG``), so they share the process's format
-        (``log_format``) and level."""
-        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap, "logger": KAFKA_LOG}
-        if self.kafka_sasl_username:
-            conf.update(
-                {
-                    "security.protocol": "SASL_PLAINTEXT",
-                    "sasl.mechanisms": "PLAIN",
-                    "sasl.username": self.kafka_sasl_username,
-                    "sasl.password": (
-                        self.kafka_sasl_password.get_secret_value()
-                        if self.kafka_sasl_password
-                        else ""
-                    ),
-                }
-            )
-        return conf
+        """librdkafka settings shared by every client: ``streamrec.connect.kafka_config`` (the
+        broker, security, ``kafka_extra`` and the log routing); kept here so every client
+        keeps asking its settings for them."""
+        from streamrec.connect import kafka_config  # same layer; connect imports settings
+
+        return kafka_config(self)
 
 
 class KafkaLog:
@@ -466,14 +533,18 @@ class KafkaLog:
     logs a line per failed connection attempt, several a second while a broker is down; those
     lines ("Connect to ... failed", "Disconnected", "brokers are down", ...) go at DEBUG,
     since whoever waits for the broker says so once, naming it (the worker's outage log, a
-    command's one-line error). Any other line repeated within ``REPEAT_S`` is dropped and
+    command's one-line error), and so do a refused login's or TLS handshake's (the first
+    contact's ``AuthError`` says it). Any other line repeated within ``REPEAT_S`` is dropped and
     counted; the count is added to the next one let through.
     """
 
     REPEAT_S = 30.0
     _UNREACHABLE = re.compile(
         r"Connect to .* failed|Disconnected|brokers are down|Failed to resolve|timed out"
-        r"|Connection refused|Connection reset|Broken pipe|Receive failed|Send failed",
+        r"|Connection refused|Connection reset|Broken pipe|Receive failed|Send failed"
+        # A refused login or TLS handshake: the first contact says so, once, and exits 6
+        # (``streamrec.connect.kafka_metadata``); librdkafka repeats it per attempt.
+        r"|SASL authentication error|SSL handshake failed|SSL routines",
         re.IGNORECASE,
     )
     # The variable tail of a broker error: "(after 12ms in state UP, 3 identical error(s) ...)"

@@ -7,9 +7,12 @@ A dead letter keeps the original key and value byte for byte; headers say why an
     streamrec.timestamp    the original message timestamp, epoch ms
     streamrec.dropped      only when the value itself could not go: why (its size)
 
-No message stops the worker: ``streamrec.events.decode`` turns anything a value holds into an
-event or an ``EventError``, and ``decode_batch`` keeps even an error it could not foresee as
-a reason, so the decode stage never raises.
+No message stops the worker: the decoder (``streamrec.events.EventDecoder``: every known schema
+version, the Confluent registry framing when a registry is set) turns anything a value holds
+into an event or an ``EventError``, and ``decode_batch`` keeps even an error it could not
+foresee as a reason. The one exception is not a message's fault: a schema registry that does
+not answer while a new schema id is looked up raises ``DependencyDown`` (the loop waits it out
+and redoes the batch; ids already seen are cached, so only a new writer version waits).
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from functools import partial
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streamrec.connect import DURABLE_PRODUCER
-from streamrec.errors import EventError
-from streamrec.events import LIMITS, Event, Limits, decode
+from streamrec.errors import AuthError, EventError, InfraError
+from streamrec.events import LIMITS, Event, EventDecoder, Limits, default_decoder
 from streamrec.settings import Settings
 from streamrec.worker.errors import DependencyDown, WorkerError
 from streamrec.worker.source import where
@@ -67,16 +70,23 @@ class Decoded:
     reason: str | None = None
 
 
-def decode_batch(msgs: Sequence[Message], limits: Limits = LIMITS) -> list[Decoded]:
+def decode_batch(msgs: Sequence[Message], decoder: EventDecoder | Limits = LIMITS) -> list[Decoded]:
     """Decode every message, in order; failures keep the message for the dead-letter topic.
 
-    ``limits``: the bounds of ``decode`` (the worker's: ``Settings.event_limits``)."""
+    ``decoder``: the worker's (``streamrec.registry.event_decoder``), or bounds alone
+    (``Settings.event_limits``) for the package's schema versions without a registry.
+    ``DependencyDown`` when the schema registry does not answer (see the module)."""
+    decode = decoder if isinstance(decoder, EventDecoder) else default_decoder(decoder)
     out: list[Decoded] = []
     for m in msgs:
         try:
-            out.append(Decoded(m, decode(m.value(), limits)))
+            out.append(Decoded(m, decode(m.value())))
         except EventError as exc:
             out.append(Decoded(m, None, exc.reason))
+        except AuthError:
+            raise  # the registry refused the credentials: a setting to fix (exit 7)
+        except InfraError as exc:  # the registry, looking up a new schema id
+            raise DependencyDown("kafka", str(exc)) from None
         except Exception as exc:  # decode raises EventError alone; a bug there must not stop us
             log.exception("decoder failed on %s", where(m))
             out.append(Decoded(m, None, f"decoder failed: {type(exc).__name__}"))

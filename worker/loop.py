@@ -41,6 +41,7 @@ from streamrec.als.history import Rules, UserState
 from streamrec.als.scorer import Scorer
 from streamrec.connect import redis_client
 from streamrec.keys import Keys, parse_applied
+from streamrec.registry import event_decoder
 from streamrec.settings import Settings
 from streamrec.sink import Sink
 from streamrec.worker.batch import Batch
@@ -123,6 +124,8 @@ class Worker:
         )
         self._source = source  # built in ``run`` when None: after the topics exist
         self._dead = dead_letters
+        # Every known schema version, and the registry when one is set (ConfigError at start).
+        self._decoder = event_decoder(settings)
         self.assigned: set[tuple[str, int]] = set()  # the partitions this worker owns now
         self.outages = Outages(settings, self.metrics, self.stop)  # Redis or Kafka down
 
@@ -250,7 +253,7 @@ class Worker:
     def _process(self, msgs: Sequence[Message]) -> None:
         m = self.metrics
         with m.stage("decode").time():
-            decoded = decode_batch(msgs, self.settings.event_limits)
+            decoded = decode_batch(msgs, self._decoder)
         rest = self.state.replay(decoded)  # partitions under rebuild take their messages
         batch = Batch.of(msgs if rest is decoded else [d.msg for d in rest], rest, self.keys)
         for _attempt in range(MAX_ATTEMPTS):

@@ -39,6 +39,7 @@ import redis
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
+from streamrec.connect import KAFKA_REFUSALS
 from streamrec.settings import Settings
 from streamrec.worker.errors import DependencyDown
 from streamrec.worker.metrics import DEPENDENCIES, Metrics
@@ -135,8 +136,12 @@ class KafkaProbe:
         try:
             self._admin.list_topics(self._settings.topic_events, timeout=self._timeout)
         except KafkaException as exc:
+            self._admin.poll(0)  # serves the error callback: a refused login says so here
+            refused = KAFKA_REFUSALS.since(self._settings.kafka_bootstrap, time.monotonic() - 60)
             raise DependencyDown(
-                "kafka", f"no metadata within {self._timeout:g} s ({exc.args[0].str()})"
+                "kafka",
+                f"no metadata within {self._timeout:g} s ({exc.args[0].str()})"
+                + (f"; the broker refused the connection: {refused}" if refused else ""),
             ) from None
 
 

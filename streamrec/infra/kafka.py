@@ -5,6 +5,10 @@ Jars come from Maven Central through ``mvn dependency:copy-dependencies`` (see `
 to this module) into ``<home>/kafka/<version>/libs``, once. Each broker port gets its own run
 directory, ``<home>/kafka/run-<port>``, with the rendered ``server.properties``, the log4j2
 configuration, KRaft storage under ``data/`` (formatted on first start) and logs under ``logs/``.
+
+``up(..., security=BrokerSecurity(...))`` adds TLS and SASL listeners beside the PLAINTEXT one
+and creates SCRAM users when the storage is formatted: the security tests' broker
+(``tests/security/conftest.py``); ``streamrec infra up`` never does.
 """
 
 from __future__ import annotations
@@ -18,8 +22,8 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -186,6 +190,87 @@ def render_server_properties(
     }
     head = "# Written by streamrec.infra.kafka; rewritten on every start.\n"
     return head + "".join(f"{k}={_escape_value(v)}\n" for k, v in props.items())
+
+
+# --- Security: extra listeners and SCRAM users (tests of TLS and SASL) ---------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SecureListener:
+    """A listener of the local broker beside its PLAINTEXT one, for clients that use TLS or SASL.
+
+    ``protocol``: SSL, SASL_SSL or SASL_PLAINTEXT. ``keystore``: a PEM file holding the broker's
+    private key (PKCS#8, unencrypted) and its certificate chain; ``truststore``: a PEM file of
+    the CA(s) whose client certificates it accepts; ``client_auth``: none, requested or
+    required (mTLS). SASL listeners accept SCRAM-SHA-256, SCRAM-SHA-512 (users created at
+    format time, ``ScramUser``) and PLAIN (``plain_users``, name -> password, in the JAAS
+    configuration of server.properties).
+    """
+
+    name: str
+    port: int
+    protocol: str
+    keystore: Path | None = None
+    truststore: Path | None = None
+    client_auth: str = "none"
+    plain_users: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ScramUser:
+    """A SCRAM credential written into the KRaft metadata when the storage is formatted."""
+
+    mechanism: str  # SCRAM-SHA-256 or SCRAM-SHA-512
+    name: str
+    password: str
+
+    def format_arg(self) -> str:
+        """The value of ``kafka-storage format --add-scram``."""
+        return f"{self.mechanism}=[name={self.name},password={self.password}]"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSecurity:
+    """Extra listeners and SCRAM users of a local broker (``up(..., security=...)``)."""
+
+    listeners: Sequence[SecureListener] = ()
+    scram_users: Sequence[ScramUser] = ()
+
+
+SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
+_SCRAM_MODULE = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+_PLAIN_MODULE = "org.apache.kafka.common.security.plain.PlainLoginModule required"
+
+
+def secure_properties(
+    props: Mapping[str, str], host: str, security: BrokerSecurity
+) -> dict[str, str]:
+    """``props`` (a node's server.properties) with ``security``'s listeners added: each one in
+    ``listeners``, ``advertised.listeners`` and the protocol map, with its TLS material and
+    SASL mechanisms under ``listener.name.<name>.*``. The PLAINTEXT listener, the controller
+    and inter-broker traffic stay as they are."""
+    out = dict(props)
+    for lst in security.listeners:
+        name, prefix = lst.name.upper(), f"listener.name.{lst.name.lower()}."
+        out["listeners"] += f",{name}://{host}:{lst.port}"
+        out["advertised.listeners"] += f",{name}://{host}:{lst.port}"
+        out["listener.security.protocol.map"] += f",{name}:{lst.protocol}"
+        if lst.protocol in ("SSL", "SASL_SSL"):
+            if lst.keystore is None:
+                raise InfraError(f"kafka: listener {name} ({lst.protocol}) needs a keystore")
+            out[prefix + "ssl.keystore.type"] = "PEM"
+            out[prefix + "ssl.keystore.location"] = str(lst.keystore)
+            if lst.truststore is not None:
+                out[prefix + "ssl.truststore.type"] = "PEM"
+                out[prefix + "ssl.truststore.location"] = str(lst.truststore)
+            out[prefix + "ssl.client.auth"] = lst.client_auth
+        if lst.protocol.startswith("SASL_"):
+            out[prefix + "sasl.enabled.mechanisms"] = ",".join(SASL_MECHANISMS)
+            for mech in SASL_MECHANISMS[:2]:
+                out[prefix + f"{mech.lower()}.sasl.jaas.config"] = _SCRAM_MODULE
+            users = "".join(f' user_{u}="{pw}"' for u, pw in lst.plain_users.items())
+            out[prefix + "plain.sasl.jaas.config"] = f"{_PLAIN_MODULE}{users};"
+    return out
 
 
 def _escape_value(value: str) -> str:
@@ -363,8 +448,12 @@ def _run_tool(java: str, paths: KafkaPaths, *args: str) -> str:
     return proc.stdout
 
 
-def format_storage(java: str, paths: KafkaPaths, echo: Echo) -> None:
-    """Format the KRaft storage in ``paths.data`` unless it already holds meta.properties."""
+def format_storage(
+    java: str, paths: KafkaPaths, echo: Echo, scram_users: Sequence[ScramUser] = ()
+) -> None:
+    """Format the KRaft storage in ``paths.data`` unless it already holds meta.properties;
+    ``scram_users`` are created then (``--add-scram``), as SCRAM credentials live in the
+    metadata log."""
     if (paths.data / "meta.properties").is_file():
         return
     lines = _run_tool(java, paths, "random-uuid").split()
@@ -372,8 +461,17 @@ def format_storage(java: str, paths: KafkaPaths, echo: Echo) -> None:
         raise InfraError("kafka: StorageTool random-uuid printed nothing")
     cluster_id = lines[-1]
     echo(f"kafka: formatting storage in {paths.data} (cluster id {cluster_id})")
+    scram = [arg for user in scram_users for arg in ("--add-scram", user.format_arg())]
     _run_tool(
-        java, paths, "format", "--standalone", "-t", cluster_id, "-c", str(paths.server_properties)
+        java,
+        paths,
+        "format",
+        "--standalone",
+        "-t",
+        cluster_id,
+        "-c",
+        str(paths.server_properties),
+        *scram,
     )
 
 
@@ -478,8 +576,17 @@ def status(settings: Settings) -> ServiceStatus:
     return ServiceStatus(NAME, False, address, "down", detail=why if busy else "")
 
 
-def up(settings: Settings, echo: Echo, *, timeout_s: float = 60.0) -> ServiceStatus:
-    """Use the broker answering at ``kafka_bootstrap``, or start ours on a loopback address."""
+def up(
+    settings: Settings,
+    echo: Echo,
+    *,
+    timeout_s: float = 60.0,
+    security: BrokerSecurity | None = None,
+) -> ServiceStatus:
+    """Use the broker answering at ``kafka_bootstrap``, or start ours on a loopback address.
+
+    ``security``: extra TLS/SASL listeners and SCRAM users of a broker started here (the
+    security tests'); ``kafka_bootstrap`` stays its PLAINTEXT listener."""
     paths = KafkaPaths.of(settings)
     address = settings.kafka_bootstrap
     host, port, single = split_bootstrap(address)
@@ -506,10 +613,11 @@ def up(settings: Settings, echo: Echo, *, timeout_s: float = 60.0) -> ServiceSta
         echo(f"kafka: ready at {address} after {waited:.1f} s")
         return ServiceStatus(NAME, True, address, "ours", pid, paths.server_log)
 
-    if settings.kafka_sasl_username:
+    if settings.kafka_common()["security.protocol"] != "PLAINTEXT":
         raise InfraError(
-            "kafka: the local broker speaks PLAINTEXT only; unset kafka_sasl_username or point "
-            "kafka_bootstrap at your SASL broker"
+            "kafka: streamrec starts a broker whose kafka_bootstrap listener is PLAINTEXT; "
+            "unset kafka_security_protocol and kafka_sasl_username, or point kafka_bootstrap "
+            "at your secured broker"
         )
     bind = listen_host(host)
     if port_open(bind.strip("[]"), settings.kafka_controller_port):
@@ -519,8 +627,8 @@ def up(settings: Settings, echo: Echo, *, timeout_s: float = 60.0) -> ServiceSta
         )
     java = find_java()
     ensure_jars(settings, paths, echo)
-    write_run_dir(settings, paths, bind, port)
-    format_storage(java, paths, echo)
+    write_run_dir(settings, paths, bind, port, security)
+    format_storage(java, paths, echo, security.scram_users if security else ())
 
     cmd = java_command(java, paths, settings.kafka_heap)
     echo(f"kafka: starting broker on {address}, log {paths.server_log}")
@@ -537,8 +645,15 @@ def up(settings: Settings, echo: Echo, *, timeout_s: float = 60.0) -> ServiceSta
     return ServiceStatus(NAME, True, address, "ours", new_pid, paths.server_log)
 
 
-def write_run_dir(settings: Settings, paths: KafkaPaths, bind: str, port: int) -> None:
-    """Write server.properties and log4j2.properties; refuse a controller-port change."""
+def write_run_dir(
+    settings: Settings,
+    paths: KafkaPaths,
+    bind: str,
+    port: int,
+    security: BrokerSecurity | None = None,
+) -> None:
+    """Write server.properties (with ``security``'s listeners) and log4j2.properties; refuse a
+    controller-port change."""
     paths.logs.mkdir(parents=True, exist_ok=True)
     cport = settings.kafka_controller_port
     if (paths.data / "meta.properties").is_file() and paths.server_properties.is_file():
@@ -550,9 +665,14 @@ def write_run_dir(settings: Settings, paths: KafkaPaths, bind: str, port: int) -
                 f"{cport}; set kafka_controller_port back, or delete {paths.run_dir} "
                 "(its topics are lost)"
             )
-    paths.server_properties.write_text(
-        render_server_properties(bind, port, cport, paths.data), encoding="utf-8"
-    )
+    text = render_server_properties(bind, port, cport, paths.data)
+    if security is not None and security.listeners:
+        props = secure_properties(parse_properties(text), bind, security)
+        head = "# Written by streamrec.infra.kafka; rewritten on every start.\n"
+        text = head + "".join(f"{k}={_escape_value(v)}\n" for k, v in props.items())
+    paths.server_properties.write_text(text, encoding="utf-8")
+    if security is not None and security.listeners:
+        paths.server_properties.chmod(0o600)  # PLAIN users' passwords are in it
     log4j = resources.files("streamrec.infra").joinpath("log4j2.properties").read_text("utf-8")
     paths.log4j.write_text(log4j, encoding="utf-8")
 

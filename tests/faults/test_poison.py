@@ -119,7 +119,7 @@ def _nasty(items: tuple[str, ...]) -> dict[bytes, tuple[bytes | None, str]]:
         b"truncated": (valid[:-3], "corrupt Avro datum"),
         b"trailing": (valid + b"\x00", "corrupt Avro datum: 1 bytes after it"),
         b"tombstone": (None, "empty message"),
-        b"garbage": (b"\x00\x01 garbage", "neither Avro single-object encoding"),
+        b"garbage": (b"\x01\x01 garbage", "neither Avro single-object encoding"),
     }
 
 
@@ -242,11 +242,11 @@ def test_a_dead_letter_its_topic_refuses_goes_without_its_value(
                      config={"max.message.bytes": "20000"})  # fmt: skip
     admin.create_topics([topic])[s.topic_dlq].result(30)
     ensure_topics(s)  # the others; the DLQ stays as created
-    big = b"\x00" + os.urandom(30_000)  # neither Avro nor JSON, and incompressible
+    big = b"\x01" + os.urandom(30_000)  # neither Avro nor JSON, and incompressible
     item = load_model(small_model).item_ids[0]
     with EventProducer(s) as p:
         p.send_raw(b"big", big)
-        p.send_raw(b"small", b"\x00 small")
+        p.send_raw(b"small", b"\x01 small")
         p.send(new_event("ann", item, "like"))
     worker = run_worker(s)
     wait_for(lambda: worker.stats.decoded == 1, 60)
@@ -254,7 +254,7 @@ def test_a_dead_letter_its_topic_refuses_goes_without_its_value(
 
     letters = {m.key(): m for m in _read_all(s, s.topic_dlq, 2)}
     assert set(letters) == {b"big", b"small"}
-    assert letters[b"small"].value() == b"\x00 small"
+    assert letters[b"small"].value() == b"\x01 small"
     dropped = letters[b"big"]
     assert dropped.value() is None
     headers = _headers(dropped)

@@ -91,7 +91,9 @@ def test_json_round_trip_and_iso_timestamp() -> None:
     ("raw", "reason"),
     [
         (b"", "empty message"),
-        (b"\x00garbage", "neither Avro"),
+        (b"\x01garbage", "neither Avro"),
+        (b"\x00garbage", "no schema_registry_url is set"),  # Confluent framing, no registry
+        (b"\x00\x00\x01", "truncated Confluent framing"),
         (b"\xc3\x01\x00\x01\x02\x03\x04\x05\x06\x07rest", "unknown schema fingerprint"),
         (b"\xc3\x01abc", "truncated Avro header"),
         (b"{not json", "invalid JSON"),

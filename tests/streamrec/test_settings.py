@@ -144,14 +144,18 @@ def test_kafka_log_lines_go_through_logging(caplog: pytest.LogCaptureFixture) ->
     for ms in range(5):  # librdkafka's line per attempt: only the suffix changes
         _kafka_line(log, logging.ERROR, f"{refused} (after {ms}ms in state CONNECT)")
     _kafka_line(log, logging.ERROR, "SASL authentication error: Authentication failed")
+    _kafka_line(log, logging.ERROR, "Topic authorization failed")
     got = [(r.levelno, r.getMessage()) for r in caplog.records]
-    # Unreachable: DEBUG (whoever waits says so, naming the broker); repeats dropped.
+    # Unreachable: DEBUG (whoever waits says so, naming the broker); repeats dropped. A refused
+    # login too: the first contact's AuthError says it once (exit 7), the worker's outage log
+    # names it (streamrec.connect.KAFKA_REFUSALS).
     assert got[0][0] == logging.DEBUG and "Connection refused" in got[0][1]
     assert got[1] == (
-        logging.ERROR,
+        logging.DEBUG,
         "FAIL [rdkafka#consumer-1] SASL authentication error: Authentication failed",
     )
-    assert len(got) == 2
+    assert got[2] == (logging.ERROR, "FAIL [rdkafka#consumer-1] Topic authorization failed")
+    assert len(got) == 3
     time.sleep(0.25)
     _kafka_line(log, logging.ERROR, f"{refused} (after 9ms in state CONNECT)")
     assert caplog.records[-1].getMessage().endswith("(4 more like it in the last 0 s)")

@@ -34,7 +34,7 @@ def _msg(
 def test_every_message_is_decoded_in_order_or_kept_with_its_reason() -> None:
     values: list[bytes | None] = [
         encode_avro(EVENT),
-        b"\x00\x01 this is not an event",
+        b"\x01\x01 this is not an event",
         encode_json(EVENT),
         None,
         b'{"event_id": "e2", "user_id": "ann", "item_id": "i7", "type": "jump", "timestamp": 1}',
@@ -93,7 +93,7 @@ def test_dead_letters_keep_key_value_and_say_why_and_where_from(
     s = stack()
     ensure_topics(s)
     msgs = [
-        _msg(b"\x00\x01 not an event", 41, b"mallory", s.topic_events, 2),
+        _msg(b"\x01\x01 not an event", 41, b"mallory", s.topic_events, 2),
         _msg(None, 7, None, s.topic_events, 0),
         _msg(encode_avro(EVENT), 8, b"ann", s.topic_events, 0),
     ]
@@ -122,11 +122,12 @@ def test_dead_letters_keep_key_value_and_say_why_and_where_from(
         consumer.close()
     by_source = {dict(m.headers() or [])["streamrec.source"]: m for m in got}
     first = by_source[f"{s.topic_events}[2]@41".encode()]
-    assert (first.key(), first.value()) == (b"mallory", b"\x00\x01 not an event")
+    assert (first.key(), first.value()) == (b"mallory", b"\x01\x01 not an event")
     headers = dict(first.headers() or [])
     assert (
         headers["streamrec.error"]
-        == b"neither Avro single-object encoding (C3 01) nor a JSON object"
+        == b"neither Avro single-object encoding (C3 01), Confluent Schema Registry framing "
+        b"(00 + schema id) nor a JSON object"
     )
     assert headers["streamrec.timestamp"] == b"1700000000041"
     empty = by_source[f"{s.topic_events}[0]@7".encode()]

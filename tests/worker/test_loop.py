@@ -68,7 +68,7 @@ def test_garbage_goes_to_dlq_with_reason_and_worker_goes_on(
     item = load_model(small_model).item_ids[0]
     worker = run_worker(s)
     with EventProducer(s) as p:
-        p.send_raw(b"mallory", b"\x00\x01 this is not an event")
+        p.send_raw(b"mallory", b"\x01\x01 this is not an event")
         p.send(new_event("bob", item, "like"))
     wait_for(lambda: _recs(client, keys, "bob"), timeout_s=10)
 
@@ -80,7 +80,7 @@ def test_garbage_goes_to_dlq_with_reason_and_worker_goes_on(
         msg = wait_for(lambda: (m := dlq.poll(0.5)) and not m.error() and m, timeout_s=15)
     finally:
         dlq.close()
-    assert msg.value() == b"\x00\x01 this is not an event"  # nothing lost, byte for byte
+    assert msg.value() == b"\x01\x01 this is not an event"  # nothing lost, byte for byte
     assert msg.key() == b"mallory"
     headers = dict(msg.headers())
     assert b"neither Avro" in headers["streamrec.error"]
