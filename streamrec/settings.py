@@ -119,6 +119,7 @@ def redact_url(url: str) -> str:
         query = "&".join(params) + hashmark + fragment
     return f"{scheme}{sep}{head}{qmark}{query}"
 
+
 #: librdkafka keys that ``kafka_config`` sets from a setting of their own (key -> that setting):
 #: ``kafka_extra`` may not set them, so one value never hides behind another.
 OWN_KAFKA_KEYS: dict[str, str] = {
