@@ -41,6 +41,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         )
 
 
+def forget_kafka_run(settings: Settings) -> None:
+    """Delete the run directory (data, logs) of a broker a test starts on a spare port: one an
+    earlier session left there was formatted for other ports, and the broker would refuse it."""
+    import shutil
+
+    from streamrec.infra import kafka
+
+    shutil.rmtree(kafka.KafkaPaths.of(settings).run_dir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def infra() -> Settings:
     """Settings of the session's real Kafka broker and Redis, started (or found) once."""

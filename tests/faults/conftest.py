@@ -21,6 +21,7 @@ import pytest
 from streamrec.infra import kafka, port_open, redis_server
 from streamrec.infra.redis_server import RedisPaths
 from streamrec.settings import Settings, load_settings
+from tests.conftest import forget_kafka_run
 
 STOP_WAIT_S = 15.0
 
@@ -119,9 +120,11 @@ def own() -> Iterator[OwnServices]:
     )
     services = OwnServices(settings)
     services.start_redis(empty=True)
+    forget_kafka_run(settings)
     services.start_kafka()
     try:
         yield services
     finally:
         kafka.down(settings, services.log.append)
         redis_server.down(settings, services.log.append)
+        forget_kafka_run(settings)

@@ -20,6 +20,7 @@ import pytest
 
 from streamrec.infra import kafka
 from streamrec.settings import Settings
+from tests.conftest import forget_kafka_run
 from tests.security.certs import Pki, make_pki
 
 #: The SCRAM users created at format time: (mechanism, name, password).
@@ -99,11 +100,13 @@ def secure_broker(infra: Settings) -> Iterator[SecureBroker]:
         scram_users=(kafka.ScramUser(*SCRAM_256), kafka.ScramUser(*SCRAM_512)),
     )
     log: list[str] = []
+    forget_kafka_run(base)
     kafka.up(base, log.append, timeout_s=120, security=security)
     try:
         yield SecureBroker(base, sasl_port, mtls_port, pki)
     finally:
         kafka.down(base, log.append)
+        forget_kafka_run(base)
 
 
 @pytest.fixture()
