@@ -54,10 +54,14 @@ from streamrec.settings import load_settings
 
 N = 50
 SIMILAR_N = 20
-BATCH = 64  # the worker's score slice (Scorer.score_rows)
+BATCH = 64  # the worker's score slice (Scorer.score_rows), for brute force
+#: Users per ``NormIndex.top_n`` call: the worker passes it a whole batch's users at once.
+INDEX_BATCH = 256
 
 
-def generated(n_users: int, n_items: int, seed: int = 7, genres: int = 50) -> sp.csr_matrix:
+def generated(
+    n_users: int, n_items: int, seed: int = 7, genres: int = 50, mean_len: float = 30.0
+) -> sp.csr_matrix:
     """A listening log as a (users x items) confidence CSR, as ``model.data.synthetic`` draws it
     (genres, Zipf-like popularity, 1-3 liked genres per user, 15 % from the global charts,
     heavy-tailed play counts, log confidence), vectorised for millions of rows."""
@@ -68,7 +72,7 @@ def generated(n_users: int, n_items: int, seed: int = 7, genres: int = 50) -> sp
     bounds = np.searchsorted(genre[order], np.arange(genres + 1))
     cdfs = [np.cumsum(pop[order[bounds[g] : bounds[g + 1]]]) for g in range(genres)]
     glob = np.cumsum(pop)
-    lens = np.clip(rng.lognormal(np.log(30) - 0.245, 0.7, n_users).astype(np.int64), 5, 300)
+    lens = np.clip(rng.lognormal(np.log(mean_len) - 0.245, 0.7, n_users).astype(np.int64), 5, 300)
     owner = np.repeat(np.arange(n_users), lens)
     nnz = len(owner)
     likes = rng.integers(0, genres, size=(n_users, 3))
@@ -145,10 +149,12 @@ def slices(b: int, size: int) -> list[tuple[int, int]]:
     return [(lo, min(b, lo + size)) for lo in range(0, b, size)]
 
 
-def ranked(fn: Any, users: np.ndarray, ptr: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """``fn(u, n, ptr, idx)`` over ``BATCH``-user slices -> (B, N) items."""
+def ranked(
+    fn: Any, users: np.ndarray, ptr: np.ndarray, idx: np.ndarray, batch: int = BATCH
+) -> np.ndarray:
+    """``fn(u, n, ptr, idx)`` over ``batch``-user slices -> (B, N) items."""
     out = []
-    for lo, hi in slices(len(users), BATCH):
+    for lo, hi in slices(len(users), batch):
         p = ptr[lo : hi + 1]
         out.append(fn(users[lo:hi], N, p - p[0], idx[p[0] : p[-1]])[0])
     return np.vstack(out)
@@ -187,7 +193,7 @@ def lists(d: dict[str, Any], repeat: int) -> dict[str, Any]:
     index = NormIndex.build(y)
     build_s = time.perf_counter() - t
     added = rss_bytes() - before
-    got, runs = timed(lambda: ranked(index.top_n, u, ptr, idx), repeat)
+    got, runs = timed(lambda: ranked(index.top_n, u, ptr, idx, INDEX_BATCH), repeat)
     with tempfile.TemporaryDirectory() as tmp:
         index.save(Path(tmp) / "order.npy")
         size = (Path(tmp) / "order.npy").stat().st_size
@@ -406,7 +412,8 @@ def main() -> None:
     sizes = [int(x) for x in args.items.split(",")]
     print(machine_line())
     print(
-        f"settings: N={N} k=64 batch={BATCH} queries={args.queries} repeat={args.repeat} "
+        f"settings: N={N} k=64 batch={BATCH} (index {INDEX_BATCH}) queries={args.queries} "
+        f"repeat={args.repeat} "
         f"similar N={SIMILAR_N} nprobe={s.ann_nprobe} overfetch={s.ann_overfetch} "
         f"search threads 1 (OMP/BLAS/library), build threads {args.build_threads}"
     )

@@ -117,6 +117,7 @@ class NormIndex:
     order: I64
     norms: F32
     head: F32
+    position: I64  # (n_items,) int64: where each row sits in ``order``
     stats: AnnStats = field(default_factory=AnnStats)
 
     @classmethod
@@ -140,7 +141,9 @@ class NormIndex:
         if n > 1 and (np.diff(norms) > 1e-6 * (1 + norms[:-1])).any():
             raise ArtifactError("norm order does not sort the items by decreasing norm")
         head = np.ascontiguousarray(y[order[:NORM_HEAD]])
-        return cls(y, np.ascontiguousarray(order), norms.astype(np.float32), head)
+        position = np.empty(n, dtype=np.int64)
+        position[order] = np.arange(n, dtype=np.int64)
+        return cls(y, np.ascontiguousarray(order), norms.astype(np.float32), head, position)
 
     @property
     def n_items(self) -> int:
@@ -170,8 +173,7 @@ class NormIndex:
         if b == 0 or m == 0:
             return where, best
         # Excluded (user, position) pairs, sorted by position, to mask inside each block.
-        pos = np.empty(n_items, dtype=np.int64)
-        pos[self.order] = np.arange(n_items, dtype=np.int64)
+        pos = self.position
         ex_user = np.zeros(0, dtype=np.int64)
         ex_pos = np.zeros(0, dtype=np.int64)
         if exclude_indptr is not None and exclude_indices is not None and len(exclude_indices):
