@@ -62,11 +62,13 @@ def default_nlist(n_items: int) -> int:
 
 @dataclass
 class AnnStats:
-    """Counters of one index's use: users searched, users whose over-fetch ran short (scored
-    exactly instead). Plain ints: a race between two threads may lose a count, never a list."""
+    """Counters of one index's use: users searched; users whose IVF candidates ran short and
+    users a ``NormIndex`` scan handed to brute force (both scored exactly instead). Plain
+    ints: a race between two threads may lose a count, never a list."""
 
     searched: int = 0
     short: int = 0
+    exact: int = 0  # NormIndex: users handed to brute force (no early stop)
 
 
 class TopNIndex(Protocol):
@@ -105,6 +107,11 @@ NORM_BLOCK = 1024
 NORM_BLOCK_MAX = 65536
 #: Leading rows (in norm order) kept as a contiguous copy; past them blocks are gathered.
 NORM_HEAD = 65536
+#: Users still scanning past this fraction of the rows are scored by brute force instead
+#: (norms that do not spread: random factors), so the worst case stays near brute force.
+NORM_GIVE_UP = 0.125
+#: Bytes of scores per brute-force slice (as ``Scorer.score_rows`` bounds them).
+NORM_BRUTE_BYTES = 8 << 20
 
 
 @dataclass
@@ -188,7 +195,12 @@ class NormIndex:
         qnorm = np.linalg.norm(q, axis=1)
         active = np.flatnonzero(finite)
         lo, block = 0, NORM_BLOCK
+        gave_up = np.zeros(0, dtype=np.int64)
         while lo < n_items and len(active):
+            if lo >= n_items * NORM_GIVE_UP:
+                # Norms that do not spread (no early stop): brute force is cheaper from here.
+                gave_up, active = active, active[:0]
+                break
             hi = min(n_items, lo + block)
             scores = q[active] @ self._rows(lo, hi).T  # (a, hi - lo)
             local = np.full(b, -1, dtype=np.int64)
@@ -217,9 +229,40 @@ class NormIndex:
         where = np.take_along_axis(where, order, axis=1)
         items = np.where(where >= 0, self.order[np.maximum(where, 0)], -1)
         items[~np.isfinite(best)] = -1
+        if len(gave_up):
+            self.stats.exact += len(gave_up)
+            items[gave_up], best[gave_up] = self._brute(
+                q[gave_up], m, exclude_indptr, exclude_indices, exclude_all, gave_up
+            )
         best[~finite] = np.nan
         items[~finite] = -1
         return items, best
+
+    def _brute(
+        self,
+        q: F32,
+        m: int,
+        exclude_indptr: I64 | None,
+        exclude_indices: I64 | None,
+        exclude_all: I64 | None,
+        users: I64,
+    ) -> tuple[I64, F32]:
+        """``topn.top_n`` for the queries ``users`` of a call, in slices of bounded scores."""
+        from streamrec.als.topn import top_n
+
+        rows = max(1, NORM_BRUTE_BYTES // (4 * max(1, self.n_items)))
+        have = exclude_indptr is not None and exclude_indices is not None
+        parts = []
+        for lo in range(0, len(users), rows):
+            part = users[lo : lo + rows]
+            ptr = idx = None
+            if have:
+                assert exclude_indptr is not None and exclude_indices is not None
+                spans = [exclude_indices[exclude_indptr[u] : exclude_indptr[u + 1]] for u in part]
+                ptr = np.concatenate([[0], np.cumsum([len(x) for x in spans])]).astype(np.int64)
+                idx = np.concatenate(spans).astype(np.int64)
+            parts.append(top_n(q[lo : lo + rows], self.factors, m, ptr, idx, exclude_all))
+        return np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
 
     def save(self, path: Path) -> None:
         np.save(path, self.order, allow_pickle=False)
