@@ -120,12 +120,12 @@ class Settings(BaseSettings):
         "from an approximate IVF index (README Big catalogs); 0 = never",
     )
     ann_nprobe: int = Field(
-        64,
+        32,
         ge=1,
         description="IVF lists searched per item for similar items (more: higher recall, slower)",
     )
     ann_overfetch: int = Field(
-        100,
+        20,
         ge=0,
         description="similar-item candidates fetched beyond the list length, from which the item "
         "and blocked items are dropped; an item left short is scored exactly",

@@ -302,7 +302,7 @@ class IvfIndex:
         item_factors: npt.ArrayLike,
         *,
         nlist: int | None = None,
-        nprobe: int = 64,
+        nprobe: int = 32,
         threads: int | None = None,
         seed: int = 0,
         niter: int = 10,
