@@ -407,6 +407,7 @@ def main() -> None:
     ap.add_argument("--build-threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--e2e", action="store_true", help="worker end to end, 20k vs the largest")
     ap.add_argument("--e2e-events", type=int, default=100_000)
+    ap.add_argument("--e2e-only", action="store_true", help="only the end-to-end runs")
     args = ap.parse_args()
     s = load_settings()
     sizes = [int(x) for x in args.items.split(",")]
@@ -418,7 +419,7 @@ def main() -> None:
         f"search threads 1 (OMP/BLAS/library), build threads {args.build_threads}"
     )
     figures: dict[str, Any] = {**machine_fields(), "bench": "bigcatalog", "results": []}
-    for n_items in sizes:
+    for n_items in [] if args.e2e_only else sizes:
         for source in args.sources.split(","):
             d = (
                 trained(n_items, args.users, args.queries, args.cache)
@@ -456,7 +457,7 @@ def main() -> None:
             figures["results"].append(row)
             del d
             gc.collect()
-    if args.e2e:
+    if args.e2e or args.e2e_only:
         small = trained(20_000, 20_000, args.queries, args.cache)
         big = trained(sizes[-1], args.users, args.queries, args.cache)
         figures["e2e"] = {}
