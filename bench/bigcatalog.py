@@ -408,6 +408,7 @@ def main() -> None:
     ap.add_argument("--e2e", action="store_true", help="worker end to end, 20k vs the largest")
     ap.add_argument("--e2e-events", type=int, default=100_000)
     ap.add_argument("--e2e-only", action="store_true", help="only the end-to-end runs")
+    ap.add_argument("--skip-similar", action="store_true", help="no similar-items figures")
     args = ap.parse_args()
     s = load_settings()
     sizes = [int(x) for x in args.items.split(",")]
@@ -436,16 +437,19 @@ def main() -> None:
                     f"{lt['build_s']} s, stored {lt['index_mb']} MiB, +{lt['index_rss_mb']} MiB "
                     "RSS"
                 )
-            row["similar"] = sm = similar(d, s.ann_nprobe, s.ann_overfetch, args.similar_queries)
-            print(
-                f"  similar items, IVF over unit rows (nlist {sm['nlist']}, built in "
-                f"{sm['build_s']} s on {os.cpu_count()} threads, {sm['index_mb']} MiB): "
-                + ", ".join(
-                    f"nprobe {c['nprobe']}: {c['items_per_s']} items/s recall@20 "
-                    f"{c['recall@20']} short {c['short']}"
-                    for c in sm["curve"]
+            if not args.skip_similar:
+                row["similar"] = sm = similar(
+                    d, s.ann_nprobe, s.ann_overfetch, args.similar_queries
                 )
-            )
+                print(
+                    f"  similar items, IVF over unit rows (nlist {sm['nlist']}, built in "
+                    f"{sm['build_s']} s on {os.cpu_count()} threads, {sm['index_mb']} MiB): "
+                    + ", ".join(
+                        f"nprobe {c['nprobe']}: {c['items_per_s']} items/s recall@20 "
+                        f"{c['recall@20']} short {c['short']}"
+                        for c in sm["curve"]
+                    )
+                )
             if args.candidates:
                 print("  candidates, raw top-50 (no exclusions), 1 search thread:")
                 row["candidates"] = candidates(d, args.build_threads)
