@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -105,13 +106,13 @@ NORM_KIND = "norm-order-mips"
 #: ``NORM_BLOCK_MAX`` (1024 measured as fast as 4096 on trained factors, 2x less scanned).
 NORM_BLOCK = 1024
 NORM_BLOCK_MAX = 65536
+#: Bytes of one block's scores (a block is narrowed for a large batch of users).
+NORM_SCORE_BYTES = 16 << 20
 #: Leading rows (in norm order) kept as a contiguous copy; past them blocks are gathered.
 NORM_HEAD = 65536
 #: Users still scanning past this fraction of the rows are scored by brute force instead
 #: (norms that do not spread: random factors), so the worst case stays near brute force.
-NORM_GIVE_UP = 0.125
-#: Bytes of scores per brute-force slice (as ``Scorer.score_rows`` bounds them).
-NORM_BRUTE_BYTES = 8 << 20
+NORM_GIVE_UP = 1 / 16
 
 
 @dataclass
@@ -174,101 +175,121 @@ class NormIndex:
         q = np.asarray(queries, dtype=np.float32)
         b, n_items = len(q), self.n_items
         m = min(n, n_items)
-        best = np.full((b, m), -np.inf, dtype=np.float32)
-        where = np.full((b, m), -1, dtype=np.int64)  # positions in norm order
         self.stats.searched += b
         if b == 0 or m == 0:
-            return where, best
-        # Excluded (user, position) pairs, sorted by position, to mask inside each block.
-        pos = self.position
+            return np.full((b, m), -1, dtype=np.int64), np.full((b, m), -np.inf, np.float32)
         ex_user = np.zeros(0, dtype=np.int64)
-        ex_pos = np.zeros(0, dtype=np.int64)
+        ex_row = np.zeros(0, dtype=np.int64)
         if exclude_indptr is not None and exclude_indices is not None and len(exclude_indices):
             ex_user = np.repeat(np.arange(b, dtype=np.int64), np.diff(exclude_indptr))
-            ex_pos = pos[np.asarray(exclude_indices, dtype=np.int64)]
+            ex_row = np.asarray(exclude_indices, dtype=np.int64)
         never = np.zeros(0, dtype=np.int64)
         if exclude_all is not None and len(exclude_all):
-            never = np.sort(pos[np.asarray(exclude_all, dtype=np.int64)])
-        sort = np.argsort(ex_pos, kind="stable")
-        ex_user, ex_pos = ex_user[sort], ex_pos[sort]
+            never = np.asarray(exclude_all, dtype=np.int64)
         finite = np.isfinite(q).all(axis=1)
         qnorm = np.linalg.norm(q, axis=1)
-        active = np.flatnonzero(finite)
-        lo, block = 0, NORM_BLOCK
-        gave_up = np.zeros(0, dtype=np.int64)
-        while lo < n_items and len(active):
-            if lo >= n_items * NORM_GIVE_UP:
-                # Norms that do not spread (no early stop): brute force is cheaper from here.
-                gave_up, active = active, active[:0]
-                break
-            hi = min(n_items, lo + block)
-            scores = q[active] @ self._rows(lo, hi).T  # (a, hi - lo)
-            local = np.full(b, -1, dtype=np.int64)
-            local[active] = np.arange(len(active))
-            a, z = np.searchsorted(ex_pos, [lo, hi])
-            if z > a:
-                rows = local[ex_user[a:z]]
-                mine = rows >= 0
-                scores[rows[mine], ex_pos[a:z][mine] - lo] = -np.inf
-            a, z = np.searchsorted(never, [lo, hi])
-            if z > a:
-                scores[:, never[a:z] - lo] = -np.inf
-            cand = np.concatenate([best[active], scores], axis=1)
-            cpos = np.concatenate(
-                [where[active], np.broadcast_to(np.arange(lo, hi), scores.shape)], axis=1
-            )
-            keep = np.argpartition(cand, cand.shape[1] - m, axis=1)[:, cand.shape[1] - m :]
-            best[active] = np.take_along_axis(cand, keep, axis=1)
-            where[active] = np.take_along_axis(cpos, keep, axis=1)
-            lo, block = hi, min(NORM_BLOCK_MAX, 2 * block)
-            if lo < n_items:
-                # Done: the m-th best already beats any later row's Cauchy-Schwarz bound.
-                active = active[best[active].min(axis=1) < qnorm[active] * self.norms[lo]]
+        # In norm order, with the early stop: positions, mapped back to rows below.
+        best, where, gave_up = _scan(q, np.flatnonzero(finite), m, n_items, self._rows,
+                                     ex_user, self.position[ex_row], self.position[never],
+                                     (qnorm, self.norms), NORM_BLOCK)  # fmt: skip
+        items = np.where(where >= 0, self.order[np.maximum(where, 0)], -1)
+        if len(gave_up):
+            # Norms that do not spread: brute force for these, as the worker's exact path.
+            self.stats.exact += len(gave_up)
+            best[gave_up], items[gave_up] = self._brute(q, m, gave_up, ex_user, ex_row, never)
         order = np.argsort(-best, axis=1, kind="stable")
         best = np.take_along_axis(best, order, axis=1)
-        where = np.take_along_axis(where, order, axis=1)
-        items = np.where(where >= 0, self.order[np.maximum(where, 0)], -1)
+        items = np.take_along_axis(items, order, axis=1)
         items[~np.isfinite(best)] = -1
-        if len(gave_up):
-            self.stats.exact += len(gave_up)
-            items[gave_up], best[gave_up] = self._brute(
-                q[gave_up], m, exclude_indptr, exclude_indices, exclude_all, gave_up
-            )
         best[~finite] = np.nan
         items[~finite] = -1
         return items, best
 
     def _brute(
-        self,
-        q: F32,
-        m: int,
-        exclude_indptr: I64 | None,
-        exclude_indices: I64 | None,
-        exclude_all: I64 | None,
-        users: I64,
-    ) -> tuple[I64, F32]:
-        """``topn.top_n`` for the queries ``users`` of a call, in slices of bounded scores."""
+        self, q: F32, m: int, users: I64, ex_user: I64, ex_row: I64, never: I64
+    ) -> tuple[F32, I64]:
+        """``topn.top_n`` for the queries ``users`` of ``q`` (with their (query, row)
+        exclusions), a few users per product so the scores stay under ``NORM_SCORE_BYTES``."""
         from streamrec.als.topn import top_n
 
-        rows = max(1, NORM_BRUTE_BYTES // (4 * max(1, self.n_items)))
-        have = exclude_indptr is not None and exclude_indices is not None
-        parts = []
+        rows = max(8, NORM_SCORE_BYTES // (4 * max(1, self.n_items)))
+        sort = np.argsort(ex_user, kind="stable")
+        ex_user, ex_row = ex_user[sort], ex_row[sort]
+        bounds = np.searchsorted(ex_user, np.arange(len(q) + 1))
+        scores, items = [], []
         for lo in range(0, len(users), rows):
             part = users[lo : lo + rows]
-            ptr = idx = None
-            if have:
-                assert exclude_indptr is not None and exclude_indices is not None
-                spans = [exclude_indices[exclude_indptr[u] : exclude_indptr[u + 1]] for u in part]
-                ptr = np.concatenate([[0], np.cumsum([len(x) for x in spans])]).astype(np.int64)
-                idx = np.concatenate(spans).astype(np.int64)
-            parts.append(top_n(q[lo : lo + rows], self.factors, m, ptr, idx, exclude_all))
-        return np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
+            lens = bounds[part + 1] - bounds[part]
+            ptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+            idx = np.concatenate([ex_row[bounds[u] : bounds[u + 1]] for u in part])
+            got, top = top_n(q[part], self.factors, m, ptr, idx.astype(np.int64), never)
+            items.append(got)
+            scores.append(top)
+        return np.vstack(scores), np.vstack(items)
 
     def save(self, path: Path) -> None:
         np.save(path, self.order, allow_pickle=False)
 
     def meta(self) -> dict[str, Any]:
         return {"kind": NORM_KIND, "n_items": self.n_items}
+
+
+def _scan(
+    q: F32,
+    active: I64,
+    m: int,
+    n_rows: int,
+    rows: Callable[[int, int], F32],
+    ex_user: I64,
+    ex_pos: I64,
+    never: I64,
+    bound: tuple[npt.NDArray[np.floating[Any]], F32] | None,
+    block: int,
+) -> tuple[F32, I64, I64]:
+    """The best ``m`` of ``rows(lo, hi)`` (blocks of the catalogue, in the scan's order) for
+    the queries ``active`` of ``q``: ``(best, where, gave_up)``: (B, m) scores and positions
+    (unsorted; -inf / -1 for the other queries) and, with ``bound``, the queries unfinished
+    past ``NORM_GIVE_UP`` of the rows (left for the caller). ``ex_user``/``ex_pos``: excluded
+    (query, position) pairs; ``never``: positions excluded for all. ``bound``: (query norms,
+    row norms in scan order) for the early stop; None = scan everything."""
+    b = len(q)
+    best = np.full((b, m), -np.inf, dtype=np.float32)
+    where = np.full((b, m), -1, dtype=np.int64)
+    sort = np.argsort(ex_pos, kind="stable")
+    ex_user, ex_pos = ex_user[sort], ex_pos[sort]
+    never = np.sort(never)
+    gave_up = np.zeros(0, dtype=np.int64)
+    lo = 0
+    while lo < n_rows and len(active):
+        if bound is not None and lo >= n_rows * NORM_GIVE_UP:
+            gave_up, active = active, active[:0]
+            break
+        width = max(NORM_BLOCK, min(block, NORM_SCORE_BYTES // (4 * len(active))))
+        hi = min(n_rows, lo + width)
+        scores = q[active] @ rows(lo, hi).T  # (a, hi - lo), at most NORM_SCORE_BYTES
+        local = np.full(b, -1, dtype=np.int64)
+        local[active] = np.arange(len(active))
+        a, z = np.searchsorted(ex_pos, [lo, hi])
+        if z > a:
+            mine = local[ex_user[a:z]]
+            keep = mine >= 0
+            scores[mine[keep], ex_pos[a:z][keep] - lo] = -np.inf
+        a, z = np.searchsorted(never, [lo, hi])
+        if z > a:
+            scores[:, never[a:z] - lo] = -np.inf
+        cand = np.concatenate([best[active], scores], axis=1)
+        cpos = np.concatenate(
+            [where[active], np.broadcast_to(np.arange(lo, hi), scores.shape)], axis=1
+        )
+        pick = np.argpartition(cand, cand.shape[1] - m, axis=1)[:, cand.shape[1] - m :]
+        best[active] = np.take_along_axis(cand, pick, axis=1)
+        where[active] = np.take_along_axis(cpos, pick, axis=1)
+        lo, block = hi, min(NORM_BLOCK_MAX, 2 * block)
+        if bound is not None and lo < n_rows:
+            # Done: the m-th best already beats any later row's Cauchy-Schwarz bound.
+            qnorm, norms = bound
+            active = active[best[active].min(axis=1) < qnorm[active] * norms[lo]]
+    return best, where, gave_up
 
 
 def _faiss() -> Any:

@@ -97,7 +97,7 @@ def test_norm_index_equals_brute_force(spread: bool) -> None:
     np.testing.assert_array_equal(items[rows], want_items[rows])
     assert (items[3] >= 0).all() and not np.isin(items[3], blocked).any()
     assert index.stats.searched == 70
-    if not spread:  # no early stop: past an eighth of the rows, brute force takes over
+    if not spread:  # no early stop: past a sixteenth of the rows, brute force takes over
         assert index.stats.exact > 60
 
 
