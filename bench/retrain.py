@@ -1,6 +1,7 @@
 """The whole nightly pipeline vs the bare ``implicit`` fit on the same matrix, same run.
 
     python bench/retrain.py [--dataset lastfm-2k --data-dir ../shared/data] [--events 20000]
+    python bench/retrain.py --scale 100000,10000,3000000 [--repeat 1]
 
 Needs the real Kafka broker and Redis (``streamrec infra up``). Publishes ``--events`` play
 events to a fresh topic (not timed), then times ``streamrec.model.retrain.retrain`` (read the
@@ -10,6 +11,11 @@ Runs ``--repeat`` pairs (pipeline, then bare fit) and prints each pair, the best
 their ratio (target: at most 1.5x; medians beside), the pipeline against both fits (the bare
 one and the candidate's on the training split), the stage timings and peak RSS; ends with one
 JSON line. Without ``--data-dir`` it uses the generated dataset at a larger size.
+
+``--scale USERS,ITEMS,INTERACTIONS``: everything comes from Kafka instead, as in production:
+a generated log of that size (``bench/bigcatalog.py``'s generator: genres, Zipf popularity) is
+published as one Avro play event per (user, item) pair (not timed), and the job reads it all
+back; the read stage is reported in events/s.
 """
 
 from __future__ import annotations
@@ -26,15 +32,48 @@ import numpy as np
 from _common import emit, machine_fields, machine_line
 
 from streamrec.connect import ensure_topics, redis_client
-from streamrec.events import new_event
-from streamrec.model.data import build_matrix, interactions_from_events, load_dataset, synthetic
+from streamrec.events import encode_avro, new_event
+from streamrec.model.data import (
+    Interactions,
+    build_matrix,
+    interactions_from_events,
+    load_dataset,
+    synthetic,
+)
 from streamrec.model.params import Params
 from streamrec.model.retrain import RetrainConfig, concat, retrain
 from streamrec.model.snapshot import read_window
 from streamrec.model.split import split_interactions
 from streamrec.model.train import fit
 from streamrec.producer.producer import EventProducer
-from streamrec.settings import load_settings
+from streamrec.settings import Settings, load_settings
+
+
+def publish_generated(s: Settings, n_users: int, n_items: int, n_rows: int) -> int:
+    """Publish a generated log as Avro play events, one per (user, item) pair; returns how
+    many (duplicates drawn by the generator are summed into one pair, so a little under
+    ``n_rows``)."""
+    from bigcatalog import generated
+
+    t = time.perf_counter()
+    m = generated(n_users, n_items, mean_len=n_rows / n_users).tocoo()
+    ensure_topics(s)
+    sent = 0
+    with EventProducer(s) as p:
+        for lo in range(0, m.nnz, 100_000):
+            rows, cols = m.row[lo : lo + 100_000].tolist(), m.col[lo : lo + 100_000].tolist()
+            for u, i in zip(rows, cols, strict=True):
+                key = f"user-{u:07d}"
+                value = encode_avro(new_event(key, f"item-{i:06d}", "play", value=120.0))
+                while True:
+                    try:
+                        p.send_raw(key.encode(), value)
+                        break
+                    except BufferError:
+                        p.flush()
+                sent += 1
+    print(f"published {sent} events in {time.perf_counter() - t:.0f} s (not timed below)")
+    return sent
 
 
 def main() -> None:
@@ -46,6 +85,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=15)
     ap.add_argument("--users", type=int, default=20_000, help="generated data: users")
     ap.add_argument("--items", type=int, default=5_000, help="generated data: items")
+    ap.add_argument("--scale", default=None, help="USERS,ITEMS,INTERACTIONS, all from Kafka")
     ap.add_argument(
         "--repeat",
         type=int,
@@ -63,25 +103,31 @@ def main() -> None:
         topic_models=f"bench-{tag}.models",
         redis_prefix=f"bench-{tag}",
     )
-    if args.data_dir is not None:
-        base, name = load_dataset(args.dataset, args.data_dir), args.dataset
+    base: Interactions | None
+    if args.scale is not None:
+        n_users, n_items, n_rows = (int(x) for x in args.scale.split(","))
+        base, name = None, f"generated({n_users} users, {n_items} items, ~{n_rows} interactions)"
+        args.events = publish_generated(s, n_users, n_items, n_rows)
     else:
-        base = synthetic(args.users, args.items, seed=1)
-        name = f"synthetic({args.users} users, {args.items} items)"
-    items = sorted(set(base.items.astype(str)))
-    users = sorted(set(base.users.astype(str)))
-    rng = np.random.default_rng(0)
-    ensure_topics(s)
-    with EventProducer(s) as p:
-        for _ in range(args.events):
-            p.send(
-                new_event(
-                    users[int(rng.integers(len(users)))],
-                    items[int(rng.integers(len(items)))],
-                    "play",
-                    value=120.0,
+        if args.data_dir is not None:
+            base, name = load_dataset(args.dataset, args.data_dir), args.dataset
+        else:
+            base = synthetic(args.users, args.items, seed=1)
+            name = f"synthetic({args.users} users, {args.items} items)"
+        items = sorted(set(base.items.astype(str)))
+        users = sorted(set(base.users.astype(str)))
+        rng = np.random.default_rng(0)
+        ensure_topics(s)
+        with EventProducer(s) as p:
+            for _ in range(args.events):
+                p.send(
+                    new_event(
+                        users[int(rng.integers(len(users)))],
+                        items[int(rng.integers(len(items)))],
+                        "play",
+                        value=120.0,
+                    )
                 )
-            )
     client = redis_client(s)
     params = Params(factors=args.factors, iterations=args.iterations)
     print(machine_line())
@@ -90,6 +136,7 @@ def main() -> None:
     pipeline_runs: list[float] = []
     bare_runs: list[float] = []
     train_runs: list[float] = []
+    read_rates: list[float] = []
     for run in range(args.repeat):
         # A fresh Redis prefix per run: no live model to compare with, as on a first night.
         rs = load_settings(**{**s.model_dump(), "redis_prefix": f"bench-{tag}-{run}"})
@@ -125,8 +172,10 @@ def main() -> None:
         print(
             f"run {run + 1}: pipeline {pipeline_runs[-1]:.2f} s, bare fit {bare_runs[-1]:.2f} s "
             f"({pipeline_runs[-1] / bare_runs[-1]:.2f}x), bare fit on the training split "
-            f"{train_runs[-1]:.2f} s; stages {result.timings}"
+            f"{train_runs[-1]:.2f} s; stages {result.timings}; read stage "
+            f"{result.counts['events'] / max(result.timings['read'], 1e-9):,.0f} events/s"
         )
+        read_rates.append(result.counts["events"] / max(result.timings["read"], 1e-9))
         for key in client.scan_iter(match=f"{rs.redis_prefix}:*", count=1000):
             client.unlink(key)
     # Best of the runs: this machine's noise only ever adds time (a fit takes 0.4 s in one run
@@ -169,6 +218,7 @@ def main() -> None:
             "promoted": result.promoted,
             "lists": result.counts.get("lists"),
             "peak_rss_mb": round(rss_mb),
+            "read_events_per_s": [round(r) for r in read_rates],
             "nnz": int(matrix.confidence.nnz),
         }
     )

@@ -29,10 +29,11 @@ import redis
 import scipy.sparse as sp
 from confluent_kafka import Producer
 
+from streamrec.als.ann import load_for, wanted
 from streamrec.als.history import UserState
 from streamrec.als.scorer import Scored, Scorer
 from streamrec.als.scoring import score_csr, scored_in_order
-from streamrec.als.similar import similar_items
+from streamrec.als.similar import similar_items, unit_index
 from streamrec.artifact import Model
 from streamrec.connect import DURABLE_PRODUCER, blocked_items, ensure_topics, kafka_metadata
 from streamrec.errors import InfraError
@@ -136,7 +137,14 @@ def _write_lists(
     """Every user's list and every item's similar items, under ``model``'s version
     (``blocked`` item ids left out; ``now`` epoch ms)."""
     counts = {"lists": 0, "similar": 0}
-    scorer = Scorer.create(model, n=settings.top_n, history_max=settings.history_max)
+    # A big catalogue is served from the model's stored index (built with it by the nightly
+    # job), its similar items from one built here over the unit rows.
+    scorer = Scorer.create(
+        model,
+        n=settings.top_n,
+        history_max=settings.history_max,
+        ann=load_for(model, settings),
+    )
     rows = scorer.blocked_rows(blocked)
     scorer = scorer.with_(blocked=rows)
     sink = Sink(client, keys, settings.recs_ttl_s, settings.history_ttl_s)
@@ -173,7 +181,12 @@ def _write_lists(
                          total)  # fmt: skip
         if similar_n:
             ids, batch = model.item_ids, []
-            for item_rows, items, scores in similar_items(model.item_factors, similar_n, rows):
+            big = wanted(model.n_items, settings)
+            index = unit_index(model.item_factors, settings.ann_nprobe) if big else None
+            similar = similar_items(
+                model.item_factors, similar_n, rows, index=index, overfetch=settings.ann_overfetch
+            )
+            for item_rows, items, scores in similar:
                 query = [ids[i] for i in item_rows.tolist()]
                 values = scorer.encoder.similar(query, items, scores, model.version, now)
                 batch += [(keys.similar(i), v) for i, v in zip(query, values, strict=True)]

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from streamrec.als.ann import load_for
 from streamrec.als.scorer import HISTORY_MAX, Scorer
 from streamrec.artifact import Model, load_model
 from streamrec.model.data import Interactions, factorize, load_file
 from streamrec.model.errors import DataError
+from streamrec.settings import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +73,14 @@ def recommend(
     history_max: int = HISTORY_MAX,
     batch: int = BATCH,
     stats: list[RecommendStats] | None = None,
+    settings: Settings | None = None,
 ) -> Iterator[tuple[str, list[tuple[str, float]]]]:
     """``(user_id, [(item_id, score), ...])`` for every user in ``histories``, in order,
-    ``batch`` users per ``Scorer.recommend`` call. Appends the totals to ``stats`` when given."""
-    scorer = Scorer.create(model, n=n, history_max=history_max)
+    ``batch`` users per ``Scorer.recommend`` call. Appends the totals to ``stats`` when given.
+    A big catalogue (``settings.ann_min_items``, default settings when None) is ranked through
+    the model's stored index, as the worker ranks it."""
+    s = settings or load_settings()
+    scorer = Scorer.create(model, n=n, history_max=history_max, ann=load_for(model, s))
     users = list(histories)
     unknown = cold = 0
     for start in range(0, len(users), batch):

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import redis
 
+from streamrec.als.ann import build_for, wanted
 from streamrec.artifact import Model, load_model
 from streamrec.exits import Exit
 from streamrec.keys import Keys, read_model_pointer
@@ -251,11 +252,17 @@ def _run(
     with _step(cfg, "fitting the final model", "sweeps") as shown:
         als = fit(matrix, params, False, init, cfg.final_iterations or None, progress=shown)
     lap("fit")
+    factors = np.asarray(als.item_factors, dtype=np.float32)
+    index = None
+    if wanted(len(matrix.item_ids), settings):
+        echo(f"building the approximate top-N index of {len(matrix.item_ids)} items ...")
+        index = build_for(factors, settings)
+        lap("index")
     popularity = np.asarray(matrix.confidence.maximum(0).sum(axis=0), dtype=np.float32).ravel()
     model = write_version(
         cfg.models_dir,
         matrix.item_ids,
-        np.asarray(als.item_factors, dtype=np.float32),
+        factors,
         popularity,
         asdict(params),
         extra={
@@ -274,6 +281,7 @@ def _run(
                 "iterations": cfg.final_iterations or params.iterations,
             },
         },
+        index=index,
     )
     lap("write")
     echo(f"publishing {model.version}: lists for every known user, popular, similar items ...")

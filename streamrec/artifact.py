@@ -7,6 +7,9 @@ Layout::
     <dir>/item_factors.npy       (n_items, k) float32
     <dir>/item_ids.json          JSON list of n_items strings (the producers' item ids)
     <dir>/item_popularity.npy    (n_items,) float32, summed training confidence per item
+    <dir>/item_index.npy         optional: the top-N index of a big catalogue (int64, the
+                                 rows in decreasing norm order, ``streamrec.als.ann``),
+                                 described by ``manifest["index"]`` and checksummed as the rest
 
 No pickle anywhere: arrays load with ``allow_pickle=False``. A directory is written under a
 temporary name and renamed into place, so a reader never sees half a model, and it is verified
@@ -24,7 +27,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +41,16 @@ FACTORS = "item_factors.npy"
 ITEM_IDS = "item_ids.json"
 POPULARITY = "item_popularity.npy"
 FILES = (FACTORS, ITEM_IDS, POPULARITY)
+INDEX = "item_index.npy"
+
+
+class IndexFile(Protocol):
+    """An index stored with the model: written by ``save``, described by ``meta`` (JSON, at
+    least ``kind``). This module only stores and checksums it; ``streamrec.als.ann`` reads it."""
+
+    def save(self, path: Path) -> None: ...
+
+    def meta(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,11 @@ class Model:
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
+
+    @property
+    def index_path(self) -> Path | None:
+        """The stored approximate top-N index (``INDEX``), None when the model has none."""
+        return self.path / INDEX if "index" in self.manifest else None
 
     @property
     def factors(self) -> int:
@@ -95,10 +113,12 @@ def write_model(
     item_popularity: npt.NDArray[np.float32],
     params: Mapping[str, Any],
     extra: Mapping[str, Any] | None = None,
+    index: IndexFile | None = None,
 ) -> Path:
     """Write a model directory at ``out`` atomically (replacing one already there).
 
     ``params`` must hold what fold-in needs: ``regularization``, ``alpha``, ``transform``.
+    ``index``: an approximate top-N index of these factors, stored as ``INDEX``.
     Returns ``out``. Raises ArtifactError if the inputs are inconsistent.
     """
     factors = np.ascontiguousarray(item_factors, dtype=np.float32)
@@ -116,9 +136,13 @@ def write_model(
         np.save(tmp / FACTORS, factors, allow_pickle=False)
         np.save(tmp / POPULARITY, popularity, allow_pickle=False)
         (tmp / ITEM_IDS).write_text(json.dumps(ids, ensure_ascii=False), "utf-8")
+        names: tuple[str, ...] = FILES
+        if index is not None:
+            index.save(tmp / INDEX)
+            names = (*FILES, INDEX)
         files: dict[str, dict[str, Any]] = {
             name: {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
-            for name in FILES
+            for name in names
         }
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(created / 1000))
         manifest = {
@@ -130,6 +154,7 @@ def write_model(
             "factors": int(factors.shape[1]),
             "params": dict(params),
             **(dict(extra) if extra else {}),
+            **({"index": {**index.meta(), "file": INDEX}} if index is not None else {}),
             "files": files,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), "utf-8")
@@ -179,12 +204,19 @@ def load_model(path: Path, mmap: bool = True) -> Model:
     """Load and verify a model directory; raises ArtifactError on any inconsistency.
 
     With ``mmap`` the factors are a read-only memory map, so workers on one host share pages.
+    A stored index (``INDEX``) is verified by its checksum here and opened by its reader
+    (``streamrec.als.ann.load_for``).
     """
     path = Path(path)
     manifest = read_manifest(path)
     files = manifest.get("files")
-    if not isinstance(files, dict) or set(files) != set(FILES):
-        raise ArtifactError(f"{path}: manifest must list exactly {', '.join(FILES)}")
+    expected = (*FILES, INDEX) if "index" in manifest else FILES
+    if not isinstance(files, dict) or set(files) != set(expected):
+        raise ArtifactError(f"{path}: manifest must list exactly {', '.join(expected)}")
+    if "index" in manifest and not (
+        isinstance(manifest["index"], dict) and isinstance(manifest["index"].get("kind"), str)
+    ):
+        raise ArtifactError(f"{path}: manifest's index entry must be an object with a kind")
     for name, meta in files.items():
         f = path / name
         if not f.is_file():

@@ -266,6 +266,24 @@ class Settings(BaseSettings):
     history_max: int = Field(
         500, ge=1, description="most history items per user in the solve (strongest first)"
     )
+    ann_min_items: int = Field(
+        100_000,
+        ge=0,
+        description="catalogues of at least this many items get their lists from the model's "
+        "norm-ordered top-N index (exact, stored by the nightly job) and their similar items "
+        "from an approximate IVF index (README Big catalogs); 0 = never",
+    )
+    ann_nprobe: int = Field(
+        32,
+        ge=1,
+        description="IVF lists searched per item for similar items (more: higher recall, slower)",
+    )
+    ann_overfetch: int = Field(
+        20,
+        ge=0,
+        description="similar-item candidates fetched beyond the list length, from which the item "
+        "and blocked items are dropped; an item left short is scored exactly",
+    )
 
     # --- Feedback (shared by worker and trainer) --------------------------------------------
     event_weights: dict[str, float] = Field(

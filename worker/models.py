@@ -19,6 +19,7 @@ import numpy.typing as npt
 import redis
 from confluent_kafka import Consumer
 
+from streamrec.als.ann import load_for
 from streamrec.als.scorer import Scorer
 from streamrec.artifact import Model, load_model
 from streamrec.connect import blocked_items
@@ -84,7 +85,9 @@ class ModelWatcher:
 
     def _scorer(self, model: Model) -> Scorer:
         s = self._settings
-        return Scorer.create(model, n=s.top_n, history_max=s.history_max)
+        # A big catalogue's stored index is opened (memory-mapped) and checked with the model:
+        # one that does not open makes load fail, and the model is refused like a bad one.
+        return Scorer.create(model, n=s.top_n, history_max=s.history_max, ann=load_for(model, s))
 
     def _initial(self) -> Scorer:
         if self._settings.model_path is not None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import numpy.typing as npt
 
+from streamrec.als.ann import TopNIndex
 from streamrec.als.foldin import FoldIn
 from streamrec.als.topn import top_n
 from streamrec.artifact import Model
@@ -51,6 +52,9 @@ class Scorer:
     ``n``: list length (>= 1); ``history_max``: most items per user entering the solve (the
     strongest by absolute total; all of them are still excluded from the list); ``blocked``:
     (m,) int64 model rows never returned to anyone (``blocked_rows``).
+
+    ``ann``: a top-N index of the model's factors for big catalogues (``streamrec.als.ann``):
+    when set, lists come from its ``top_n`` (history and blocked rows excluded as here).
     """
 
     model: Model
@@ -62,6 +66,7 @@ class Scorer:
     n: int = TOP_N
     history_max: int = HISTORY_MAX
     blocked: npt.NDArray[np.int64] = field(default_factory=_no_rows, repr=False)
+    ann: TopNIndex | None = field(default=None, repr=False)
     # Scratch reused across batches (one worker thread uses a Scorer at a time); copies made
     # by ``with_`` share it, so a copy per call allocates nothing.
     buffers: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict, repr=False)
@@ -74,8 +79,10 @@ class Scorer:
         n: int = TOP_N,
         history_max: int = HISTORY_MAX,
         blocked: npt.ArrayLike | None = None,
+        ann: TopNIndex | None = None,
     ) -> Scorer:
-        """The model's id index, popularity order and solver state (built once per model)."""
+        """The model's id index, popularity order and solver state (built once per model);
+        ``ann``: the model's index (``streamrec.als.ann.load_for``), None = exact top-N."""
         return cls(
             model=model,
             foldin=FoldIn.create(model.item_factors, float(model.params["regularization"])),
@@ -86,6 +93,7 @@ class Scorer:
             n=n,
             history_max=history_max,
             blocked=_no_rows() if blocked is None else np.asarray(blocked, dtype=np.int64),
+            ann=ann,
         )
 
     def with_(
@@ -119,6 +127,20 @@ class Scorer:
         return buf
 
     def _top_n(
+        self,
+        vectors: npt.NDArray[np.float32],
+        excl_ptr: npt.NDArray[np.int64],
+        excl_idx: npt.NDArray[np.int64],
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], int]:
+        """(items, scores, short): from the index when there is one (``short``: users it
+        scored exactly after its candidates ran short), else ``_exact``."""
+        if self.ann is None:
+            return (*self._exact(vectors, excl_ptr, excl_idx), 0)
+        before = self.ann.stats.short
+        items, scores = self.ann.top_n(vectors, self.n, excl_ptr, excl_idx, self.blocked)
+        return items, scores, self.ann.stats.short - before
+
+    def _exact(
         self,
         vectors: npt.NDArray[np.float32],
         excl_ptr: npt.NDArray[np.int64],
@@ -236,7 +258,7 @@ class Scorer:
             # A broken solve (an overflowed confidence, a near-singular system) gives no list:
             # NaN makes every score of the row NaN, which callers can test (worker/isolate.py).
             vectors[~np.isfinite(vectors).all(axis=1)] = np.nan
-        items, scores = self._top_n(vectors, excl_ptr, excl_idx)
+        items, scores, short = self._top_n(vectors, excl_ptr, excl_idx)
         cold = np.flatnonzero(~warm).tolist()
         if cold:
             never = set(self.blocked.tolist())
@@ -249,7 +271,7 @@ class Scorer:
                 scores[b] = -np.inf
                 items[b, : len(picks)] = picks
                 scores[b, : len(picks)] = pop[picks]
-        return Scored(users, items, scores, unknown, len(cold))
+        return Scored(users, items, scores, unknown, len(cold), short)
 
 
 @dataclass(frozen=True)
@@ -261,6 +283,7 @@ class Scored:
     scores: npt.NDArray[np.float32]  # (B, m); -inf where items is -1
     unknown: int  # history entries naming items the model does not know
     cold: int  # users given the popularity ranking
+    short: int = 0  # users the ANN index ran short on, scored exactly
 
     def lists(self, ids: npt.NDArray[np.object_]) -> Ranked:
         """(user, [(item_id, score), ...]) per user, scores rounded (``round_scores``)."""

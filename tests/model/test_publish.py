@@ -153,3 +153,31 @@ def test_live_histories_reads_the_workers_states(stack: Callable[..., Settings])
     got = live_histories(client, keys, ["a", "nobody", "b"], half_life_ms=day)
     assert got == {"a": {"x": 2.0, "y": pytest.approx(0.5)}, "b": {"z": -1.5}}
     assert live_histories(client, keys, ["a"], None) == {"a": {"x": 2.0, "y": 1.0}}
+
+
+def test_a_big_catalogue_publishes_through_its_indexes_the_same_lists(
+    stack: Callable[..., Settings], small_model: Path
+) -> None:
+    """Above ``ann_min_items`` the lists come from the model's norm index and the similar
+    items from an IVF index of the unit rows; with every IVF list probed both are exact, so
+    each list equals the one published by brute force (scores up to float rounding)."""
+    model = load_model(small_model)
+    ids = model.item_ids
+    histories = {
+        f"u-{u}": {ids[(5 * u + j) % len(ids)]: 1.0 + j for j in range(3 + u % 4)}
+        for u in range(30)
+    }
+    exact = stack(top_n=10, ann_min_items=0)
+    big = stack(top_n=10, ann_min_items=1, ann_nprobe=1000, ann_overfetch=5)
+    written = {}
+    for s in (exact, big):
+        client, keys = redis_client(s), Keys(s.redis_prefix)
+        client.sadd(keys.blocked, ids[3], ids[11])
+        counts = publish(model, s, client, histories=histories, similar_n=5, announce=False)
+        assert counts == {"lists": 30, "similar": len(ids)}
+        names = [keys.recs(u) for u in histories] + [keys.similar(i) for i in ids]
+        written[s.redis_prefix] = [_listed(r) for r in client.mget(names)]
+    want, got = written[exact.redis_prefix], written[big.redis_prefix]
+    for w, g in zip(want, got, strict=True):
+        assert [i for i, _ in g] == [i for i, _ in w]
+        assert [c for _, c in g] == pytest.approx([c for _, c in w], rel=1e-4, abs=1e-6)

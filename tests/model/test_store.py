@@ -52,3 +52,21 @@ def test_an_old_leftover_goes_whatever_its_pid(tmp_path: Path) -> None:
     then = time.time() - STALE_S - 60
     os.utime(old, (then, then))
     assert sweep(tmp_path) == [old]
+
+
+def test_a_version_is_written_with_its_top_n_index(tmp_path: Path) -> None:
+    from streamrec.als.ann import NormIndex, load_for
+    from streamrec.artifact import INDEX
+    from streamrec.settings import load_settings
+
+    rng = np.random.default_rng(0)
+    y = (rng.standard_normal((500, 8)) * rng.lognormal(0, 1, (500, 1))).astype(np.float32)
+    params = {"regularization": 0.1, "alpha": 1.0, "transform": "log"}
+    model = write_version(tmp_path, [f"i{r}" for r in range(500)], y,
+                          np.ones(500, np.float32), params, index=NormIndex.build(y))  # fmt: skip
+    assert model.path.parent == tmp_path and (model.path / INDEX).is_file()
+    assert model.manifest["index"]["kind"] == "norm-order-mips"
+    index = load_for(model, load_settings(ann_min_items=500))
+    assert index is not None
+    norms = np.linalg.norm(y, axis=1)[index.order]
+    assert sorted(index.order.tolist()) == list(range(500)) and (np.diff(norms) <= 1e-6).all()

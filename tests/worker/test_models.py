@@ -176,3 +176,59 @@ def test_blocked_items_reload_and_are_mapped_again_after_a_swap(
     finally:
         watcher.close()
         client.close()
+
+
+def test_a_big_catalogue_swaps_with_its_index_and_a_wrong_index_is_refused(
+    stack: Callable[..., Settings], small_model: Path, tmp_path: Path
+) -> None:
+    """Above ``ann_min_items`` the watcher serves through the model's stored norm index; a
+    model whose index is not its factors' norm order (checksums matching) is refused."""
+    import hashlib
+
+    import numpy as np
+
+    from streamrec.als.ann import NormIndex
+    from streamrec.artifact import INDEX, MANIFEST, write_model
+
+    base = load_model(small_model)
+    y = np.asarray(base.item_factors)
+
+    def with_index(out: Path) -> Model:
+        write_model(out, base.item_ids, y, base.item_popularity, base.params,
+                    index=NormIndex.build(y))  # fmt: skip
+        return load_model(out)
+
+    good = with_index(tmp_path / "good")
+    bad = with_index(tmp_path / "bad")
+    order = np.load(bad.path / INDEX)[::-1].copy()
+    np.save(bad.path / INDEX, order, allow_pickle=False)
+    manifest = json.loads((bad.path / MANIFEST).read_text())
+    data = (bad.path / INDEX).read_bytes()
+    manifest["files"][INDEX] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    manifest["version"] = "bad-index"
+    (bad.path / MANIFEST).write_text(json.dumps(manifest))
+
+    s = stack(ann_min_items=len(y))
+    keys, client = _setup(s)
+    client.set(keys.model, model_value(base.summary()))
+    metrics = Metrics()
+    watcher = ModelWatcher(s, client, keys, metrics, check_s=0)
+    try:
+        assert isinstance(watcher.scorer.ann, NormIndex)  # built on load: it has none stored
+        client.set(keys.model, json.dumps({"version": "bad-index", "path": str(bad.path)}))
+        assert not watcher.refresh()
+        assert watcher.refused == {"bad-index"} and watcher.scorer.version == base.version
+        client.set(keys.model, model_value(good.summary()))
+        assert watcher.refresh()
+        assert watcher.scorer.version == good.version
+        assert isinstance(watcher.scorer.ann, NormIndex)
+        np.testing.assert_array_equal(watcher.scorer.ann.order, np.load(good.path / INDEX))
+        hist = {"u": {base.item_ids[0]: 3.0, base.item_ids[1]: 1.0}}
+        exact = watcher.scorer.with_()
+        from dataclasses import replace
+
+        plain = replace(exact, ann=None)
+        np.testing.assert_array_equal(exact.score(hist).items, plain.score(hist).items)
+    finally:
+        watcher.close()
+        client.close()
