@@ -92,14 +92,15 @@ def measure(
     for lo in range(0, len(users), CHUNK):
         hi = lo + CHUNK
         sink.write(lists=list(zip(users[lo:hi], list_values[lo:hi], strict=True)),
-                   states=list(zip(users[lo:hi], state_values[lo:hi], strict=True)),
+                   states=[(keys.user(u, "bench", 0), v)
+                           for u, v in zip(users[lo:hi], state_values[lo:hi], strict=True)],
                    transaction=False)  # fmt: skip
     after = used_memory(client)
 
     sample = users[:: max(1, len(users) // args.samples)][: args.samples]
     pipe = client.pipeline(transaction=False)
     for u in sample:
-        pipe.memory_usage(keys.user(u), samples=0)
+        pipe.memory_usage(keys.user(u, "bench", 0), samples=0)
         pipe.memory_usage(keys.recs(u), samples=0)
     usage = pipe.execute()
     kept = [len(s.items) for s in states]

@@ -49,7 +49,7 @@ def cmd_infra(args: argparse.Namespace) -> int:
     from streamrec import infra
     from streamrec.connect import ensure_topics
 
-    settings = load_settings()
+    settings = load_settings(**({"redis_cluster": True} if args.redis_cluster else {}))
     if args.action == "up":
         state = infra.up(settings, echo=print)
         created = ensure_topics(settings)

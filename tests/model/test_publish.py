@@ -18,7 +18,7 @@ from streamrec.als.history import UserState
 from streamrec.als.scorer import Scorer
 from streamrec.artifact import Model, load_model
 from streamrec.connect import read_ranges, redis_client
-from streamrec.keys import Keys, parse_model_pointer, recs_value
+from streamrec.keys import Keys, home_value, parse_model_pointer, recs_value
 from streamrec.model.publish import Totals, live_histories, publish
 from streamrec.settings import Settings
 from tests.conftest import log_end
@@ -148,8 +148,12 @@ def test_live_histories_reads_the_workers_states(stack: Callable[..., Settings])
     s = stack()
     client, keys = redis_client(s), Keys(s.redis_prefix)
     day = 86_400_000.0
-    client.set(keys.user("a"), UserState({"x": [2.0, 5 * day], "y": [1.0, 4 * day]}).to_json())
-    client.set(keys.user("b"), UserState({"z": [-1.5, 9 * day]}).to_json())
-    got = live_histories(client, keys, ["a", "nobody", "b"], half_life_ms=day)
+    a = UserState({"x": [2.0, 5 * day], "y": [1.0, 4 * day]}).to_json()
+    client.set(keys.user("a", "ev", 0), a)
+    client.set(keys.user("b", "ev", 2), UserState({"z": [-1.5, 9 * day]}).to_json())
+    client.set(keys.home("a"), home_value("ev", 0))
+    client.set(keys.home("b"), home_value("ev", 2))
+    client.set(keys.home("gone"), home_value("ev", 1))  # its history expired meanwhile
+    got = live_histories(client, keys, ["a", "nobody", "b", "gone"], half_life_ms=day)
     assert got == {"a": {"x": 2.0, "y": pytest.approx(0.5)}, "b": {"z": -1.5}}
     assert live_histories(client, keys, ["a"], None) == {"a": {"x": 2.0, "y": 1.0}}

@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, Producer
 from streamrec.artifact import load_model
 from streamrec.connect import ensure_topics, redis_client
 from streamrec.events import new_event, schema_text
-from streamrec.keys import Keys
+from streamrec.keys import Keys, read_histories
 from streamrec.model.publish import publish
 from streamrec.producer.producer import EventProducer
 from streamrec.settings import Settings
@@ -56,7 +56,7 @@ def test_new_user_gets_a_list_within_5s_without_own_items(
     assert value["model_version"] == load_model(small_model).version
     assert 0 < client.ttl(keys.recs("alice")) <= s.recs_ttl_s
     # the worker waits for all three plays: history holds every item
-    state = wait_for(lambda: client.get(keys.user("alice")), timeout_s=5)
+    state = wait_for(lambda: read_histories(client, keys, ["alice"]).get("alice"), timeout_s=5)
     assert set(json.loads(state)["items"]) == set(items)
 
 
