@@ -18,8 +18,9 @@ def test_nodes_are_six_loopback_ports_from_the_url_on(tmp_path: Path) -> None:
 def test_a_node_holds_state_as_the_single_server_does(tmp_path: Path) -> None:
     node = redis_cluster.Node("127.0.0.1", 7001, tmp_path)
     conf = redis_cluster.node_conf(node, "s3cret").splitlines()
+    timeout = f"cluster-node-timeout {redis_cluster.NODE_TIMEOUT_MS}"
     for line in ("appendonly yes", "appendfsync everysec", "maxmemory-policy noeviction",
                  "cluster-enabled yes", "bind 127.0.0.1", "port 7001",
-                 'masterauth "s3cret"', f"cluster-node-timeout {redis_cluster.NODE_TIMEOUT_MS}"):  # fmt: skip
+                 'masterauth "s3cret"', timeout):  # fmt: skip
         assert line in conf, line
     assert f'cluster-config-file "{tmp_path / "redis-cluster-7001" / "nodes.conf"}"' in conf
