@@ -226,7 +226,7 @@ def changelog(
             event_bytes += len(encode_avro(e))
             if states.setdefault(e.user_id, UserState()).apply(e, rules):
                 touched[e.user_id] = None
-        records += [(u.encode(), states[u].to_json()) for u in touched]
+        records += [(u.encode(), states[u].encode()) for u in touched]
     volume = sum(len(k) + len(v) for k, v in records)
     admin = AdminClient(settings.kafka_common())
     spec = NewTopic(

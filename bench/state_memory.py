@@ -82,7 +82,7 @@ def measure(
     users = [f"user-{length:03d}-{u:07d}" for u in range(args.users)]
     states = [user_state(rng, items, p, length, args.events_per_item, rules, 1_700_000_000_000)
               for _ in users]  # fmt: skip
-    state_values = [s.to_json() for s in states]
+    state_values = [s.encode() for s in states]
     rows = np.stack([rng.choice(len(items), size=top_n, replace=False) for _ in users])
     scores = -np.sort(-rng.random((len(users), top_n)).astype(np.float32), axis=1)
     list_values = encoder.recs(users, rows.astype(np.int64), scores, "20261201T000000Z-bench",

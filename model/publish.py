@@ -50,7 +50,7 @@ def live_histories(
 ) -> dict[str, dict[str, float]]:
     """The worker's current history totals for ``users`` that have one in Redis."""
     raw = read_histories(client, keys, users, CHUNK)
-    return {user: UserState.from_json(r).totals(half_life_ms) for user, r in raw.items()}
+    return {user: UserState.decode(r).totals(half_life_ms) for user, r in raw.items()}
 
 
 @dataclass(frozen=True)

@@ -25,12 +25,12 @@ in one WATCH/MULTI/EXEC; on a single Redis the tag is just part of the name. Sta
 ``<p>:origin:<topic>:<n>``; a worker of format 2 finds none of its keys and rebuilds them from
 the events topic: README "Running on Redis Cluster")::
 
-    <p>:{<topic>:<n>}:user:<user_id>  STRING, JSON: the user's history
-                                   (streamrec/als/history.py), written by the worker of
-                                   partition n; readers find it with ``read_histories`` (below)
-                                   and read it through that module: UserState.from_json (the
-                                   publisher's fold-ins) or parse_history (items most recent
-                                   first: the demo page)
+    <p>:{<topic>:<n>}:user:<user_id>  STRING, binary: the user's history (a version byte, then
+                                   packed arrays: streamrec/als/history.py), written by the
+                                   worker of partition n; readers find it with
+                                   ``read_histories`` (below) and read it through that module:
+                                   UserState.decode (the publisher's fold-ins) or
+                                   parse_history (items most recent first: the demo page)
     <p>:home:<user_id>             STRING ``<topic>:<n>``: where the user's history lives; a
                                    derived value the worker writes with each list
     <p>:{<topic>:<n>}:applied      last Kafka offset of partition n whose effect is in Redis
@@ -52,7 +52,7 @@ Each key is written and read in one place::
     <p>:model              model_value (publisher)                 parse_model_pointer,
                                                                    read_model_pointer
     <p>:blocked            operators (SADD / SREM)                 connect.blocked_items
-    <p>:{..}:user:<id>     als.history.UserState.to_json           UserState.from_json,
+    <p>:{..}:user:<id>     als.history.UserState.encode            UserState.decode,
                            (via streamrec.sink.Sink.write)         als.history.parse_history
     <p>:home:<user_id>     streamrec.sink.Sink.write               read_histories
     <p>:{..}:applied       streamrec.sink.Sink.write               parse_applied

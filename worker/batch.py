@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-
-from confluent_kafka import Message
 
 from streamrec.keys import Keys, home_value
 from streamrec.worker.decode import Decoded
-from streamrec.worker.source import last_offsets, position
+from streamrec.worker.source import position
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +19,9 @@ class Batch:
     """
 
     decoded: list[Decoded]  # every message, in poll order, with its event or the reason
+    pos: list[tuple[tuple[str, int], int]]  # ((topic, partition), offset) per ``decoded``
     parts: list[tuple[str, int]]  # the (topic, partition)s of the batch, sorted
+    first: dict[tuple[str, int], int]  # the lowest offset per partition
     last: dict[tuple[str, int], int]  # the highest offset per partition
     applied_keys: list[str]  # ``Keys.applied`` per ``parts`` entry
     users: list[str]  # users with a decoded event, in order of first appearance
@@ -30,18 +29,29 @@ class Batch:
     homes: dict[str, bytes]  # user -> ``home_value`` of their partition
 
     @classmethod
-    def of(cls, msgs: Sequence[Message], decoded: list[Decoded], keys: Keys) -> Batch:
-        """``decoded``: ``decode_batch(msgs)``; no user's events in two partitions (``split``)."""
-        last = last_offsets(msgs)
+    def of(cls, decoded: list[Decoded], keys: Keys) -> Batch:
+        """``decoded``: ``decode_batch`` of a poll's messages (or some partitions of them), no
+        user's events in two partitions (``split``)."""
+        pos = [position(d.msg) for d in decoded]
+        first: dict[tuple[str, int], int] = {}
+        last: dict[tuple[str, int], int] = {}
+        for part, offset in pos:
+            if offset < first.get(part, offset + 1):
+                first[part] = offset
+            if offset > last.get(part, -1):
+                last[part] = offset
         parts = sorted(last)
         home: dict[str, tuple[str, int]] = {}
-        for d in decoded:
-            if d.event is not None and d.event.user_id not in home:
-                home[d.event.user_id] = position(d.msg)[0]
+        for d, (part, _) in zip(decoded, pos, strict=True):
+            ev = d.event
+            if ev is not None and ev.user_id not in home:
+                home[ev.user_id] = part
         users = list(home)
         return cls(
             decoded=decoded,
+            pos=pos,
             parts=parts,
+            first=first,
             last=last,
             applied_keys=[keys.applied(t, p) for t, p in parts],
             users=users,

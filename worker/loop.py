@@ -237,7 +237,7 @@ class Worker:
         if not users:
             return
         raw = read_histories(self._redis, self.keys, users)
-        histories = {u: UserState.from_json(r).totals(self.rules.half_life_ms)
+        histories = {u: UserState.decode(r).totals(self.rules.half_life_ms)
                      for u, r in raw.items()}  # fmt: skip
         scorer = self.scorer
         scored = scorer.score(histories)
@@ -253,7 +253,7 @@ class Worker:
         where = {u: k for _, users in self._recent for u, k in users.items()}
         users = list(where)
         raw = mget(self._redis, [where[u] for u in users])
-        states = {u: UserState.from_json(r) for u, r in zip(users, raw, strict=True) if r}
+        states = {u: UserState.decode(r) for u, r in zip(users, raw, strict=True) if r}
         histories = {u: s.totals(self.rules.half_life_ms) for u, s in states.items()}
         scorer = self.scorer
         lists = scorer.values(scorer.score(histories), int(time.time() * 1000))
@@ -273,8 +273,7 @@ class Worker:
             decoded = decode_batch(msgs, self.settings.event_limits)
         rest = self.state.replay(decoded)  # partitions under rebuild take their messages
         for group in Batch.split(rest):
-            whole = group is decoded
-            self._apply_all(Batch.of(msgs if whole else [d.msg for d in group], group, self.keys))
+            self._apply_all(Batch.of(group, self.keys))
         m.batch_size.observe(len(msgs))
         self.stats.messages += len(msgs)
         self.stats.batches += 1
@@ -296,7 +295,7 @@ class Worker:
                 self._sink.reset()  # drop the connection and its WATCH
                 self.state.recover(lost)  # rebuild, or move back: their messages come again
                 kept = [d for d in batch.decoded if position(d.msg)[0] not in lost.found]
-                batch = Batch.of([d.msg for d in kept], kept, self.keys)
+                batch = Batch.of(kept, self.keys)
                 continue
             except BaseException:
                 self._sink.reset()  # drop the connection and its WATCH
@@ -321,15 +320,17 @@ class Worker:
             }
             self.state.check(applied)  # raises StateLost when Redis lost what was applied
             raw_states = raw[len(parts) :]
-        fresh = []
         again: dict[str, None] = {}  # users of messages found applied (lists written apart)
-        apart = getattr(self._sink, "lists_apart", False)
-        for d in batch.decoded:
-            part, offset = position(d.msg)
-            if offset > applied[part]:
-                fresh.append(d)
-            elif apart and d.event is not None:
-                again[d.event.user_id] = None
+        if all(batch.first[p] > applied[p] for p in parts):
+            fresh = batch.decoded  # nothing redelivered: the usual case
+        else:
+            fresh = []
+            apart = getattr(self._sink, "lists_apart", False)
+            for d, (part, offset) in zip(batch.decoded, batch.pos, strict=True):
+                if offset > applied[part]:
+                    fresh.append(d)
+                elif apart and d.event is not None:
+                    again[d.event.user_id] = None
         redelivered = len(batch) - len(fresh)
         failed = [(d.msg, d.reason or "") for d in fresh if d.event is None]
         self._dead.send(failed)
@@ -360,7 +361,7 @@ class Worker:
             key_of = dict(zip(users, batch.state_keys, strict=True))
             ok = self._sink.write(
                 lists=scorer.values(scored, int(time.time() * 1000)),
-                states=[(key_of[u], states[u].to_json()) for u in scored.users],
+                states=[(key_of[u], states[u].encode()) for u in scored.users],
                 applied=[
                     (key, max(batch.last[part], applied[part]))
                     for part, key in zip(parts, batch.applied_keys, strict=True)

@@ -416,7 +416,7 @@ class StateGuard:
             live = flatten_apart(live, states, self._rules.half_life_ms, faulty)[0]
             ok = self._sink.write(
                 lists=(),
-                states=[(keys.user(u, *part), states[u].to_json()) for u in live],
+                states=[(keys.user(u, *part), states[u].encode()) for u in live],
                 applied=[(akey, max(last, done))],
             )
             if ok:

@@ -23,6 +23,7 @@ import pytest
 import redis
 from confluent_kafka import Message
 
+from streamrec.als.history import UserState
 from streamrec.artifact import load_model
 from streamrec.connect import ensure_topics, redis_client
 from streamrec.events import new_event
@@ -66,7 +67,8 @@ def _snapshot(client: redis.Redis, keys: Keys) -> dict[str, Any]:
         kind = k.split(":")[1]
         history = keys.parse_user(k)
         if history is not None:
-            out[history[2] + "/state"] = json.loads(client.get(key) or b"null")
+            state = UserState.decode(client.get(key))
+            out[history[2] + "/state"] = (state.items, state.seen)
         elif kind == "home":
             # The partition: a clean pass may read another topic, partitioned alike.
             out[k.split(":", 2)[2] + "/home"] = parse_home(client.get(key) or b"")[1]
