@@ -223,8 +223,11 @@ class Sink:
                     for conn, (_, _, n) in zip(conns, sends, strict=True)]  # fmt: skip
         except BaseException as exc:
             self.reset()
-            if isinstance(exc, (*_MOVED, redis.ConnectionError, redis.TimeoutError)):
-                self._refresh = True
+            self._refresh = True  # whatever failed, the slots may have moved: read them again
+            if isinstance(exc, redis.ResponseError) and not isinstance(exc, _MOVED):
+                word = str(exc).split(" ", 1)[0]
+                if word in _MOVING:  # as the cluster's own parser would have said
+                    raise redis.ConnectionError(f"Redis Cluster: {exc}") from exc
             raise
 
     def _watch_read_slots(self, keys: Sequence[str]) -> list[bytes | None]:
@@ -296,6 +299,7 @@ class Sink:
 
 _UNWATCH = b"*1\r\n$7\r\nUNWATCH\r\n"
 _MOVED = (AskError, ClusterDownError, TryAgainError)
+_MOVING = frozenset({"MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "MASTERDOWN"})
 
 
 def _pack(args: Sequence[str]) -> bytes:

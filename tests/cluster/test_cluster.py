@@ -19,6 +19,7 @@ from streamrec.keys import Keys
 from streamrec.settings import Settings
 from streamrec.worker.loop import Worker
 from tests.conftest import committed_total, wait_for
+from tests.model import test_publish as publish
 from tests.worker import test_exactly_once as single
 
 pytestmark = pytest.mark.integration
@@ -50,6 +51,15 @@ def test_two_workers_then_one_lose_nothing_and_count_nothing_twice(
     single.test_two_workers_then_one_lose_nothing_and_count_nothing_twice(
         cluster_stack, small_model, run_worker
     )
+
+
+def test_the_nightly_publisher_writes_and_reads_through_the_cluster(
+    cluster_stack: Callable[..., Settings], small_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publish.test_publish_writes_the_scorers_lists_then_moves_the_pointer(
+        cluster_stack, small_model, monkeypatch
+    )
+    publish.test_live_histories_reads_the_workers_states(cluster_stack)
 
 
 def _master(client: Any, key: str) -> int:

@@ -18,7 +18,7 @@ from streamrec.als.history import UserState
 from streamrec.als.scorer import Scorer
 from streamrec.artifact import Model, load_model
 from streamrec.connect import read_ranges, redis_client
-from streamrec.keys import Keys, home_value, parse_model_pointer, recs_value
+from streamrec.keys import Keys, home_value, mget, parse_model_pointer, recs_value
 from streamrec.model.publish import Totals, live_histories, publish
 from streamrec.settings import Settings
 from tests.conftest import log_end
@@ -79,8 +79,8 @@ def test_publish_writes_the_scorers_lists_then_moves_the_pointer(
     def set_spy(name: str, value: Any, *args: Any, **kwargs: Any) -> Any:
         if name == keys.model:
             users = [*histories, *from_totals]
-            raws = client.mget([keys.recs(u) for u in users] + [keys.popular])
-            raws += client.mget([keys.similar(i) for i in ids])
+            raws = mget(client, [keys.recs(u) for u in users] + [keys.popular])
+            raws += mget(client, [keys.similar(i) for i in ids])
             at_pointer.append({json.loads(r)["model_version"] if r else None for r in raws})
         return real_set(name, value, *args, **kwargs)
 
@@ -105,7 +105,7 @@ def test_publish_writes_the_scorers_lists_then_moves_the_pointer(
     pops = dict(zip(ids, model.item_popularity.tolist(), strict=True))
     assert [p for _, p in popular] == pytest.approx([pops[i] for i, _ in popular], rel=1e-5)
     # Similar items: the highest cosines of the factors, the item itself and blocked left out.
-    for item, raw in zip(ids, client.mget([keys.similar(i) for i in ids]), strict=True):
+    for item, raw in zip(ids, mget(client, [keys.similar(i) for i in ids]), strict=True):
         assert not {i for i, _ in _listed(raw)} & (blocked | {item})
     factors = model.item_factors.astype(np.float64)
     unit = factors / np.linalg.norm(factors, axis=1, keepdims=True)
