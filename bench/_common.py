@@ -219,6 +219,46 @@ def run_id(name: str) -> str:
     return f"bench-{name}-{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
+def run_names(rid: str, work: Path, kafka: str, redis: str) -> dict[str, str]:
+    """The settings one run owns (its topics, group, key prefix and model folder under
+    ``work``) and the services it talks to, by settings field name."""
+    return {
+        "topic_events": f"{rid}.events",
+        "topic_dlq": f"{rid}.dlq",
+        "topic_models": f"{rid}.models",
+        "consumer_group": rid,
+        "redis_prefix": rid,
+        "model_path": str(work / "model"),
+        "kafka_bootstrap": kafka,
+        "redis_url": redis,
+    }
+
+
+def worker_env(names: dict[str, str]) -> dict[str, str]:
+    """This process's environment plus ``names`` as ``STREAMREC_*`` variables: what a worker
+    process started by the benchmark reads its settings from."""
+    return {**os.environ, **{f"STREAMREC_{k.upper()}": v for k, v in names.items()}}
+
+
+def connect_or_skip(settings: Any, work: Path) -> Any:
+    """A Redis client for ``settings`` with its topics created; without the services, one
+    ``skipped:`` line, ``work`` removed and exit 3 (a benchmark that cannot run measures
+    nothing)."""
+    import shutil
+
+    from streamrec.connect import ensure_topics, redis_client
+    from streamrec.errors import InfraError
+
+    try:
+        client = redis_client(settings)
+        ensure_topics(settings)
+    except InfraError as exc:
+        print(f"skipped: {exc}")
+        shutil.rmtree(work, ignore_errors=True)
+        sys.exit(3)
+    return client
+
+
 def delete_redis_prefix(client: Any, prefix: str, max_rounds: int = 100_000) -> int:
     """UNLINK every key under ``<prefix>:``; returns how many. Bounded by ``max_rounds`` scans."""
     deleted = 0

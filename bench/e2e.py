@@ -21,7 +21,6 @@ Targets (issue): 20k events/s on 2 cores; p99 <= 250 ms at 10k events/s.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import signal
 import socket
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 from _common import (
     MIB,
+    connect_or_skip,
     cpu_seconds,
     delete_redis_prefix,
     delete_topics,
@@ -46,15 +46,15 @@ from _common import (
     peak_rss_bytes,
     rss_bytes,
     run_id,
+    run_names,
     thread_cpu,
     thread_cpu_delta,
+    worker_env,
 )
 from confluent_kafka import Consumer, ConsumerGroupState, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streamrec.artifact import write_model
-from streamrec.connect import ensure_topics, redis_client
-from streamrec.errors import InfraError
 from streamrec.events import encode_avro, new_event
 from streamrec.keys import Keys, parse_applied
 from streamrec.producer.producer import EventProducer
@@ -435,18 +435,9 @@ def main() -> None:
 
     rid = run_id("e2e")
     work = Path(tempfile.mkdtemp(prefix=f"{rid}-"))
-    names = {
-        "topic_events": f"{rid}.events",
-        "topic_dlq": f"{rid}.dlq",
-        "topic_models": f"{rid}.models",
-        "consumer_group": rid,
-        "redis_prefix": rid,
-        "model_path": str(work / "model"),
-        "kafka_bootstrap": args.kafka,
-        "redis_url": args.redis,
-    }
+    names = run_names(rid, work, args.kafka, args.redis)
     settings = load_settings(**names)
-    env = {**os.environ, **{f"STREAMREC_{k.upper()}": v for k, v in names.items()}}
+    env = worker_env(names)
     extra: dict[str, str] = {}
     for item in args.worker_env:
         name, sep, value = item.partition("=")
@@ -464,13 +455,7 @@ def main() -> None:
         + (f" worker env {' '.join(args.worker_env)}" if args.worker_env else "")
     )
 
-    try:
-        client = redis_client(settings)
-        ensure_topics(settings)
-    except InfraError as exc:
-        print(f"skipped: {exc}")
-        shutil.rmtree(work, ignore_errors=True)
-        sys.exit(3)
+    client = connect_or_skip(settings, work)
 
     figures: dict[str, Any] = {
         "bench": "e2e",

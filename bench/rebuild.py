@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,6 +40,7 @@ from typing import Any
 import numpy as np
 import orjson
 from _common import (
+    connect_or_skip,
     cpu_seconds,
     delete_redis_prefix,
     delete_topics,
@@ -49,13 +48,14 @@ from _common import (
     machine_fields,
     machine_line,
     run_id,
+    run_names,
+    worker_env,
 )
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from e2e import Workers, make_model, zipf_choice
 
 from streamrec.als.history import Rules, UserState
-from streamrec.connect import ensure_topics, redis_client
 from streamrec.errors import InfraError
 from streamrec.events import encode_avro, new_event
 from streamrec.keys import Keys, parse_applied
@@ -139,14 +139,14 @@ class State:
 
 
 def compare(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
-    """How many users have the same history and the same list (ids equal, scores to 1e-4)."""
+    """How many users have the same history and the same list (ids and scores equal)."""
     same_state = same_list = 0
     for user, (state, ids, scores) in before.items():
         got = after.get(user)
         if got is None:
             continue
         same_state += got[0] == state
-        same_list += got[1] == ids and np.allclose(got[2], scores, rtol=1e-4)
+        same_list += got[1] == ids and np.array_equal(got[2], scores)
     return {
         "users_before": len(before),
         "users_after": len(after),
@@ -298,18 +298,9 @@ def main() -> None:
 
     rid = run_id("rebuild")
     work = Path(tempfile.mkdtemp(prefix=f"{rid}-"))
-    names = {
-        "topic_events": f"{rid}.events",
-        "topic_dlq": f"{rid}.dlq",
-        "topic_models": f"{rid}.models",
-        "consumer_group": rid,
-        "redis_prefix": rid,
-        "model_path": str(work / "model"),
-        "kafka_bootstrap": args.kafka,
-        "redis_url": args.redis,
-    }
+    names = run_names(rid, work, args.kafka, args.redis)
     settings = load_settings(**names)
-    env = {**os.environ, **{f"STREAMREC_{k.upper()}": v for k, v in names.items()}}
+    env = worker_env(names)
     print(machine_line())
     print(
         f"settings: events={args.events} users={args.users} items={args.items} "
@@ -318,13 +309,7 @@ def main() -> None:
         f"batch_max={settings.batch_max} history_max={settings.history_max} "
         f"changelog_sample={args.changelog_sample} run={rid}"
     )
-    try:
-        client = redis_client(settings)
-        ensure_topics(settings)
-    except InfraError as exc:
-        print(f"skipped: {exc}")
-        shutil.rmtree(work, ignore_errors=True)
-        sys.exit(3)
+    client = connect_or_skip(settings, work)
 
     figures: dict[str, Any] = {
         "bench": "rebuild",

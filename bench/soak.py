@@ -22,7 +22,6 @@ one JSON line. A worker that exits is reported as such (its log tail printed), n
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import signal
 import sys
@@ -43,6 +42,8 @@ from _common import (
     peak_rss_bytes,
     rss_bytes,
     run_id,
+    run_names,
+    worker_env,
 )
 from e2e import Offsets, Workers, encode_all, free_port, make_model, produce_all, zipf_choice
 
@@ -177,6 +178,18 @@ def _close(a: Any, b: Any) -> bool:
     )
 
 
+def rss_timeline(samples: list[Sample], seconds: float, points: int = 12) -> list[list[int]]:
+    """[seconds, RSS MiB] at ``points`` evenly spaced moments of the soak (nearest sample)."""
+    if not samples:
+        return []
+    out = []
+    for j in range(points + 1):
+        at = seconds * j / points
+        near = min(samples, key=lambda s: abs(s.t - at))
+        out.append([round(near.t), round(near.rss_mib)])
+    return out
+
+
 def wait_applied(
     workers: Workers, offsets: Offsets, timeout_s: float, label: str
 ) -> tuple[bool, float]:
@@ -206,6 +219,12 @@ def main() -> None:
     ap.add_argument("--drain-timeout", type=float, default=1800.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", action="store_true", help="keep the services, topics and files")
+    ap.add_argument(
+        "--faults",
+        choices=("both", "none"),
+        default="both",
+        help="none: the same paced stream without the two restarts (RSS and lag as a baseline)",
+    )
     args = ap.parse_args()
 
     rid = run_id("soak")
@@ -218,18 +237,9 @@ def main() -> None:
             "redis_url": f"redis://127.0.0.1:{free_port()}/0",
         }
     )
-    names = {
-        "topic_events": f"{rid}.events",
-        "topic_dlq": f"{rid}.dlq",
-        "topic_models": f"{rid}.models",
-        "consumer_group": rid,
-        "redis_prefix": rid,
-        "model_path": str(work / "model"),
-        "kafka_bootstrap": services.kafka_bootstrap,
-        "redis_url": services.redis_url,
-    }
+    names = run_names(rid, work, services.kafka_bootstrap, services.redis_url)
     settings = services.model_copy(update={**names, "model_path": work / "model"})
-    env = {**os.environ, **{f"STREAMREC_{k.upper()}": v for k, v in names.items()}}
+    env = worker_env(names)
     say: list[str] = []
     print(machine_line())
     print(
@@ -278,7 +288,8 @@ def main() -> None:
         sender.start()
         faults: dict[str, float] = {}
         rss_start = rss_bytes(workers.pids[0]) / MIB
-        for name, at in (("redis", seconds / 3), ("kafka", 2 * seconds / 3)):
+        schedule = (("redis", seconds / 3), ("kafka", 2 * seconds / 3))
+        for name, at in schedule if args.faults == "both" else ():
             while time.monotonic() - started < at:
                 workers.check()
                 time.sleep(0.2)
@@ -300,16 +311,19 @@ def main() -> None:
         rss_end = rss_bytes(workers.pids[0]) / MIB
         rss_peak = peak_rss_bytes(workers.pids[0]) / MIB
         samples = sampler.samples
-        before = [s.end - s.applied for s in samples if s.t < faults["redis"] and s.applied >= 0]
+        first_fault = faults.get("redis", seconds)
+        before = [s.end - s.applied for s in samples if s.t < first_fault and s.applied >= 0]
         normal = float(np.median(before)) if before else float("nan")
         rec = {name: recovery_s(samples, at, normal) for name, at in faults.items()}
         print(
             f"sent {report.get('sent')}, delivered {report.get('delivered')}, failed "
             f"{report.get('failed')}; lag before the faults: median {normal:,.0f} events; back "
-            f"under 2x after redis {rec['redis']} s, after kafka {rec['kafka']} s; drained "
+            f"under 2x after redis {rec.get('redis')} s, after kafka {rec.get('kafka')} s; drained "
             f"{drained} {drain_s:.0f} s after the sender stopped"
         )
         print(f"worker RSS: start {rss_start:.0f} MiB, peak {rss_peak:.0f} MiB, end {rss_end:.0f}")
+        timeline = rss_timeline(samples, seconds)
+        print("worker RSS over the soak (s: MiB): " + ", ".join(f"{t}: {m}" for t, m in timeline))
         workers.stop()
         soaked = snapshot(settings)
 
@@ -349,11 +363,13 @@ def main() -> None:
                 "delivered": report.get("delivered"),
                 "failed": report.get("failed"),
                 "lag_normal": normal,
-                "recovery_s_after_redis_loss": rec["redis"],
-                "recovery_s_after_broker_restart": rec["kafka"],
+                "recovery_s_after_redis_loss": rec.get("redis"),
+                "recovery_s_after_broker_restart": rec.get("kafka"),
                 "drained": drained and ref_drained,
                 "drain_s_after_sending": round(drain_s, 1),
+                "faults": args.faults,
                 "rss_mib": {"start": rss_start, "peak": rss_peak, "end": rss_end},
+                "rss_timeline_mib": timeline,
                 "values_compared": len(expected),
                 "values_differing": len(differ),
                 "histories_differing": len(histories),

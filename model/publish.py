@@ -34,7 +34,7 @@ from streamrec.als.scorer import Scored, Scorer
 from streamrec.als.scoring import score_csr, scored_in_order
 from streamrec.als.similar import similar_items
 from streamrec.artifact import Model
-from streamrec.connect import blocked_items, ensure_topics
+from streamrec.connect import DURABLE_PRODUCER, blocked_items, ensure_topics
 from streamrec.errors import InfraError
 from streamrec.keys import Keys, model_value, popular_value, read_histories
 from streamrec.settings import Settings
@@ -71,10 +71,12 @@ def publish(
     similar_n: int = 20,
     announce: bool = True,
     totals: Totals | None = None,
+    progress: Callable[[float, float], None] | None = None,
 ) -> dict[str, int]:
     """Bulk-write lists for ``histories`` (user -> item -> total) and the users of ``totals``
     (those not in ``histories``), popular and similar items under ``model``'s version, then
-    move the pointer and announce. Returns counts written."""
+    move the pointer and announce. Returns counts written. ``progress(values written, values
+    to write)`` is called after each chunk (the application draws it)."""
     keys = Keys(settings.redis_prefix)
     # The announcement's topic check and broker connection are network waits (~0.1 s): made
     # in the background while the lists are computed, used only after the pointer moves.
@@ -84,7 +86,7 @@ def publish(
     now = int(time.time() * 1000)
     try:
         counts = _write_lists(model, settings, client, keys, blocked, now, histories, similar_n,
-                              totals)  # fmt: skip
+                              totals, progress)  # fmt: skip
     finally:
         # Not waited for here: a slow or absent broker must not hold the pointer back (workers
         # also poll it); the announcement waits for it below.
@@ -109,7 +111,7 @@ def _announcement_producer(settings: Settings) -> Producer:
     """A producer connected to the broker that leads ``settings.topic_models`` (created when
     missing)."""
     ensure_topics(settings, {settings.topic_models: 1})
-    producer = Producer(settings.kafka_common())
+    producer = Producer({**settings.kafka_common(), **DURABLE_PRODUCER})
     try:
         producer.list_topics(settings.topic_models, timeout=settings.kafka_timeout_s)
     except KafkaException as exc:
@@ -130,6 +132,7 @@ def _write_lists(
     histories: Mapping[str, Mapping[str, float]] | None,
     similar_n: int,
     totals: Totals | None,
+    progress: Callable[[float, float], None] | None = None,
 ) -> dict[str, int]:
     """Every user's list and every item's similar items, under ``model``'s version
     (``blocked`` item ids left out; ``now`` epoch ms)."""
@@ -159,9 +162,12 @@ def _write_lists(
 
         # Chunks are scored and encoded on scoring.THREADS threads and written in order.
         total, tenths = (len(histories) if histories else 0) + len(todo), 0
+        to_write = total + (model.n_items if similar_n else 0)  # lists, then similar items
         for lists in scored_in_order(scorer, run, jobs):
             sink.write(lists, transaction=False)
             counts["lists"] += len(lists)
+            if progress is not None:
+                progress(counts["lists"], to_write)
             if counts["lists"] * 10 // total > tenths:  # a line per tenth: how far it got
                 tenths = counts["lists"] * 10 // total
                 log.info("publish %s: %d of %d lists written", model.version, counts["lists"],
@@ -176,8 +182,12 @@ def _write_lists(
                     sink.write_plain(batch)
                     counts["similar"] += len(batch)
                     batch = []
+                    if progress is not None:
+                        progress(counts["lists"] + counts["similar"], to_write)
             sink.write_plain(batch)
             counts["similar"] += len(batch)
+            if progress is not None:
+                progress(counts["lists"] + counts["similar"], to_write)
             log.info("publish %s: %d similar-item lists written", model.version,
                      counts["similar"])  # fmt: skip
     finally:

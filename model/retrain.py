@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,20 @@ class RetrainConfig:
     #: ``params.iterations``.
     final_iterations: int = 3
     seed: int = 0
+    #: ``progress(what, unit)``: a context manager giving the progress callback of one long
+    #: step (the search, the final fit, the publish); the command draws it
+    #: (``streamrec.app.progress``). None: no progress is reported.
+    progress: ProgressSteps | None = None
+
+
+#: A callback of one step's progress: ``(done, total)``.
+StepProgress = Callable[[float, float], None]
+#: ``(what, unit) -> a context manager yielding a StepProgress``.
+ProgressSteps = Callable[[str, str], AbstractContextManager[StepProgress]]
+
+
+def _step(cfg: RetrainConfig, what: str, unit: str) -> AbstractContextManager[StepProgress | None]:
+    return cfg.progress(what, unit) if cfg.progress is not None else nullcontext(None)
 
 
 @dataclass
@@ -137,7 +153,7 @@ def gate(report: EvalReport, live: bool, tolerance: float, min_lift: float) -> t
     return True, f"candidate {METRIC} {cand:.4f} vs popularity {pop:.4f} (no live model)"
 
 
-def retrain(
+def _run(
     settings: Settings,
     cfg: RetrainConfig,
     client: redis.Redis,
@@ -184,7 +200,8 @@ def retrain(
     params = cfg.params
     if cfg.tune_s > 0:
         echo(f"  tuning for up to {cfg.tune_s:g} s on a validation split of the training data ...")
-        tuning = tune(split, cfg.tune_s, seed=cfg.seed, base=cfg.params)
+        with _step(cfg, "tuning", "s") as shown:
+            tuning = tune(split, cfg.tune_s, seed=cfg.seed, base=cfg.params, progress=shown)
         params = tuning.best
         echo(f"  best: {asdict(params)}")
     if tuning is not None:
@@ -231,7 +248,8 @@ def retrain(
                           candidate.item_ids, candidate.item_factors, cfg.seed)  # fmt: skip
         how = f": {cfg.final_iterations} sweeps from the evaluated candidate"
     echo(f"fitting the final model on all the data{how} ...")
-    als = fit(matrix, params, True, init, cfg.final_iterations or None)
+    with _step(cfg, "fitting the final model", "sweeps") as shown:
+        als = fit(matrix, params, False, init, cfg.final_iterations or None, progress=shown)
     lap("fit")
     popularity = np.asarray(matrix.confidence.maximum(0).sum(axis=0), dtype=np.float32).ravel()
     model = write_version(
@@ -262,7 +280,10 @@ def retrain(
     # Every user's list: from the worker's live history where it has one, else the data's.
     live_hist = live_histories(client, keys, list(split.user_ids), settings.half_life_ms)
     totals = Totals(split.user_ids, split.item_ids, split.all_totals())
-    counts = publish(model, settings, client, histories=live_hist, totals=totals)
+    with _step(cfg, f"publishing {model.version}", "values") as shown:
+        counts = publish(
+            model, settings, client, histories=live_hist, totals=totals, progress=shown
+        )
     lap("publish")
     pruned = prune(cfg.models_dir, cfg.keep, protect=[model.path])
     result = replace(
@@ -285,3 +306,67 @@ def _report(cfg: RetrainConfig, result: RetrainResult, model: Model | None) -> N
     cfg.report_dir.mkdir(parents=True, exist_ok=True)
     (cfg.report_dir / "report.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
     write_report(cfg.report_dir / "report.html", result, model)
+
+
+def retrain(
+    settings: Settings,
+    cfg: RetrainConfig,
+    client: redis.Redis,
+    echo: Callable[[str], None] = print,
+) -> RetrainResult:
+    """The nightly job (the module's steps 1-6); how it ended, promoted, kept or failed, is
+    recorded in ``<p>:retrain:last`` (``record_outcome``) before it returns or raises."""
+    keys = Keys(settings.redis_prefix)
+    started_ms = int(time.time() * 1000)
+    try:
+        result = _run(settings, cfg, client, echo)
+    except BaseException as exc:
+        record_outcome(client, keys, "failed", started_ms, reason=f"{type(exc).__name__}: {exc}")
+        raise
+    record_outcome(client, keys, "promoted" if result.promoted else "kept", started_ms, result)
+    return result
+
+
+OUTCOMES = ("promoted", "kept", "failed")
+_CREDENTIALS = re.compile(r"(://)[^@/\s]*@")
+
+
+def record_outcome(
+    client: redis.Redis,
+    keys: Keys,
+    outcome: str,
+    started_ms: int,
+    result: RetrainResult | None = None,
+    reason: str = "",
+) -> dict[str, Any] | None:
+    """Write ``<p>:retrain:last`` (layout in ``streamrec/keys.py``) and return it; None when
+    Redis refused it (logged: a record that cannot be written must not hide the run's own
+    outcome or error, and a failed run whose Redis is down shows as a stale
+    ``streamrec_retrain_last_completed_timestamp_seconds``)."""
+    assert outcome in OUTCOMES, outcome
+    now_ms = int(time.time() * 1000)
+    try:
+        previous = json.loads(client.get(keys.retrain_last) or b"{}")
+        completed = previous.get("last_completed_at_ms") if isinstance(previous, dict) else None
+        evaluation = result.evaluation if result is not None else None
+        record = {
+            "outcome": outcome,
+            "version": result.version if result is not None else None,
+            "live_version": result.live_version if result is not None else None,
+            # An error line may quote a URL: never store its credentials.
+            "reason": _CREDENTIALS.sub(r"\1***@", result.reason if result else reason)[:500],
+            "started_at_ms": started_ms,
+            "finished_at_ms": now_ms,
+            "duration_s": round((now_ms - started_ms) / 1000, 3),
+            "last_completed_at_ms": now_ms if outcome != "failed" else completed,
+            "metrics": {r.name: r.metrics for r in evaluation.results if not r.skipped}
+            if evaluation is not None
+            else None,
+            "timings": result.timings if result is not None else None,
+        }
+        client.set(keys.retrain_last, json.dumps(record, separators=(",", ":")))
+    except (redis.RedisError, ValueError) as exc:
+        log.warning("could not record the retrain's outcome (%s) in %s: %s", outcome,
+                    keys.retrain_last, exc)  # fmt: skip
+        return None
+    return record

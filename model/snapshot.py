@@ -62,7 +62,7 @@ def read_window(settings: Settings, since_ms: int, timeout_s: float = 300.0) -> 
     group = f"streamrec-retrain-{uuid.uuid4().hex[:12]}"  # reads, never commits
     for msg in read_ranges(settings, topic, todo, group, timeout_s):
         try:
-            snap.events.append(decode(msg.value()))
+            snap.events.append(decode(msg.value(), settings.event_limits))
         except EventError:
             snap.undecodable += 1
     log.info("read %d events (%d undecodable) from %s since %d, snapshot %s",

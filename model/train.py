@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,9 @@ from streamrec.model.params import Params
 
 log = logging.getLogger(__name__)
 
+#: A progress callback: ``progress(done, total)`` (``streamrec.app.progress.Progress`` is one).
+Progress = Callable[[float, float], None]
+
 
 def fit(
     matrix: Matrix,
@@ -28,11 +31,13 @@ def fit(
     show_progress: bool = False,
     init: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None,
     iterations: int | None = None,
+    progress: Progress | None = None,
 ) -> AlternatingLeastSquares:
     """Fit ALS on ``matrix.confidence`` (users x items); returns the fitted implicit model.
 
     ``init``: (n_users, k) and (n_items, k) float32 factors to start from instead of random
     ones (a warm start), for ``iterations`` (default ``params.iterations``) sweeps.
+    ``progress(done, total)`` is called after each sweep (the application draws it).
     """
     # implicit parallelises with its own threads; BLAS threads on top only oversubscribe.
     with threadpool_limits(1, "blas"):
@@ -54,7 +59,14 @@ def fit(
                 )
             als.user_factors = np.ascontiguousarray(init[0], dtype=np.float32)
             als.item_factors = np.ascontiguousarray(init[1], dtype=np.float32)
-        als.fit(matrix.confidence, show_progress=show_progress)
+        sweeps = als.iterations
+
+        def each_sweep(iteration: int, _elapsed: float, _loss: float | None = None) -> None:
+            if progress is not None:
+                progress(iteration + 1, sweeps)
+
+        # implicit calls a callback after each sweep (iteration, elapsed s, loss).
+        als.fit(matrix.confidence, show_progress=show_progress, callback=each_sweep)
     return als
 
 
@@ -87,10 +99,17 @@ def warm_start(
     )
 
 
-def train(matrix: Matrix, params: Params, out: Path, extra: dict[str, Any] | None = None) -> Model:
-    """Fit and write a verified model directory at ``out``; returns the loaded model."""
+def train(
+    matrix: Matrix,
+    params: Params,
+    out: Path,
+    extra: dict[str, Any] | None = None,
+    progress: Progress | None = None,
+) -> Model:
+    """Fit and write a verified model directory at ``out``; returns the loaded model
+    (``progress``: as ``fit``'s)."""
     started = time.perf_counter()
-    als = fit(matrix, params)
+    als = fit(matrix, params, progress=progress)
     fit_s = time.perf_counter() - started
     factors = np.asarray(als.item_factors, dtype=np.float32)
     if factors.shape != (len(matrix.item_ids), params.factors):

@@ -199,8 +199,12 @@ def tune(
     max_users: int = MAX_USERS,
     explore: float = EXPLORE,
     clock: Callable[[], float] = time.monotonic,
+    progress: Callable[[float, float], None] | None = None,
 ) -> TuneResult:
     """Search ALS parameters for at most about ``budget_s`` seconds; returns the best.
+
+    ``progress(seconds spent, budget_s)`` is called after each trial (the application draws
+    it).
 
     Only ``split.train`` is used: a validation split is carved from it (``split.validation``,
     same rule as the outer split, seed ``seed + 1``). Pass a ``split_interactions(data, 0)``
@@ -233,6 +237,8 @@ def tune(
         best = max((t.score for t in trials), default=-1.0)
         trials.append(trial)
         seen.add(params)
+        if progress is not None:
+            progress(min(clock() - started, budget_s), budget_s)
         log.log(
             logging.INFO if trial.score > best else logging.DEBUG,
             "trial %d (%s) %s=%.4f in %.1fs: factors %d reg %.3g alpha %.3g iters %d %s",
@@ -275,6 +281,8 @@ def tune(
             break
         run(candidate, phase)
     best = max(trials, key=lambda t: t.score)
+    if progress is not None:
+        progress(budget_s, budget_s)  # the search ends here, early or not
     result = TuneResult(
         best=best.params,
         best_score=best.score,

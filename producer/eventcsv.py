@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamrec.errors import ConfigError, EventError
+from streamrec.errors import EventError, InputError
 from streamrec.events import EVENT_TYPES, MAX_ID_LENGTH, Event, epoch_ms, new_event
 from streamrec.files import open_text
 
@@ -81,12 +81,12 @@ def read(path: Path, limit: int | None = None, *, by_time: bool = False) -> Rows
     """Read and validate an event CSV (see the module doc) in file order, or in time order with
     ``by_time``; ``limit``: the first N rows (the earliest N events with ``by_time``).
 
-    Raises ConfigError if the file is missing, EventError (naming file and line) if a row or
-    the header is not what the format needs.
+    Raises InputError if the file is missing (exit 4, as every command's missing input),
+    EventError (naming file and line) if a row or the header is not what the format needs.
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
+        raise InputError(f"{path}: no such file")
     users: list[str] = []
     items: list[str] = []
     types: list[str] = []

@@ -110,8 +110,13 @@ def run_load(
     stop: threading.Event | None = None,
     progress_s: float = 5.0,
     flush_timeout_s: float = 30.0,
+    progress: Callable[[float, float], None] | None = None,
 ) -> Report:
-    """Publish ``spec.rate`` events/s until ``duration_s``, ``max_events`` or ``stop``."""
+    """Publish ``spec.rate`` events/s until ``duration_s``, ``max_events`` or ``stop``.
+
+    A line goes to ``echo`` every ``progress_s``; ``progress(sent, expected)`` is called after
+    each burst sent (the application's bar; ``expected``: ``max_events``, else the rate times
+    ``duration_s``, else 0 for an open-ended run)."""
     stop = stop or threading.Event()
     ids = list(item_ids[: spec.items])
     if not ids:
@@ -121,6 +126,8 @@ def run_load(
     end = started + spec.duration_s if spec.duration_s is not None else None
     next_progress = started + progress_s
     sent = 0
+    bounds = [spec.max_events, int(spec.rate * spec.duration_s) if spec.duration_s else None]
+    expected = min((b for b in bounds if b), default=0)
     while not stop.is_set():
         now = time.monotonic()
         if end is not None and now >= end:
@@ -141,6 +148,8 @@ def run_load(
             user, item, t, value = next(stream)
             producer.send(new_event(user, item, t, value))
         sent += batch
+        if progress is not None:
+            progress(sent, expected)
         if time.monotonic() >= next_progress:
             elapsed = time.monotonic() - started
             echo(

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from streamrec.connect import DURABLE_PRODUCER
 from streamrec.errors import InfraError
 from streamrec.events import Event, encode_avro, encode_json
 from streamrec.producer.errors import DeliveryError
@@ -34,7 +35,7 @@ FAILURE_LOG_S = 30.0  # while sending, undelivered events are logged at most thi
 
 
 class EventProducer:
-    """An idempotent Kafka producer of ``Event``s with delivery accounting."""
+    """An idempotent Kafka producer of ``Event``s (``acks=all``) with delivery accounting."""
 
     def __init__(self, settings: Settings, fmt: Format = "avro", **overrides: Any) -> None:
         self.topic = settings.topic_events
@@ -45,7 +46,7 @@ class EventProducer:
         self._producer = Producer(
             {
                 **settings.kafka_common(),
-                "enable.idempotence": True,
+                **DURABLE_PRODUCER,  # acks=all, idempotent: see streamrec.connect
                 "linger.ms": 5,
                 "compression.type": "lz4",
                 # An event not acknowledged within this fails (librdkafka's default is 5 min).

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from streamrec.producer.producer import EventProducer
 
 PROGRESS_S = 10.0
+#: How often (in events) a ``progress`` callback hears how far the replay got.
+TICK = 500
 
 
 @dataclass(frozen=True)
@@ -82,11 +84,14 @@ def replay(
     echo: Callable[[str], None] = print,
     stop: threading.Event | None = None,
     flush_timeout_s: float = 30.0,
+    progress: Callable[[float, float], None] | None = None,
 ) -> Report:
     """Send ``rows`` in order; sleep ``gap / speed`` between event times (never with None).
 
     Progress goes to ``echo`` every ``progress_every`` events (and every 10 s while there is
-    news); the final ``Report`` is returned after a flush. ``stop`` ends the run early.
+    news), and to ``progress(sent, total)`` every ``TICK`` events and while sleeping (the
+    application's bar); the final ``Report`` is returned after a flush. ``stop`` ends the
+    run early.
     """
     stop = stop or threading.Event()
     total = len(rows)
@@ -105,16 +110,22 @@ def replay(
                 skipped_s += gap - max_gap_s
             due = started + (t - ts[0]) / 1000.0 / speed - skipped_s
             while (wait := due - time.monotonic()) > 0 and not stop.is_set():
-                stop.wait(min(wait, 1.0))
+                stop.wait(min(wait, 1.0 if progress is None else 0.2))
+                if progress is not None:
+                    progress(producer.sent, total)
                 if time.monotonic() >= next_progress and producer.sent > last_shown:
                     last_shown = _progress(echo, producer, total, started, t)
                     next_progress = time.monotonic() + PROGRESS_S
         if stop.is_set():
             break
         producer.send(new_event(rows.users[n], rows.items[n], rows.types[n], rows.values[n], t))
+        if progress is not None and (n + 1) % TICK == 0:
+            progress(n + 1, total)
         if (n + 1) % progress_every == 0 or time.monotonic() >= next_progress:
             last_shown = _progress(echo, producer, total, started, t)
             next_progress = time.monotonic() + PROGRESS_S
+    if progress is not None:
+        progress(producer.sent, total)
     return finish(producer, started, flush_timeout_s)
 
 

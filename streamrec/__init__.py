@@ -8,6 +8,7 @@ import-linter contract in ``pyproject.toml``)::
     streamrec.producer   publishing events           |  each imports only the floor,
     streamrec.model      the nightly job             |  never one another
     streamrec.infra      local Kafka + Redis for dev /  (imported by the app only)
+    streamrec.client     the front-end kit: reads contract 2 (keys) without the ALS side
     streamrec.als        the shared ALS core: fold-in, top-N, scoring, history, similarity
     streamrec.*          contracts: events (+ schema/), keys, artifact, feedback, settings,
                          errors, exits, connect, sink, files                      (the floor)

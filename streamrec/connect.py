@@ -1,5 +1,5 @@
-"""Clients for the two services, built from settings: Redis, Kafka topic creation, and reading
-fixed offset ranges of a topic."""
+"""Clients for the two services, built from settings: Redis, Kafka topic creation (and the
+durability every producer adds), and reading fixed offset ranges of a topic."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
-from streamrec.errors import InfraError
+from streamrec.errors import AuthError, ConfigError, InfraError, TopicsError
 from streamrec.keys import Keys
-from streamrec.settings import Settings
+from streamrec.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,17 @@ def redis_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
             client = cast(redis.Redis, _cluster(settings, common))
         else:
             client = redis.Redis.from_url(settings.redis_url, **common)
+    except (TypeError, ValueError) as exc:  # e.g. an option redis-py does not know: ?foo=1
+        raise _bad_url(settings, exc) from None
+    try:
         client.ping()
+    except redis.AuthenticationError as exc:
+        raise AuthError(
+            f"Redis at {settings.redis_address} refused the credentials ({exc}); check "
+            "STREAMREC_REDIS_PASSWORD or the user and password in STREAMREC_REDIS_URL"
+        ) from None
+    except (TypeError, ValueError) as exc:  # an option of the URL refused when connecting
+        raise _bad_url(settings, exc) from None
     except (redis.RedisError, RedisClusterException) as exc:
         raise InfraError(
             f"Redis at {settings.redis_address} does not answer ({exc}); "
@@ -76,12 +86,16 @@ def _cluster(settings: Settings, common: dict[str, Any]) -> RedisCluster:
     )  # fmt: skip
 
 
-def _topics(admin: AdminClient, settings: Settings, timeout_s: float | None) -> set[str]:
-    """The cluster's topic names; ``InfraError`` naming the broker when it does not answer
-    within ``timeout_s`` (``settings.kafka_timeout_s`` by default)."""
+def _bad_url(settings: Settings, exc: Exception) -> ConfigError:
+    return ConfigError(f"bad setting redis_url {redact_url(settings.redis_url)!r}: {exc}")
+
+
+def _metadata(admin: AdminClient, settings: Settings, timeout_s: float | None) -> Any:
+    """The cluster's metadata (brokers, topics); ``InfraError`` naming the broker when it does
+    not answer within ``timeout_s`` (``settings.kafka_timeout_s`` by default)."""
     timeout = settings.kafka_timeout_s if timeout_s is None else timeout_s
     try:
-        return set(admin.list_topics(timeout=timeout).topics)
+        return admin.list_topics(timeout=timeout)
     except KafkaException as exc:
         raise InfraError(
             f"Kafka at {settings.kafka_bootstrap} does not answer within {timeout:g} s "
@@ -98,34 +112,97 @@ def topic_specs(settings: Settings) -> dict[str, int]:
     }
 
 
-def topic_configs(settings: Settings) -> dict[str, dict[str, str]]:
-    """Topic name -> the configs streamrec creates it with: the events topic's retention
+#: What every producer streamrec makes adds to its configuration: an event is acknowledged
+#: only once every in-sync replica has it (with ``min.insync.replicas`` 2 of 3, a broker lost
+#: right after the acknowledgement loses nothing), and the broker drops the duplicates of
+#: retried sends, keeping each partition's order (librdkafka would turn ``acks`` to ``all``
+#: with idempotence anyway; written out so no override can weaken it unnoticed).
+DURABLE_PRODUCER: dict[str, Any] = {"acks": "all", "enable.idempotence": True}
+
+
+def replication_factor(setting: int | None, brokers: int) -> int:
+    """The replication factor of the topics streamrec creates on a cluster of ``brokers``:
+    ``setting`` (``topic_replication_factor``) when given, else 3 with 3 or more brokers
+    and 1 below (one broker cannot hold two copies; two would stop writes, at
+    ``min.insync.replicas`` 2, as soon as either is down)."""
+    if setting is not None:
+        return setting
+    return 3 if brokers >= 3 else 1
+
+
+def cluster_brokers(meta: Any) -> set[int]:
+    """Ids of the brokers a cluster's metadata (``list_topics()``) knows of: the live ones and
+    every replica's. A dead broker is missing from the first, not from the second: one broker
+    down must not make streamrec create a topic with one copy, or accept one."""
+    replicas = {r for t in meta.topics.values() for p in t.partitions.values() for r in p.replicas}
+    return set(meta.brokers) | replicas
+
+
+def min_insync(replication: int) -> int:
+    """``min.insync.replicas`` for a topic of ``replication`` copies: 2 from 3 copies up (an
+    acknowledged event is on two brokers, and one broker may be down), else 1."""
+    return 2 if replication >= 3 else 1
+
+
+def topic_configs(settings: Settings, replication: int = 1) -> dict[str, dict[str, str]]:
+    """Topic name -> the configs streamrec creates it with: ``min.insync.replicas`` for
+    ``replication`` copies (``min_insync``) on every topic, and the events topic's retention
     (``topic_events_retention_s``), the bound on what a rebuild after a loss of Redis can
     restore (``streamrec/worker/rebuild.py``)."""
     retention = settings.topic_events_retention_s
-    return {settings.topic_events: {"retention.ms": str(retention * 1000 if retention > 0 else -1)}}
+    isr = {"min.insync.replicas": str(min_insync(replication))}
+    return {
+        settings.topic_events: {
+            **isr,
+            "retention.ms": str(retention * 1000 if retention > 0 else -1),
+        },
+        settings.topic_dlq: dict(isr),
+        settings.topic_models: dict(isr),
+    }
 
 
 def ensure_topics(
-    settings: Settings, specs: dict[str, int] | None = None, timeout_s: float | None = None
+    settings: Settings,
+    specs: dict[str, int] | None = None,
+    timeout_s: float | None = None,
+    *,
+    create: bool | None = None,
 ) -> list[str]:
-    """Create missing topics (replication 1 for a single broker, configs of ``topic_configs``);
-    returns those created.
+    """Create missing topics (``replication_factor`` copies for the brokers the cluster
+    lists, configs of ``topic_configs``); returns those created.
 
-    Existing topics are left as they are; an events topic that keeps events for less than
-    ``topic_events_retention_s`` is logged (a rebuild restores only what it still holds).
-    Waits, bounded, for the broker's first answer (``timeout_s``, else
-    ``settings.kafka_timeout_s``: ``InfraError`` naming it), then until each new topic has a
-    leader (``timeout_s``, else ``CREATE_TIMEOUT_S``).
+    ``create`` (default ``settings.create_topics``) false: nothing is created, and a missing
+    topic raises ``TopicsError`` saying to run ``streamrec topics create``, the one command
+    that passes ``create=True`` in production. Existing topics are left as they are; an
+    events topic that keeps events for less than ``topic_events_retention_s`` is logged (a
+    rebuild restores only what it still holds). Waits, bounded, for the broker's first answer
+    (``timeout_s``, else ``settings.kafka_timeout_s``: ``InfraError`` naming it), then until
+    each new topic has a leader (``timeout_s``, else ``CREATE_TIMEOUT_S``).
     """
     specs = specs if specs is not None else topic_specs(settings)
+    create = settings.create_topics if create is None else create
     admin = AdminClient(settings.kafka_common())
-    existing = _topics(admin, settings, timeout_s)
+    meta = _metadata(admin, settings, timeout_s)
+    existing = set(meta.topics)
     timeout_s = CREATE_TIMEOUT_S if timeout_s is None else timeout_s
     deadline = time.monotonic() + timeout_s
-    configs = topic_configs(settings)
+    absent = [t for t in specs if t not in existing]
+    if absent and not create:
+        why = "" if settings.create_topics else " (STREAMREC_CREATE_TOPICS is false)"
+        raise TopicsError(
+            f"topic(s) {', '.join(absent)} missing at {settings.kafka_bootstrap}{why}; "
+            "create them with: streamrec topics create"
+        )
+    replicas = replication_factor(settings.topic_replication_factor, len(cluster_brokers(meta)))
+    if absent and replicas > len(meta.brokers):
+        raise InfraError(
+            f"cannot create {', '.join(absent)} with {replicas} replicas: Kafka at "
+            f"{settings.kafka_bootstrap} has {len(meta.brokers)} broker(s) up "
+            "(STREAMREC_TOPIC_REPLICATION_FACTOR); start the others, or lower it"
+        )
+    configs = topic_configs(settings, replicas)
     missing = [
-        NewTopic(t, num_partitions=p, replication_factor=1, config=configs.get(t, {}))
+        NewTopic(t, num_partitions=p, replication_factor=replicas, config=configs.get(t, {}))
         for t, p in specs.items()
         if t not in existing
     ]
@@ -137,7 +214,7 @@ def ensure_topics(
             try:
                 fut.result(timeout=timeout_s)
                 created.append(topic)
-                log.info("created topic %s", topic)
+                log.info("created topic %s (%d replicas)", topic, replicas)
             except KafkaException as exc:
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise InfraError(f"cannot create topic {topic}: {exc}") from None

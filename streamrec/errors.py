@@ -8,8 +8,14 @@ Tree::
     │                              (keeps the raw bytes; the worker dead-letters it)
     ├── ArtifactError              a model directory that is missing, corrupt or inconsistent
     │                              (refused before it replaces a good model)
-    └── InfraError                 Kafka or Redis missing, unreachable or not ready in time
-                                   (stops the process loudly)
+    ├── InputError                 an input file (data, events, names) missing or unreadable
+    ├── InfraError                 Kafka or Redis missing, unreachable or not ready in time
+    │   │                          (stops the process loudly)
+    │   └── AuthError              a service refused the credentials (retrying won't help)
+    └── TopicsError                a topic streamrec needs is missing, or the events topic is
+                                   under-replicated (the worker refuses to start, exit 6)
+
+Each is one exit status of ``streamrec.exits`` (``status_of``).
 """
 
 from __future__ import annotations
@@ -39,5 +45,17 @@ class ArtifactError(StreamrecError):
     """A model artifact failed verification."""
 
 
+class InputError(StreamrecError):
+    """An input file (a data set, an event CSV, a names file) is missing or malformed."""
+
+
 class InfraError(StreamrecError):
     """A service streamrec depends on is not available."""
+
+
+class AuthError(InfraError):
+    """A service refused streamrec's credentials (a wrong password or user)."""
+
+
+class TopicsError(StreamrecError):
+    """A topic is missing or under-replicated; the one-line message says what to run."""

@@ -42,6 +42,15 @@ the events topic: README "Running on Redis Cluster")::
         complete: false while a rebuild after a loss of Redis is under way.
         Absent, with no applied offset, while the group has committed offsets: Redis lost the
         partition's state, and the worker rebuilds it from the events topic.
+    <p>:retrain:last               STRING, JSON: how the last nightly retrain ended (ops: the
+                                   worker's /metrics exports it as streamrec_retrain_* gauges)
+        {"outcome": "promoted" | "kept" | "failed", "version": str | null,
+         "live_version": str | null, "reason": str, "started_at_ms": int,
+         "finished_at_ms": int, "duration_s": float,
+         "last_completed_at_ms": int | null, "metrics": {model: {metric: float}},
+         "timings": {step: float}}
+        last_completed_at_ms: the end of the last run that promoted or kept (a failed run
+        carries the previous one's forward); metrics: the evaluation (null when it failed).
 
 Each key is written and read in one place::
 
@@ -60,6 +69,7 @@ Each key is written and read in one place::
     <p>:{..}:origin        worker.rebuild.Origin.to_json           worker.rebuild.Origin.parse
                            (StateGuard: at assignment, when a      (StateGuard; the rebuild
                            rebuild begins and ends)                bench and fault tests)
+    <p>:retrain:last       model.retrain.record_outcome            worker.metrics.RetrainCollector
 
 Rules for changing this module: adding a field to a JSON value is compatible; renaming or
 removing a field, changing a type or a key's meaning is a breaking change and needs
@@ -73,11 +83,17 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, overload
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
-import numpy as np
-import numpy.typing as npt
 import orjson
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+# numpy is imported inside the writers below, never at import time: the readers
+# (parse_list, parse_model_pointer, ...) serve streamrec.client, which front-ends use
+# without the ALS dependencies (tests/streamrec/test_client.py checks it).
 
 CONTRACT_VERSION = 1
 
@@ -131,6 +147,11 @@ class Keys:
 
     def origin(self, topic: str, partition: int) -> str:
         return f"{self.prefix}:{{{topic}:{partition}}}:origin"
+
+    @property
+    def retrain_last(self) -> str:
+        """Internal (ops): the last nightly retrain's outcome record."""
+        return f"{self.prefix}:retrain:last"
 
     def parse_user(self, key: str) -> tuple[str, int, str] | None:
         """(topic, partition, user_id) of a history key, None for any other key."""
@@ -206,6 +227,8 @@ def round_scores(scores: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
     Done once per batch by whoever makes lists, so every value is short JSON: the decimal
     the rounded float64 prints as is exactly those 6 digits.
     """
+    import numpy as np
+
     x = np.asarray(scores, dtype=np.float64)
     a = np.abs(x)
     ok = np.isfinite(x) & (a > 0)
@@ -236,6 +259,8 @@ class ListEncoder:
     """
 
     def __init__(self, item_ids: Sequence[str]) -> None:
+        import numpy as np
+
         self._frags = np.array(
             [b'},{"item_id":' + orjson.dumps(i) + b',"score":' for i in item_ids], dtype=np.object_
         )
@@ -255,6 +280,8 @@ class ListEncoder:
             scores: (B, m) scores (rounded here with ``round_scores``).
             tail: what follows the list's ``]`` (the same for every row).
         """
+        import numpy as np
+
         b, m = items.shape
         if b == 0:
             return []

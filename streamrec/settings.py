@@ -1,19 +1,30 @@
 """One frozen settings object per process.
 
 Values come from, highest priority first: keyword arguments (the CLI's flags), environment
-variables named ``STREAMREC_<FIELD>`` (upper case), an optional TOML file named by
+variables named ``STREAMREC_<FIELD>`` (upper case), files named by ``STREAMREC_<FIELD>_FILE``
+(the file holds the value: Docker's and Kubernetes' way of passing secrets), files in the
+directory ``STREAMREC_SECRETS_DIR`` (one per setting, named like its variable, e.g.
+``STREAMREC_REDIS_PASSWORD``: a mounted Kubernetes Secret), an optional TOML file named by
 ``STREAMREC_CONFIG`` (top-level keys are field names), then the defaults documented below.
-Secrets are ``SecretStr`` so they never show up in logs or ``repr``.
+Secrets are ``SecretStr`` so they never show up in logs or ``repr``; a URL that may carry a
+password is printed only through ``redact_url`` (or ``Settings.redis_address``).
+
+``load_settings`` turns every bad value into one ``ConfigError`` line naming the setting and
+warns once about a ``STREAMREC_*`` variable that is no setting (a typo such as
+``STREAMREC_TOPN`` would otherwise be ignored), suggesting the closest name. The known names
+are the model's fields, so a new field needs no list kept by hand.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import re
 import threading
 import time
 import tomllib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -21,8 +32,11 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
+    SecretsSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -36,7 +50,74 @@ from streamrec.events import (
 )
 from streamrec.feedback import DEFAULT_WEIGHTS
 
+ENV_PREFIX = "STREAMREC_"
 CONFIG_ENV = "STREAMREC_CONFIG"
+#: A directory of files, one per setting, each named like its variable (a mounted Secret).
+SECRETS_DIR_ENV = "STREAMREC_SECRETS_DIR"
+#: ``STREAMREC_<NAME>_FILE=path``: the setting's value is that file's content.
+FILE_SUFFIX = "_FILE"
+#: ``STREAMREC_*`` variables the project reads that are not settings (the test harness's);
+#: every setting's name comes from ``Settings.model_fields``, never from a list like this.
+OTHER_VARIABLES = frozenset(
+    {
+        CONFIG_ENV,
+        SECRETS_DIR_ENV,
+        "STREAMREC_TEST_SERVICES",
+        "STREAMREC_REQUIRE_BROWSER",
+        "STREAMREC_ARTIFACTS",
+        "STREAMREC_CHROMIUM",
+    }
+)
+
+log = logging.getLogger(__name__)
+
+_REDACTED = "***"
+# A query parameter whose value is a credential (redis-py reads ?password=...).
+_SECRET_PARAM = re.compile(r"pass|secret|token|key|auth|credential", re.IGNORECASE)
+
+
+def redis_address(url: str) -> str:
+    """``host:port/db`` of a Redis URL (a unix socket's path), without user or password: how
+    logs and errors name the server. Never raises: a URL it cannot read is shown redacted."""
+    try:
+        parts = urlsplit(url)
+        if parts.scheme == "unix":
+            return parts.path
+        host = parts.hostname or "localhost"
+        host = f"[{host}]" if ":" in host else host
+        db = parts.path if parts.path not in ("", "/") else "/0"
+        return f"{host}:{parts.port or 6379}{db}"
+    except ValueError:
+        return redact_url(url)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password, and the value of any query parameter that looks like a
+    credential (``password=``, ``token=``, ...), replaced by ``***``; the user, host, port and
+    path are kept. The one way a URL is printed: it never raises, whatever ``url`` holds (a bad
+    port, an unclosed ``[``), so an error message about a malformed URL cannot leak it.
+
+    >>> redact_url("redis://svc:hunter2@cache:6380/2?password=x&db=1")
+    'redis://svc:***@cache:6380/2?password=***&db=1'
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    # The authority ends at the first '/', '?' or '#' after the last '@' of the part before
+    # any query: a password holding a raw '/' or '?' is still cut out whole.
+    head, qmark, query = rest.partition("?")
+    at = head.rfind("@")
+    if at >= 0:
+        user, colon, _ = head[:at].partition(":")
+        head = f"{user}{':' + _REDACTED if colon else ''}{head[at:]}"
+    if qmark:
+        query, hashmark, fragment = query.partition("#")
+        params = []
+        for pair in query.split("&"):
+            name, eq, _ = pair.partition("=")
+            params.append(f"{name}={_REDACTED}" if eq and _SECRET_PARAM.search(name) else pair)
+        query = "&".join(params) + hashmark + fragment
+    return f"{scheme}{sep}{head}{qmark}{query}"
 
 
 def _default_home() -> Path:
@@ -65,6 +146,27 @@ class Settings(BaseSettings):
     topic_events_partitions: int = Field(6, ge=1, description="partitions when creating events")
     topic_dlq: str = Field("streamrec.events.dlq", description="undecodable events + reason header")
     topic_models: str = Field("streamrec.models", description="model announcements")
+    # --- A Kafka cluster (README "Running on a multi-broker Kafka") ------------------------
+    kafka_brokers: int = Field(
+        1,
+        ge=1,
+        le=9,
+        description="KRaft nodes (each broker and controller) `streamrec infra up` runs on "
+        "loopback; node k (from 0) listens at the k-th kafka_bootstrap server, or at the "
+        "first one's port + 2k, and its controller at kafka_controller_port + 2k",
+    )
+    topic_replication_factor: int | None = Field(
+        None,
+        ge=1,
+        description="replication factor of the topics streamrec creates; None = 3 when the "
+        "cluster has 3 or more brokers, else 1; min.insync.replicas is 2 when it is 3 or more",
+    )
+    create_topics: bool = Field(
+        True,
+        description="the worker, the producing commands, the demo and the nightly job create "
+        "missing topics (dev, tests); false (production): only `streamrec topics create` does, "
+        "and a worker missing one refuses to start (exit 6)",
+    )
     consumer_group: str = Field("streamrec-worker", description="worker consumer group id")
     instance_id: str | None = Field(
         None,
@@ -166,6 +268,21 @@ class Settings(BaseSettings):
         "fewer, larger batches (less CPU per event at a few thousand events/s) for up to this "
         "much more latency; 0 = a batch is what arrived while the last one was processed",
     )
+    prefetch_messages: int = Field(
+        10_000,
+        ge=1,
+        le=10_000_000,
+        description="messages per partition the consumer fetches ahead of the worker "
+        "(librdkafka queued.min.messages; its default of 100000 held up to 100 MiB more while "
+        "the worker was behind, bench/soak.py)",
+    )
+    prefetch_kb: int = Field(
+        16_384,
+        ge=1,
+        le=2_097_151,
+        description="most kilobytes of fetched-ahead messages the consumer holds "
+        "(librdkafka queued.max.messages.kbytes)",
+    )
     commit_interval_s: float = Field(
         1.0,
         ge=0,
@@ -179,6 +296,13 @@ class Settings(BaseSettings):
     )
     metrics_bind: str = Field(
         "127.0.0.1:9108", description="host:port of /metrics and /healthz; empty = off"
+    )
+    model_wait_s: float = Field(
+        0.0,
+        ge=0,
+        description="a worker started before any model is published waits up to this long "
+        "for the streamrec:model pointer (polling each second, /healthz 503 'waiting for a "
+        "model' meanwhile) instead of exiting at once (exit 3); 0 = exit at once",
     )
     retry_backoff_max_s: float = Field(
         5.0,
@@ -243,8 +367,19 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"expected redis://host:port/db, got {value!r}")
+        # Checked whole here, so a bad URL is one line at start, never a traceback from the
+        # client later; the message shows it redacted (it may hold a password).
+        shown = redact_url(value)
+        try:
+            url = urlsplit(value)
+            url.port  # noqa: B018 - raises ValueError for a port that is no number or too big
+        except ValueError as exc:
+            raise ValueError(f"{exc} in {shown!r}") from None
+        if url.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"expected redis://host:port/db, got {shown!r}")
+        db = url.path.strip("/")
+        if url.scheme != "unix" and db and not db.isdigit():
+            raise ValueError(f"the database must be a number (redis://host:port/0), got {shown!r}")
         return value
 
     @field_validator("topic_events_retention_s")
@@ -271,11 +406,24 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            env_settings,
+            _FileVariables(settings_cls),
+        ]
+        secrets_dir = os.environ.get(SECRETS_DIR_ENV)
+        if secrets_dir:
+            sources.append(SecretsSettingsSource(settings_cls, secrets_dir=Path(secrets_dir)))
         path = os.environ.get(CONFIG_ENV)
         if path:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(path)))
         return tuple(sources)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # repr() must not show a password inside a URL (redis_url, and any *_url field added).
+        for name, value in super().__repr_args__():
+            is_url = isinstance(value, str) and name is not None and name.endswith("_url")
+            yield name, redact_url(value) if is_url else value
 
     # --- Derived values --------------------------------------------------------------------
     @property
@@ -294,11 +442,7 @@ class Settings(BaseSettings):
     @property
     def redis_address(self) -> str:
         """``host:port/db`` of ``redis_url`` without credentials: what logs and errors name."""
-        url = urlsplit(self.redis_url)
-        if url.scheme == "unix":
-            return url.path
-        host = url.hostname or "localhost"
-        return f"{host}:{url.port or 6379}{url.path if url.path not in ('', '/') else '/0'}"
+        return redis_address(self.redis_url)
 
     def kafka_common(self) -> dict[str, Any]:
         """librdkafka settings shared by every client: the broker, SASL, and its log lines
@@ -372,18 +516,134 @@ class KafkaLog:
 KAFKA_LOG = KafkaLog()
 
 
+def _file_variables(environ: Mapping[str, str]) -> dict[str, str]:
+    """Field name -> the ``STREAMREC_<NAME>_FILE`` variable set for it. A field whose own name
+    ends in ``_file`` keeps its variable: ``STREAMREC_X_FILE`` is field ``x_file`` when there
+    is one, and the value of ``x`` read from a file only when there is not."""
+    fields = Settings.model_fields
+    out = {}
+    for name in fields:
+        var = f"{ENV_PREFIX}{name.upper()}{FILE_SUFFIX}"
+        if f"{name}{FILE_SUFFIX.lower()}" not in fields and environ.get(var):
+            out[name] = var
+    return out
+
+
+class _FileVariables(EnvSettingsSource):
+    """``STREAMREC_<NAME>_FILE=path``: the setting's value is the file's content, trailing
+    newline stripped, parsed as the variable ``STREAMREC_<NAME>`` would be (JSON for a table
+    such as ``event_weights``)."""
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        values: dict[str, str | None] = {}
+        for name, var in _file_variables(os.environ).items():
+            path = Path(os.environ[var])
+            try:
+                text = path.read_text("utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise ConfigError(f"{var}={path}: cannot read it ({reason})") from None
+            values[f"{ENV_PREFIX}{name}".lower()] = text.rstrip("\r\n")
+        return values
+
+
+def known_variables() -> frozenset[str]:
+    """Every ``STREAMREC_*`` name the project reads: a variable per setting (from the model's
+    fields), its ``_FILE`` form, and ``OTHER_VARIABLES``."""
+    names = {f"{ENV_PREFIX}{n.upper()}" for n in Settings.model_fields}
+    return frozenset(names | {n + FILE_SUFFIX for n in names} | OTHER_VARIABLES)
+
+
+_warned: set[str] = set()
+
+
+def warn_unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Log a warning, once per process and name, for each ``STREAMREC_*`` variable that is no
+    setting, with the closest known name when one is close (``STREAMREC_TOPN``: did you mean
+    ``STREAMREC_TOP_N``?). Returns the unknown names."""
+    env = os.environ if environ is None else environ
+    known = known_variables()
+    unknown = sorted(n for n in env if n.upper().startswith(ENV_PREFIX) and n.upper() not in known)
+    for name in unknown:
+        if name in _warned:
+            continue
+        _warned.add(name)
+        close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.8)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        log.warning("ignoring %s: no streamrec setting has that name%s", name, hint)
+    return unknown
+
+
+def _source_of(field: str, environ: Mapping[str, str]) -> str:
+    """Where a bad value of ``field`` most likely came from, for the error line."""
+    var = f"{ENV_PREFIX}{field.upper()}"
+    if var in environ:
+        return var
+    if _file_variables(environ).get(field):
+        return f"{var}{FILE_SUFFIX}={environ[var + FILE_SUFFIX]}"
+    secrets_dir = environ.get(SECRETS_DIR_ENV)
+    if secrets_dir and Path(secrets_dir).is_dir():
+        for f in Path(secrets_dir).iterdir():
+            if f.name.upper() == var:
+                return f"{SECRETS_DIR_ENV}: {f}"
+    return f"{CONFIG_ENV}={environ[CONFIG_ENV]}" if environ.get(CONFIG_ENV) else var
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Build the process's settings; a bad value raises ConfigError with one readable line."""
+    """Build the process's settings; a bad value raises ConfigError with one readable line
+    naming the setting and where it came from, never its value (it may be a secret).
+    Warns about unknown ``STREAMREC_*`` variables (``warn_unknown_variables``)."""
     from pydantic import ValidationError
 
-    path = os.environ.get(CONFIG_ENV)
+    env = dict(os.environ)
+    path = env.get(CONFIG_ENV)
     if path and not Path(path).is_file():
         raise ConfigError(f"{CONFIG_ENV}={path}: no such file")
+    secrets_dir = env.get(SECRETS_DIR_ENV)
+    if secrets_dir and not Path(secrets_dir).is_dir():
+        raise ConfigError(f"{SECRETS_DIR_ENV}={secrets_dir}: no such directory")
+    for name, var in _file_variables(env).items():
+        if env.get(f"{ENV_PREFIX}{name.upper()}"):
+            raise ConfigError(f"both {ENV_PREFIX}{name.upper()} and {var} are set; set one")
+    warn_unknown_variables(env)
+    given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(**given)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "settings"
-        raise ConfigError(f"bad setting {field}: {first['msg']}") from None
+        top = str(first["loc"][0]) if first["loc"] else ""
+        where = "" if top in given or top not in Settings.model_fields else _source_of(top, env)
+        raise ConfigError(
+            f"bad setting {field}{f' ({where})' if where else ''}: "
+            + str(first["msg"]).removeprefix("Value error, ")
+        ) from None
+    except SettingsError as exc:
+        # pydantic-settings' own parse failure (a table that is not JSON): name the setting,
+        # say what was expected, and drop its 40-line traceback.
+        m = re.search(r'field "([^"]+)"', str(exc))
+        field = m.group(1) if m else "settings"
+        cause = exc.__cause__ or exc.__context__
+        why = f" ({cause})" if isinstance(cause, ValueError) else ""
+        raise ConfigError(
+            f"bad setting {field} ({_source_of(field, env)}): expected JSON{why}, "
+            f"e.g. {_json_example(field)}"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{CONFIG_ENV}={path}: {exc}") from None
+
+
+def _json_example(field: str) -> str:
+    """A JSON value of ``field``'s shape for its error line: one entry of its default."""
+    import json
+
+    info = Settings.model_fields.get(field)
+    default = info.get_default(call_default_factory=True) if info is not None else None
+    if isinstance(default, dict) and default:
+        default = dict([next(iter(default.items()))])
+    elif isinstance(default, list | tuple) and default:
+        default = [default[0]]
+    try:
+        return json.dumps(default) if default else "{}"
+    except TypeError:
+        return "{}"

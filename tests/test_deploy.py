@@ -17,6 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from streamrec.app import cli
+from streamrec.exits import Exit
 from streamrec.settings import CONFIG_ENV, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -319,8 +320,277 @@ def test_retrain_is_scheduled_in_k8s_and_compose() -> None:
         argv = [str(a) for a in container["args"]]
         assert argv[0] == "retrain"
         _parse(argv, f"deploy/k8s cronjob {container['name']}")
-    # exit 5 means "kept the live model": a verdict the job must not retry
-    rules = spec["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]
-    assert any(5 in r["onExitCodes"]["values"] and r["action"] == "Ignore" for r in rules)
+    # exit 5 means "kept the live model": a verdict the job must not retry (test below)
+    assert spec["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]
     compose = _compose()["services"]["retrain"]
     assert "--at" in _argv(compose["command"])
+
+
+# --- Kubernetes: jobs, security, scraping, scaling (issue 14) ------------------------------
+
+
+def _pod_templates() -> dict[str, dict[str, Any]]:
+    """Every pod template in deploy/k8s by its owner's kind/name."""
+    out = {}
+    for doc in _k8s_docs():
+        spec = doc.get("spec", {})
+        if doc["kind"] == "CronJob":
+            spec = spec["jobTemplate"]["spec"]
+        if doc["kind"] in ("Deployment", "Job", "CronJob"):
+            out[f"{doc['kind']}/{doc['metadata']['name']}"] = spec["template"]
+    return out
+
+
+def _k8s_named(kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in _k8s_docs() if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name} in deploy/k8s"
+    return found[0]
+
+
+def _rule_for_exit(rules: list[dict[str, Any]], code: int) -> str | None:
+    """The action of the first podFailurePolicy rule matching exit ``code`` (Kubernetes
+    applies the first rule that matches); None: the default (counted against backoffLimit)."""
+    for rule in rules:
+        codes = rule.get("onExitCodes")
+        if codes is None:
+            continue
+        inside = code in codes["values"]
+        if inside == (codes["operator"] == "In"):
+            return str(rule["action"])
+    return None
+
+
+def test_retrain_kept_ends_the_job_at_once_without_another_pod() -> None:
+    """Exit 5 must not re-run the retrain: ``Ignore`` would start a replacement pod and
+    ``Count`` retry up to backoffLimit; ``FailJob`` ends the Job (deploy/README.md why)."""
+    job = _k8s_one("CronJob")["spec"]["jobTemplate"]["spec"]
+    pod = job["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"  # podFailurePolicy requires it
+    (container,) = pod["containers"]
+    rules = job["podFailurePolicy"]["rules"]
+    for rule in rules:
+        if "onExitCodes" in rule:
+            assert rule["onExitCodes"]["containerName"] == container["name"]
+    assert _rule_for_exit(rules, Exit.KEPT) == "FailJob"
+    for verdict in (Exit.USAGE, Exit.DATA, Exit.AUTH):  # retrying cannot help
+        assert _rule_for_exit(rules, verdict) == "FailJob"
+    for transient in (1, Exit.INFRA):  # a bug or an outage: retried, counted
+        assert _rule_for_exit(rules, transient) is None
+    assert 1 <= job["backoffLimit"] <= 3
+    disruption = [r for r in rules if "onPodConditions" in r]
+    assert disruption and disruption[0]["action"] == "Ignore"
+    assert disruption[0]["onPodConditions"] == [{"type": "DisruptionTarget"}]
+
+
+@pytest.mark.parametrize("owner", sorted(_pod_templates()))
+def test_every_pod_runs_locked_down(owner: str) -> None:
+    pod = _pod_templates()[owner]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True, owner
+    assert pod["securityContext"]["runAsUser"] == 10001  # the image's user (Dockerfile)
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for c in pod["containers"]:
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False, owner
+        assert sc["readOnlyRootFilesystem"] is True, owner
+        assert sc["capabilities"]["drop"] == ["ALL"], owner
+        # The root filesystem is read-only: what it writes must be on a writable mount.
+        mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+        assert "emptyDir" in volumes[mounts["/tmp"]["name"]], owner
+        configmap = {k: str(v) for k, v in _k8s_one("ConfigMap")["data"].items()}
+        assert configmap["STREAMREC_HOME"].startswith("/tmp/")
+        argv = [str(a) for a in c["args"]]
+        for flag in ("--models-dir", "--out", "--report"):
+            if flag in argv:
+                path = argv[argv.index(flag) + 1]
+                mount = mounts["/" + path.strip("/").split("/")[0]]
+                assert not mount.get("readOnly"), f"{owner}: {flag} {path} is read-only"
+
+
+@pytest.mark.parametrize("owner", ["CronJob/streamrec-retrain", "Job/streamrec-first-model"])
+def test_training_pods_pin_openmp_to_their_cpu_limit(owner: str) -> None:
+    (c,) = _pod_templates()[owner]["spec"]["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    ref = env["OMP_NUM_THREADS"]["valueFrom"]["resourceFieldRef"]
+    assert ref == {"containerName": c["name"], "resource": "limits.cpu", "divisor": "1"}
+    assert "cpu" in c["resources"]["limits"]
+
+
+def test_all_jobs_commands_parse() -> None:
+    for owner, template in _pod_templates().items():
+        for c in template["spec"]["containers"]:
+            assert "command" not in c, "keep the image's `streamrec` entrypoint"
+            _parse([str(a) for a in c["args"]], f"deploy/k8s {owner}")
+
+
+def test_a_fresh_install_gets_a_first_model_and_workers_wait_for_it() -> None:
+    """No crash loop for want of a model: a Job trains one only if none is published, and
+    the workers wait for it, alive (/livez) but not ready (/healthz)."""
+    job = _k8s_named("Job", "streamrec-first-model")
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    argv = [str(a) for a in c["args"]]
+    assert argv[0] == "train" and {"--publish", "--if-absent"} <= set(argv)
+    assert pod["restartPolicy"] == "Never"
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+              if "persistentVolumeClaim" in v}  # fmt: skip
+    worker_pod = _k8s_one("Deployment")["spec"]["template"]["spec"]
+    worker_claims = {v["persistentVolumeClaim"]["claimName"] for v in worker_pod["volumes"]
+                     if "persistentVolumeClaim" in v}  # fmt: skip
+    assert claims == worker_claims  # the path it publishes is valid in the workers
+    configmap = {k: str(v) for k, v in _k8s_one("ConfigMap")["data"].items()}
+    assert float(configmap["STREAMREC_MODEL_WAIT_S"]) >= 3600
+    (worker,) = worker_pod["containers"]
+    assert worker["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert worker["readinessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_the_probed_paths_answer_as_the_probes_expect() -> None:
+    """The worker's real endpoint (no services needed): alive and ready when serving;
+    alive and not ready while it waits for a model."""
+    import urllib.error
+    import urllib.request
+
+    from streamrec.worker.metrics import Metrics, MetricsServer
+
+    (worker,) = _deployment_containers()
+    live = worker["livenessProbe"]["httpGet"]["path"]
+    ready = worker["readinessProbe"]["httpGet"]["path"]
+    m = Metrics()
+    server = MetricsServer(m, "127.0.0.1:0")
+
+    def status(path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=5) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+
+    try:
+        assert (status(live), status(ready)) == (200, 200)
+        m.wait_for("a model")
+        assert (status(live), status(ready)) == (200, 503)
+    finally:
+        server.close()
+
+
+def test_voluntary_disruptions_leave_workers_running() -> None:
+    pdb = _k8s_one("PodDisruptionBudget")
+    deployment = _k8s_one("Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    replicas = deployment["spec"]["replicas"]
+    if "maxUnavailable" in pdb["spec"]:
+        assert 1 <= pdb["spec"]["maxUnavailable"] < replicas
+    else:
+        assert 1 <= pdb["spec"]["minAvailable"] < replicas  # else a drain could never proceed
+
+
+def test_prometheus_finds_the_workers() -> None:
+    deployment = _k8s_one("Deployment")
+    template = deployment["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    bind = str(_k8s_one("ConfigMap")["data"]["STREAMREC_METRICS_BIND"])
+    assert int(bind.rpartition(":")[2]) == ports["metrics"]
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == ports["metrics"]
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+    service = _k8s_named("Service", "streamrec-worker")
+    assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] == "metrics" and port["port"] == ports["metrics"]
+    monitor = _k8s_one("ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == port["name"] and endpoint["path"] == "/metrics"
+    # The alert rules expect the job the ServiceMonitor gives: the Service's name.
+    rules = (ROOT / "deploy" / "prometheus" / "alerts.yml").read_text()
+    assert f'job="{service["metadata"]["name"]}"' in rules
+
+
+def test_keda_scales_the_worker_group_on_its_lag() -> None:
+    scaled = _k8s_one("ScaledObject")
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    deployment = _k8s_one("Deployment")
+    target = scaled["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "kafka"
+    meta = trigger["metadata"]
+    configmap = {k: str(v) for k, v in _k8s_one("ConfigMap")["data"].items()}
+    assert meta["bootstrapServers"] == configmap["STREAMREC_KAFKA_BOOTSTRAP"]
+    assert meta["consumerGroup"] == configmap["STREAMREC_CONSUMER_GROUP"]
+    assert meta["topic"] == configmap["STREAMREC_TOPIC_EVENTS"]
+    assert int(meta["lagThreshold"]) > 0
+    # More workers than partitions would idle: never scale past the partition count.
+    partitions = int(
+        configmap.get(
+            "STREAMREC_TOPIC_EVENTS_PARTITIONS",
+            Settings.model_fields["topic_events_partitions"].default,
+        )
+    )
+    assert 1 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
+    assert scaled["spec"]["maxReplicaCount"] <= partitions
+    assert meta["allowIdleConsumers"] == "false"
+    # A group with no committed offset starts where the worker starts.
+    source = (ROOT / "worker" / "source.py").read_text()
+    assert f'"auto.offset.reset": "{meta["offsetResetPolicy"]}"' in source
+
+
+def test_compose_trainer_never_replaces_a_promoted_model() -> None:
+    """`docker compose up` runs the one-shot trainer every time: --if-absent makes it a no-op
+    once a model is published (tests/ops/test_train_if_absent.py runs it against Redis)."""
+    argv = _argv(_compose()["services"]["trainer"]["command"])
+    assert "--if-absent" in argv and "--publish" in argv
+
+
+# --- Grafana dashboard ----------------------------------------------------------------------
+
+DASHBOARD = ROOT / "deploy" / "grafana" / "streamrec.json"
+#: What the issue asks the dashboard to show, and a metric each such panel must read.
+DASHBOARD_NEEDS = {
+    "events in": "streamrec_messages_total",
+    "events applied": "streamrec_events_decoded_total",
+    "dead letters": "streamrec_events_dead_lettered_total",
+    "consumer lag": "streamrec_consumer_lag",
+    "latency": "streamrec_event_to_redis_seconds_bucket",
+    "stage timings": "streamrec_stage_seconds_bucket",
+    "model version": "streamrec_model_info",
+    "model swaps": "streamrec_model_swaps_total",
+    "refused models": "streamrec_models_refused_total",
+    "health": "streamrec_dependency_up",
+    "retrain outcome": "streamrec_retrain_last_outcome",
+}
+
+
+def test_dashboard_is_a_grafana_dashboard_over_the_worker_metrics() -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    assert dash["uid"] and dash["title"] and dash["schemaVersion"] >= 36
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    panels = [p for p in dash["panels"] if p["type"] != "row"]
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    exprs = []
+    for p in panels:
+        assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
+        assert p["description"], p["title"]
+        g = p["gridPos"]
+        assert g["x"] + g["w"] <= 24 and g["w"] > 0 and g["h"] > 0, p["title"]
+        assert p["targets"], p["title"]
+        for t in p["targets"]:
+            exprs.append(t["expr"])
+            # Only variables the dashboard defines, or Grafana's own.
+            used = set(re.findall(r"\$(\w+)", t["expr"]))
+            assert used <= set(variables) | {"__rate_interval"}, (p["title"], used)
+    text = "\n".join(exprs)
+    for what, metric in DASHBOARD_NEEDS.items():
+        assert metric in text, f"no panel shows {what} ({metric})"
+    assert "histogram_quantile(0.5," in text and "histogram_quantile(0.99," in text

@@ -58,6 +58,8 @@ def test_the_wheel_installs_only_streamrec_at_the_top(wheel: Path) -> None:
         "streamrec/model/retrain.py",
         "streamrec/als/foldin.py",
         "streamrec/schema/interaction-v1.avsc",
+        "streamrec/schema/redis/recs.schema.json",  # the front-end kit's schemas
+        "streamrec/client.py",
         "streamrec/infra/pom.xml",
     ):
         assert needed in names, needed
@@ -103,3 +105,40 @@ def test_the_installed_cli_runs_beside_a_folder_named_model(wheel: Path, tmp_pat
             check=True,
         ).stdout
     )
+
+
+def test_the_front_end_kit_runs_with_only_redis_and_orjson(wheel: Path, tmp_path: Path) -> None:
+    """``pip install --no-deps streamrec redis orjson`` is enough for ``streamrec.client``:
+    the wheel without its dependencies, redis-py and orjson beside it, and Python without its
+    site-packages (``-S``), so numpy, scipy, implicit, confluent-kafka, pydantic are absent."""
+    import orjson
+    import redis
+
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site),
+         str(wheel)],
+        check=True, timeout=300,
+    )  # fmt: skip
+    for module in (redis, orjson):  # the two it needs, as installed here
+        source = Path(module.__file__ or "").parent
+        (site / source.name).symlink_to(source)
+    code = (
+        f"import sys; sys.path.insert(0, {str(site)!r})\n"
+        "for name in ('numpy', 'scipy', 'implicit', 'confluent_kafka', 'pydantic'):\n"
+        "    try:\n"
+        "        __import__(name)\n"
+        "        raise SystemExit(name + ' is importable: the check proves nothing')\n"
+        "    except ImportError:\n"
+        "        pass\n"
+        "from streamrec.client import Client, schema\n"
+        'values = {\'streamrec:popular\': b\'{"items": [{"item_id": "a", "score": 1.0}], \'\n'
+        '          b\'"model_version": "v", "updated_at_ms": 1}\'}\n'
+        "r = Client(values).recommendations('new-user')\n"
+        "print(r.source, r.items[0].item_id, schema('recs')['title'])\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "popular a streamrec user list"

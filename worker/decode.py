@@ -21,6 +21,7 @@ from functools import partial
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from streamrec.connect import DURABLE_PRODUCER
 from streamrec.errors import EventError
 from streamrec.events import LIMITS, Event, Limits, decode
 from streamrec.settings import Settings
@@ -105,7 +106,7 @@ class DeadLetters:
         self._producer = Producer(
             {
                 **settings.kafka_common(),
-                "enable.idempotence": True,
+                **DURABLE_PRODUCER,  # acks=all, idempotent: see streamrec.connect
                 "linger.ms": 5,
                 "message.max.bytes": DLQ_MESSAGE_MAX_BYTES,
                 "compression.type": "lz4",

@@ -40,7 +40,7 @@ from confluent_kafka import Message
 
 from streamrec.als.history import Rules, UserState
 from streamrec.als.scorer import Scorer
-from streamrec.connect import ensure_topics, redis_client
+from streamrec.connect import redis_client
 from streamrec.keys import Keys, home_value, mget, parse_applied, read_histories
 from streamrec.settings import Settings
 from streamrec.sink import Sink
@@ -56,7 +56,7 @@ from streamrec.worker.isolate import (
 )
 from streamrec.worker.metrics import Metrics, MetricsServer, Stats
 from streamrec.worker.models import ModelWatcher
-from streamrec.worker.preflight import check_redis
+from streamrec.worker.preflight import check_redis, preflight_topics
 from streamrec.worker.rebuild import StateGuard, StateLost
 from streamrec.worker.retry import Outages, Stopped, within
 from streamrec.worker.seams import BatchSink, BatchSource, DeadLetterWriter, Positions
@@ -101,9 +101,20 @@ class Worker:
         self.settings = settings
         self.stop = stop or threading.Event()
         self.metrics = Metrics()
+        # Up before the model is: a worker waiting for a first model answers /healthz 503.
+        self.server = (
+            MetricsServer(self.metrics, settings.metrics_bind) if settings.metrics_bind else None
+        )
         self.keys = Keys(settings.redis_prefix)
         self._redis = redis_client(settings)
-        self.models = ModelWatcher(settings, self._redis, self.keys, self.metrics)
+        try:
+            self.models = ModelWatcher(
+                settings, self._redis, self.keys, self.metrics, stop=self.stop
+            )
+        except BaseException:
+            if self.server is not None:  # no model: the process ends, and its endpoint
+                self.server.close()
+            raise
         self.rules = Rules(
             weights=settings.event_weights,
             half_life_ms=settings.half_life_ms,
@@ -138,7 +149,7 @@ class Worker:
     def run(self, max_messages: int | None = None, duration_s: float | None = None) -> Stats:
         check_redis(self._redis, self.settings)  # refuses a Redis that can evict its state
         s = self.settings
-        ensure_topics(s)
+        preflight_topics(s)  # refuses missing or under-replicated topics (exit 6)
         if self._source is None:
             self._source = Source(s, on_assign=self.state.assigned, on_revoke=self.state.revoked)
         if self._dead is None:
@@ -146,7 +157,7 @@ class Worker:
         source, dead = self._source, self._dead
         self.state.attach(source if isinstance(source, Positions) else None, dead)
         self.assigned = source.assigned
-        server = MetricsServer(self.metrics, s.metrics_bind) if s.metrics_bind else None
+        server = self.server
         started = time.monotonic()
         next_report = started + PROGRESS_S
         log.info(

@@ -10,11 +10,18 @@ Each ``Metrics`` owns its registry, so several workers in one process (tests) ne
 ``/healthz`` answers 200 while the loop has completed an iteration within ``stale_after_s``
 and no dependency is down, and 503 otherwise: ``redis down`` / ``kafka down`` while the loop
 waits out an outage (``worker/retry.py``; ``streamrec_dependency_up`` says the same), ``stale``
-when stuck or stopped.
+when stuck or stopped, ``waiting for a model`` while a worker started before any model was
+published waits for the pointer (``worker/models.py``). ``/livez`` is the liveness half only:
+200 while the loop (or that wait) turns or an outage is being waited out; 503 ``stale`` when
+stuck.
+
+The last nightly retrain's record (``<p>:retrain:last``, written by ``model/retrain.py``), read
+by the model watcher with the pointer, is exported as the ``streamrec_retrain_*`` gauges.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -25,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import numpy.typing as npt
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
@@ -120,6 +127,58 @@ class StatsCollector(Collector):
             yield CounterMetricFamily(name, doc, value=value, created=self._created)
 
 
+#: How a nightly retrain can end (``streamrec_retrain_last_outcome{outcome}``).
+RETRAIN_OUTCOMES = ("promoted", "kept", "failed")
+
+
+class RetrainCollector(Collector):
+    """The last retrain's record (``<p>:retrain:last``) as gauges; nothing before one is read.
+
+    ``record`` is replaced whole by ``Metrics.retrain_record`` (the worker's thread) and read
+    here at each scrape (the server's thread): no Redis call happens in a scrape.
+    """
+
+    def __init__(self) -> None:
+        self.record: dict[str, object] | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        rec = self.record
+        if rec is None:
+            return
+        outcome = GaugeMetricFamily(
+            "streamrec_retrain_last_outcome",
+            "1 for how the last nightly retrain ended (promoted, kept, failed), 0 for the others",
+            labels=["outcome"],
+        )
+        for name in RETRAIN_OUTCOMES:
+            outcome.add_metric([name], 1.0 if rec.get("outcome") == name else 0.0)
+        yield outcome
+        for name, field, doc, scale in (
+            ("finished_timestamp_seconds", "finished_at_ms", "unix time it ended", 1e-3),
+            ("completed_timestamp_seconds", "last_completed_at_ms",
+             "unix time the last run that promoted or kept the model ended", 1e-3),
+            ("duration_seconds", "duration_s", "how long it ran", 1.0),
+        ):  # fmt: skip
+            value = rec.get(field)
+            if isinstance(value, (int, float)):
+                yield GaugeMetricFamily(
+                    f"streamrec_retrain_last_{name}", f"last nightly retrain: {doc}",
+                    value=float(value) * scale,
+                )  # fmt: skip
+        scores = rec.get("metrics")
+        if isinstance(scores, dict):
+            family = GaugeMetricFamily(
+                "streamrec_retrain_last_metric",
+                "last nightly retrain: each evaluated model's holdout metrics",
+                labels=["model", "metric"],
+            )
+            for model, values in sorted(scores.items()):
+                for metric, value in sorted(values.items() if isinstance(values, dict) else ()):
+                    if isinstance(value, (int, float)):
+                        family.add_metric([str(model), str(metric)], float(value))
+            yield family
+
+
 class Metrics:
     """The worker's ``stats`` and its Prometheus registry (``registry``)."""
 
@@ -127,6 +186,15 @@ class Metrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.stats = Stats()
         r.register(StatsCollector(self.stats))
+        self.retrain = RetrainCollector()
+        r.register(self.retrain)
+        #: Set while the worker cannot serve yet (``/healthz`` 503 with it): "a model".
+        self.waiting_for: str | None = None
+        self.model_missing = Gauge(
+            "streamrec_model_missing",
+            "1 while the worker waits for a first model to be published (not ready)",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "streamrec_batch_messages",
             "messages per batch",
@@ -187,6 +255,25 @@ class Metrics:
         self._current_version = version
         self.stats.model_swaps += 1
 
+    def retrain_record(self, raw: bytes | str | None) -> None:
+        """Take the ``<p>:retrain:last`` value as read from Redis (None: no run recorded)."""
+        if raw is None:
+            self.retrain.record = None
+            return
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            rec = None
+        if not isinstance(rec, dict):
+            log.warning("ignoring a malformed retrain record: %r", raw[:200])
+            return
+        self.retrain.record = rec
+
+    def wait_for(self, what: str | None) -> None:
+        """Mark the worker not ready while it waits for ``what`` (None: no longer waiting)."""
+        self.waiting_for = what
+        self.model_missing.set(1 if what == "a model" else 0)
+
     def looped(self) -> None:
         self._last_loop_mono = time.monotonic()
         self.last_loop.set(time.time())
@@ -201,9 +288,12 @@ class Metrics:
         """The dependencies the worker is waiting for now."""
         return self._down
 
+    def alive(self, stale_after_s: float) -> bool:
+        """The loop (or a wait before it) has turned within ``stale_after_s``."""
+        return time.monotonic() - self._last_loop_mono <= stale_after_s
+
     def healthy(self, stale_after_s: float) -> bool:
-        fresh = time.monotonic() - self._last_loop_mono <= stale_after_s
-        return fresh and not self._down
+        return self.alive(stale_after_s) and not self._down and self.waiting_for is None
 
 
 class BulkHistogram(Collector):
@@ -239,11 +329,13 @@ class BulkHistogram(Collector):
 
 
 class MetricsServer:
-    """Serves ``/metrics`` and ``/healthz`` from a daemon thread; ``close()`` stops it."""
+    """Serves ``/metrics``, ``/healthz`` and ``/livez`` from a daemon thread; ``close()``
+    stops it."""
 
     def __init__(self, metrics: Metrics, bind: str, stale_after_s: float = 30.0) -> None:
         host, _, port = bind.rpartition(":")
         outer = self
+        self._metrics = metrics
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -251,10 +343,12 @@ class MetricsServer:
                     body, ctype, code = generate_latest(metrics.registry), CONTENT_TYPE_LATEST, 200
                 elif self.path == "/healthz":
                     ok = outer.running and metrics.healthy(stale_after_s)
-                    down = metrics.down
-                    status = "ok" if ok else (" and ".join(sorted(down)) + " down" if down
-                                              else "stale")  # fmt: skip
-                    body, ctype = f"{status}\n".encode(), "text/plain"
+                    body, ctype = f"{outer.status(stale_after_s)}\n".encode(), "text/plain"
+                    code = 200 if ok else 503
+                elif self.path == "/livez":
+                    # An outage being waited out (worker/retry.py) is not a stuck loop.
+                    ok = outer.running and (metrics.alive(stale_after_s) or bool(metrics.down))
+                    body, ctype = (b"ok\n" if ok else b"stale\n"), "text/plain"
                     code = 200 if ok else 503
                 else:
                     body, ctype, code = b"not found\n", "text/plain", 404
@@ -274,7 +368,18 @@ class MetricsServer:
             target=self._server.serve_forever, name="metrics", daemon=True
         )
         self._thread.start()
-        log.info("metrics on http://%s:%d/metrics and /healthz", host, self.port)
+        log.info("metrics on http://%s:%d/metrics, /healthz and /livez", host, self.port)
+
+    def status(self, stale_after_s: float) -> str:
+        """What ``/healthz`` says: ok, the dependencies down, what it waits for, or stale."""
+        m = self._metrics
+        if self.running and m.down:
+            return " and ".join(sorted(m.down)) + " down"
+        if not self.running or not m.alive(stale_after_s):
+            return "stale"
+        if m.waiting_for is not None:
+            return f"waiting for {m.waiting_for}"
+        return "ok"
 
     @property
     def port(self) -> int:

@@ -10,6 +10,7 @@ current one keeps serving.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 
@@ -22,13 +23,14 @@ from streamrec.als.scorer import Scorer
 from streamrec.artifact import Model, load_model
 from streamrec.connect import blocked_items
 from streamrec.errors import ArtifactError, InfraError
-from streamrec.keys import Keys, read_model_pointer
+from streamrec.keys import Keys, ModelPointer, read_model_pointer
 from streamrec.settings import Settings
 from streamrec.worker.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 CHECK_S = 2.0
+WAIT_POLL_S = 1.0  # how often a worker with no model yet reads the pointer again
 
 
 class ModelWatcher:
@@ -36,6 +38,8 @@ class ModelWatcher:
     ``history_max`` and the blocked rows; ``refresh()`` between batches.
 
     ``check_s``: how often ``refresh`` reads the pointer and the blocked set from Redis.
+    With no pointer and no model path, it waits up to ``settings.model_wait_s`` for one
+    (``stop`` ends the wait), not ready meanwhile (``Metrics.wait_for``).
     """
 
     def __init__(
@@ -45,8 +49,10 @@ class ModelWatcher:
         keys: Keys,
         metrics: Metrics,
         check_s: float = CHECK_S,
+        stop: threading.Event | None = None,
     ) -> None:
         self._settings = settings
+        self._stop = stop or threading.Event()
         self._check_s = check_s
         self._redis = client
         self._keys = keys
@@ -84,12 +90,43 @@ class ModelWatcher:
         if self._settings.model_path is not None:
             return self._scorer(load_model(self._settings.model_path))
         pointed = read_model_pointer(self._redis, self._keys)
+        if pointed is None and self._settings.model_wait_s > 0:
+            pointed = self._wait_for_pointer(self._settings.model_wait_s)
         if pointed is None:
+            wait_s = self._settings.model_wait_s
+            waited = f" after waiting {wait_s:g} s" if wait_s > 0 else ""
             raise InfraError(
-                f"no model: {self._keys.model} is not set in Redis and no model path was given; "
-                "run: streamrec train --dataset synthetic --out DIR --publish"
+                f"no model: {self._keys.model} is not set in Redis{waited} and no model path "
+                "was given; run: streamrec train --dataset synthetic --out DIR --publish "
+                "(or set STREAMREC_MODEL_WAIT_S to wait for one)"
             )
         return self._scorer(load_model(pointed.path))
+
+    def _wait_for_pointer(self, wait_s: float) -> ModelPointer | None:
+        """Poll the pointer until it is set (returned), ``wait_s`` passes (None) or stop."""
+        m, key = self._metrics, self._keys.model
+        log.warning("no model: %s is not set in Redis; waiting up to %g s for one to be "
+                    "published (not ready meanwhile)", key, wait_s)  # fmt: skip
+        deadline = time.monotonic() + wait_s
+        m.wait_for("a model")
+        try:
+            while time.monotonic() < deadline:
+                m.looped()  # alive (/livez), only not ready
+                if self._stop.wait(WAIT_POLL_S):
+                    raise InfraError(f"stopped while waiting for a model ({key} not set)")
+                try:
+                    pointed = read_model_pointer(self._redis, self._keys)
+                except redis.RedisError as exc:  # Redis may come up after the worker
+                    m.dependency("redis", up=False)
+                    log.debug("waiting for a model: Redis: %s", exc)
+                    continue
+                m.dependency("redis", up=True)
+                if pointed is not None:
+                    log.info("model %s published: starting", pointed.version)
+                    return pointed
+            return None
+        finally:
+            m.wait_for(None)
 
     def refresh(self) -> bool:
         """Swap to a newly published model and reload the blocked set, when due.
@@ -109,6 +146,7 @@ class ModelWatcher:
         if not self._pinned and self._maybe_swap():
             self._unreported_swap = True
         self._reload_blocked()
+        self._metrics.retrain_record(self._redis.get(self._keys.retrain_last))
         # Only now: when Redis failed above, the next call reads again (and still reports a
         # swap made before the failure, so the caller re-folds after it).
         self._next_check = now + self._check_s

@@ -23,7 +23,7 @@ values the batch reads anyway) and, every ``CHECK_S``, those of idle partitions 
 applied offset gone, or lower than this worker wrote, is a loss noticed while running; the
 partition is rebuilt, or moved back to A + 1.
 
-The marker ``<p>:origin:<topic>:<partition>`` (``Origin``, documented in ``streamrec.keys``)
+The marker ``<p>:{<topic>:<partition>}:origin`` (``Origin``, documented in ``streamrec.keys``)
 says which pass over the partition built the state: written before a first start's first
 batch, when a rebuild begins (``complete`` false, in one transaction with deleting the applied
 offset, so the rebuild's progress is its own) and when the rebuild has written every list.
@@ -105,7 +105,7 @@ def _bytes(value: object) -> bytes | None:
 
 @dataclass(frozen=True, slots=True)
 class Origin:
-    """The ``<p>:origin:<topic>:<partition>`` value: the pass that built the state in Redis."""
+    """The ``<p>:{<topic>:<partition>}:origin`` value: the pass that built the state in Redis."""
 
     pass_id: str  # random, one per pass
     start: int | None  # the first offset the pass read; None: a state from before markers

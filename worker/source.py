@@ -92,6 +92,8 @@ class Source:
             # A batch never takes this long; if it does, the worker is stuck and should go.
             "max.poll.interval.ms": 300_000,
             "session.timeout.ms": settings.session_timeout_ms,
+            "queued.min.messages": settings.prefetch_messages,
+            "queued.max.messages.kbytes": settings.prefetch_kb,
             **({"group.instance.id": settings.instance_id} if settings.instance_id else {}),
             "on_commit": self._committed,
             **overrides,

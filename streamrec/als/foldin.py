@@ -8,7 +8,10 @@ implicit-feedback ALS user step (Hu, Koren, Volinsky 2008) is::
 
 which is what ``implicit``'s ``recalculate_user`` solves. Here it is solved for a batch of users
 at once: histories are bucketed by length and gathered into padded blocks, and each block is
-solved with stacked LAPACK calls. ``P⁻¹ = YᵀY + λI`` is computed once per model (``FoldIn``).
+solved with stacked LAPACK calls. Each history is padded to a length fixed by its own length,
+so a user's vector does not depend on which other users share the batch (the worker's live
+batches and a clean pass give bit-identical lists). ``P⁻¹ = YᵀY + λI`` is computed once per
+model (``FoldIn``).
 
 Short histories (h items, h well below k) use the Woodbury identity instead of the k x k
 system: with ``G`` the history's factors (h x k), ``W = diag(|c| - 1)``, ``H = G P`` and
@@ -34,12 +37,25 @@ I64 = npt.NDArray[np.int64]
 #: Rows (users x padded history length) gathered per block; bounds memory at
 #: BLOCK_ROWS * k * 8 bytes (64k rows, k=64: 32 MiB).
 BLOCK_ROWS = 65_536
-#: A block's longest history is at most this factor (plus BLOCK_SLACK) times its shortest, so
-#: padding wastes at most ~30% of the Gram products, whatever the length distribution.
+#: Histories are padded to the next of the lengths BLOCK_SLACK, then each about BLOCK_GROWTH
+#: times the last (8, 11, 15, 20, 26, ...): padding wastes at most ~30% of the Gram products,
+#: and a user's padded length depends on their own length alone.
 BLOCK_GROWTH = 1.3
 BLOCK_SLACK = 8
 #: Woodbury (an h x h system) when h * WOODBURY_RATIO <= k; measured faster below ~k/1.5.
 WOODBURY_RATIO = 1.5
+
+
+def padded_length(lengths: I64) -> I64:
+    """(n,) int64 history lengths -> (n,) int64 padded lengths: 0 stays 0, else the smallest
+    of BLOCK_SLACK, ceil(BLOCK_SLACK * BLOCK_GROWTH), ... that is >= the length."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    top = int(lengths.max(initial=0))
+    edges = [0, BLOCK_SLACK]
+    while edges[-1] < top:
+        edges.append(int(np.ceil(edges[-1] * BLOCK_GROWTH)))
+    table = np.asarray(edges, dtype=np.int64)
+    return table[np.searchsorted(table, lengths, side="left")]
 
 
 @dataclass(frozen=True)
@@ -86,23 +102,23 @@ class FoldIn:
         if n_users == 0:
             return out
         lengths = np.diff(indptr)
-        order = np.argsort(lengths, kind="stable")
-        start = 0
-        sorted_lengths = lengths[order]
-        while start < n_users:
-            # Users sorted by history length: a block pads only to its own longest history.
-            cap = sorted_lengths[start] * BLOCK_GROWTH + BLOCK_SLACK
-            stop = int(np.searchsorted(sorted_lengths, cap, side="right"))  # > start
-            longest = max(1, int(sorted_lengths[stop - 1]))
-            stop = min(stop, start + max(1, BLOCK_ROWS // longest))
-            users = order[start:stop]
-            out[users] = self._solve_block(indptr, indices, conf, users, lengths)
-            start = stop
+        padded = padded_length(lengths)
+        order = np.lexsort((np.arange(n_users), padded))  # by padded length, then position
+        bounds = np.flatnonzero(np.diff(padded[order])) + 1
+        for group in np.split(order, bounds):
+            # One padded length per group, fixed by each user's own length (never by the
+            # batch): a user's vector is bit-for-bit the same whichever batch it is solved in.
+            h = int(padded[group[0]])
+            step = max(1, BLOCK_ROWS // max(1, h))
+            for lo in range(0, len(group), step):
+                users = group[lo : lo + step]
+                out[users] = self._solve_block(indptr, indices, conf, users, lengths, h)
         return out
 
-    def _solve_block(self, indptr: I64, indices: I64, conf: F32, users: I64, lengths: I64) -> F32:
+    def _solve_block(
+        self, indptr: I64, indices: I64, conf: F32, users: I64, lengths: I64, h: int
+    ) -> F32:
         b = len(users)
-        h = int(lengths[users].max())
         k = self.factors
         if h == 0:
             return np.zeros((b, k), dtype=np.float32)

@@ -42,8 +42,10 @@ def top_n(
         exclude_indptr, exclude_indices: CSR rows (B + 1,) / (nnz,) int64 of item indices
             never to return for each user (their history).
         exclude_all: (m,) int64 item indices never to return to anyone (blocked items).
-        out: optional float32 scratch of at least (B, n_items), C-contiguous, for the scores;
-            reusing one saves a fresh allocation (and its page faults) per batch.
+        out: optional float32 scratch of (R, n_items), R >= B, C-contiguous, for the scores;
+            reusing one saves a fresh allocation (and its page faults) per batch. With it,
+            the product always has R rows (zero rows pad a short batch), so each user's
+            scores are bit-identical whichever batch they come in.
 
     Returns:
         ``(items, scores)``, each (B, min(n, n_items)): int64 item indices and float32 scores.
@@ -54,7 +56,15 @@ def top_n(
     y = np.asarray(item_factors)
     b, n_items = u.shape[0], y.shape[0]
     if out is not None and out.shape[0] >= b and out.shape[1] == n_items:
-        scores = np.matmul(u, y.T, out=out[:b])
+        rows = out.shape[0]
+        if b < rows:
+            # The product always spans the whole scratch: OpenBLAS computes a row's scores
+            # in another order when few rows share the call (gemv for one, a small-matrix
+            # kernel for small products), so a user's scores would depend on their batch.
+            padded = np.zeros((rows, u.shape[1]), dtype=np.float32)
+            padded[:b] = u
+            u = padded
+        scores = np.matmul(u, y.T, out=out)[:b]
     else:
         scores = u @ y.T
     return select_top_n(scores, n, exclude_indptr, exclude_indices, exclude_all)

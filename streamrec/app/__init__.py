@@ -7,6 +7,7 @@ What lives where::
     commands.py   what each subcommand does (heavy imports inside the command that needs them)
     demo.py       ``streamrec demo``: services, training, a worker process, events, the page
     signals.py    SIGTERM/SIGINT -> a stop event, for the long-running commands
+    progress.py   progress of the long steps: a bar on a terminal, log lines elsewhere
     web/          the demo page: names.py (display names), api.py (what the JSON API answers),
                   server.py (HTTP) and static/ (the page itself)
 

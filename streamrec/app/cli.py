@@ -16,9 +16,11 @@ import time, and ``commands`` (and through it everything else) only in ``main``.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,19 +28,55 @@ from pathlib import Path
 from typing import NoReturn
 
 from streamrec import __version__
-from streamrec.errors import ArtifactError, ConfigError, EventError, InfraError, StreamrecError
+from streamrec.errors import StreamrecError
 from streamrec.events import EVENT_TYPES
-from streamrec.exits import Exit
+from streamrec.exits import Exit, status_of
 from streamrec.feedback import TRANSFORMS
 from streamrec.model import datasets, params
 from streamrec.model.params import Params
 
 
 class _Parser(argparse.ArgumentParser):
-    """One-line errors with exit 2."""
+    """One-line errors with exit 2; an unknown flag is named first, by the subcommand it was
+    given to, with the closest known one (argparse would first complain about a missing
+    required flag, or name the unknown one only from the top-level parser)."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(Exit.USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if args is not None and not self._subparsers:
+            unknown = self._unknown_flags(args)
+            if unknown:
+                self.error(f"unrecognized arguments: {' '.join(unknown)}{self._hint(unknown[0])}")
+        return super().parse_known_args(args, namespace)
+
+    def _flags(self) -> list[str]:
+        return [f for a in self._actions for f in a.option_strings]
+
+    def _unknown_flags(self, args: Sequence[str]) -> list[str]:
+        """Tokens of ``args`` that look like flags this parser has no flag for (exact, or an
+        unambiguous prefix as argparse allows; ``--flag=value`` too); after ``--`` none."""
+        flags, unknown = self._flags(), []
+        for token in args:
+            if token == "--":
+                break
+            if not token.startswith("-") or token == "-" or _NUMBER.match(token):
+                continue
+            name = token.partition("=")[0] if token.startswith("--") else token[:2]
+            if name in flags or (name.startswith("--") and any(f.startswith(name) for f in flags)):
+                continue
+            unknown.append(token)
+        return unknown
+
+    def _hint(self, token: str) -> str:
+        close = difflib.get_close_matches(token.partition("=")[0], self._flags(), n=1, cutoff=0.7)
+        return f"; did you mean {close[0]}?" if close else ""
+
+
+_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")  # a negative number is a value, never a flag
 
 
 #: A function that adds one subcommand's arguments to its parser.
@@ -191,6 +229,26 @@ def _infra(p: _Parser) -> None:
         help="a local Redis Cluster of 6 nodes (3 masters, 3 replicas) on the ports from "
         "STREAMREC_REDIS_URL's on, instead of one server (as STREAMREC_REDIS_CLUSTER=true)",
     )
+    p.add_argument(
+        "--brokers",
+        type=_positive_int,
+        metavar="N",
+        help="up: run a cluster of N KRaft nodes on loopback (STREAMREC_KAFKA_BROKERS, 1); "
+        "status and down find a cluster by themselves",
+    )
+
+
+@_command(
+    "topics",
+    "create or check the Kafka topics",
+    "create: make the missing topics (events, dead letters, models) with "
+    "STREAMREC_TOPIC_REPLICATION_FACTOR copies (default 3 on 3+ brokers, else 1) and "
+    "min.insync.replicas 2 from 3 copies up; existing ones are left as they are. The one "
+    "command that creates topics when STREAMREC_CREATE_TOPICS is false. check: what the "
+    "worker checks at start (all exist, the events topic fully replicated); exit 6 if not.",
+)
+def _topics(p: _Parser) -> None:
+    p.add_argument("action", choices=("create", "check"))
 
 
 @_command(
@@ -231,6 +289,13 @@ def _train(p: _Parser) -> None:
         action="store_true",
         help="point Redis' <prefix>:model at the new model (workers hot-swap) "
         "and write <prefix>:popular",
+    )
+    p.add_argument(
+        "--if-absent",
+        action="store_true",
+        help="do nothing (exit 0) when <prefix>:model already names a model directory that "
+        "exists: a first-model step run on every start (compose, a Kubernetes Job) never "
+        "replaces a promoted model",
     )
 
 
@@ -359,6 +424,34 @@ def _retrain(p: _Parser) -> None:
         help="stay up and run every day at this UTC time (for a scheduler-less container); "
         "without it, run once and exit",
     )
+
+
+@_command(
+    "model",
+    "list the stored model versions, or roll back to one",
+    "The model store (--models-dir, default <home>/models, where retrain writes): 'list' "
+    "shows every version with its size and holdout metrics and marks the live one; "
+    "'rollback VERSION' makes a stored version live as a new model goes live: verified, "
+    "every user's list rewritten from their live history, popular and similar items, the "
+    "pointer moved and the version announced, so workers swap to it.",
+)
+def _model(p: _Parser) -> None:
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
+
+    def models_dir(q: argparse.ArgumentParser) -> None:
+        q.add_argument(
+            "--models-dir",
+            type=Path,
+            metavar="DIR",
+            help="root of the versioned model directories (default: <home>/models)",
+        )
+
+    listing = sub.add_parser("list", help="stored versions, their metrics, the live one (*)")
+    models_dir(listing)
+    listing.add_argument("--json", action="store_true", help="one JSON object per version")
+    back = sub.add_parser("rollback", help="make a stored version live again")
+    back.add_argument("version", metavar="VERSION", help="a version from 'model list'")
+    models_dir(back)
 
 
 @_command(
@@ -553,20 +646,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return int(commands.run(args) or 0)
-    except ConfigError as exc:
-        print(f"streamrec: error: {exc}", file=sys.stderr)
-        return Exit.USAGE
-    except InfraError as exc:
-        print(f"streamrec: {exc}", file=sys.stderr)
-        return Exit.INFRA
-    except (ArtifactError, EventError) as exc:
-        print(f"streamrec: {exc}", file=sys.stderr)
-        return Exit.DATA
-    except StreamrecError as exc:
-        print(f"streamrec: {exc}", file=sys.stderr)
-        return Exit.DATA
-    except KeyboardInterrupt:
-        return Exit.INTERRUPTED
+    except (StreamrecError, KeyboardInterrupt) as exc:
+        # One line and the status of streamrec.exits' table, the same for every command.
+        status = status_of(exc)
+        if status is None:  # not reached: every StreamrecError has a status
+            raise
+        if status is not Exit.INTERRUPTED:
+            error = "error: " if status is Exit.USAGE else ""
+            print(f"streamrec: {error}{exc}", file=sys.stderr)
+        return status
 
 
 if __name__ == "__main__":

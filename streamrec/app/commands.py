@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from streamrec.app.progress import Progress
 from streamrec.errors import ConfigError
 from streamrec.exits import Exit
 from streamrec.settings import Settings, load_settings
@@ -32,10 +33,12 @@ log = logging.getLogger(__name__)
 def run(args: argparse.Namespace) -> int:
     handler: Callable[[argparse.Namespace], int] = {
         "infra": cmd_infra,
+        "topics": cmd_topics,
         "train": cmd_train,
         "evaluate": cmd_evaluate,
         "recommend": cmd_recommend,
         "retrain": cmd_retrain,
+        "model": cmd_model,
         "worker": cmd_worker,
         "produce": cmd_produce,
         "replay": cmd_replay,
@@ -49,10 +52,14 @@ def cmd_infra(args: argparse.Namespace) -> int:
     from streamrec import infra
     from streamrec.connect import ensure_topics
 
-    settings = load_settings(**({"redis_cluster": True} if args.redis_cluster else {}))
+    cluster = {"redis_cluster": True} if args.redis_cluster else {}
+    settings = load_settings(kafka_brokers=getattr(args, "brokers", None), **cluster)
     if args.action == "up":
         state = infra.up(settings, echo=print)
-        created = ensure_topics(settings)
+        if state.kafka_nodes and settings.kafka_bootstrap != state.kafka.address:
+            # Its nodes, whatever the bootstrap named: the topics go to the cluster just started.
+            settings = settings.model_copy(update={"kafka_bootstrap": state.kafka.address})
+        created = ensure_topics(settings, create=True)
         for line in state.lines():
             print(line)
         if created:
@@ -65,6 +72,25 @@ def cmd_infra(args: argparse.Namespace) -> int:
     for line in state.lines():
         print(line)
     return Exit.OK if state.ok else Exit.INFRA
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from streamrec.connect import ensure_topics, topic_specs
+    from streamrec.worker.preflight import check_events_topic
+
+    settings = load_settings()
+    # check: a missing topic is a TopicsError (exit 6), as at the worker's start.
+    created = ensure_topics(settings, create=args.action == "create")
+    if args.action == "create":
+        for topic in topic_specs(settings):
+            print(f"{topic}: {'created' if topic in created else 'exists, left as it is'}")
+    health = check_events_topic(settings)  # TopicsError (exit 6) when it would refuse
+    print(
+        f"{health.topic}: {health.partitions} partitions, {health.replicas} replicas each "
+        f"(wanted {health.wanted} on {health.brokers} brokers), min.insync.replicas "
+        f"{health.min_isr}, every partition in sync"
+    )
+    return Exit.OK
 
 
 def _params(args: argparse.Namespace) -> Params:
@@ -87,6 +113,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     params = _params(args)
     settings = load_settings()  # before the fit: a bad setting should fail fast
+    if args.if_absent and _live_model_exists(settings):
+        return 0
     data, source = _load_source(args)
     print(f"loaded {len(data)} rows from {source}")
     extra: dict[str, Any] = {"source": source}
@@ -94,13 +122,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         from streamrec.model.split import split_interactions
         from streamrec.model.tune import tune
 
-        result = tune(
-            split_interactions(data, 0.0),
-            args.tune,
-            seed=args.seed,
-            base=params,
-            history_max=settings.history_max,
-        )
+        with Progress("tuning", args.tune, "s", rate=False) as shown:
+            result = tune(
+                split_interactions(data, 0.0),
+                args.tune,
+                seed=args.seed,
+                base=params,
+                history_max=settings.history_max,
+                progress=shown,
+            )
         print(result.table(10))
         params = result.best
         print(
@@ -111,11 +141,29 @@ def cmd_train(args: argparse.Namespace) -> int:
             k: v for k, v in result.to_dict().items() if k not in ("trials", "best")
         } | {"trials": len(result.trials)}
     matrix = build_matrix(data, params.transform)
-    model = train(matrix, params, args.out, extra=extra)
+    with Progress("fitting ALS", params.iterations, "sweeps") as shown:
+        model = train(matrix, params, args.out, extra=extra, progress=shown)
     print(f"model {model.version}: {model.n_items} items x {model.factors} factors -> {args.out}")
     if args.publish:
         _publish(model, settings)
     return 0
+
+
+def _live_model_exists(settings: Settings) -> bool:
+    """``train --if-absent``: the pointer names a model directory that is there (said why)."""
+    from streamrec.artifact import MANIFEST
+    from streamrec.connect import redis_client
+    from streamrec.keys import Keys, read_model_pointer
+
+    pointed = read_model_pointer(redis_client(settings), Keys(settings.redis_prefix))
+    if pointed is None:
+        return False
+    if not (pointed.path / MANIFEST).is_file():
+        print(f"{settings.redis_prefix}:model names {pointed.path}, which holds no model: training")
+        return False
+    print(f"{settings.redis_prefix}:model already names {pointed.version} ({pointed.path}): "
+          "nothing to do (--if-absent)")  # fmt: skip
+    return True
 
 
 def _load_source(args: argparse.Namespace) -> tuple[Interactions, str]:
@@ -155,6 +203,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         read_kafka=not args.no_kafka,
         final_iterations=args.final_iterations,
         seed=args.seed,
+        progress=lambda what, unit: Progress(what, None, unit, rate=unit != "s"),
     )
     if args.at is None:
         result = retrain(settings, cfg, redis_client(settings))
@@ -162,6 +211,45 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             print(f"report: {args.report / 'report.html'}")
         return Exit.OK if result.promoted else Exit.KEPT
     return _daily(args.at, lambda: retrain(settings, cfg, redis_client(settings)).promoted)
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    """``model list`` / ``model rollback VERSION`` (``streamrec.model.rollback``)."""
+    import json
+
+    from streamrec.connect import redis_client
+    from streamrec.errors import InfraError
+    from streamrec.keys import Keys, read_model_pointer
+    from streamrec.model.rollback import find_version, list_versions, rollback, table
+
+    settings = load_settings()
+    root = args.models_dir or settings.home / "models"
+    if args.action == "rollback":
+        find_version(root, args.version)  # an unknown version: exit 4 before any connection
+        client = redis_client(settings)
+        with Progress(f"publishing {args.version}", None, "values") as shown:
+            model, counts = rollback(settings, client, root, args.version, progress=shown)
+        print(
+            f"rolled back: {settings.redis_prefix}:model -> {model.version} ({counts['lists']} "
+            f"lists, {counts['similar']} similar-item lists); announced on {settings.topic_models}"
+        )
+        return Exit.OK
+    try:  # the list is worth having with Redis down: only the live mark is missing then
+        live = read_model_pointer(redis_client(settings), Keys(settings.redis_prefix))
+        unknown = ""
+    except InfraError as exc:
+        live, unknown = None, f"live model unknown: {exc}"
+    rows = list_versions(root, live)
+    if args.json:
+        for v in rows:
+            print(json.dumps(v.to_dict(), sort_keys=True))
+    elif rows:
+        print(table(rows))
+    else:
+        print(f"no model versions under {root}")
+    if unknown:
+        log.warning("%s", unknown)
+    return Exit.OK
 
 
 def _daily(at: tuple[int, int], job: Callable[[], object]) -> int:
@@ -207,7 +295,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {"source": source}
     tuned, ease_lambda = None, EASE_LAMBDA
     if args.tune is not None:
-        result = tune(split, args.tune, seed=args.seed, history_max=settings.history_max)
+        with Progress("tuning", args.tune, "s", rate=False) as shown:
+            result = tune(
+                split, args.tune, seed=args.seed, history_max=settings.history_max, progress=shown
+            )
         print(result.table(5))
         tuned = result.best
         ease = tune_ease(split, seed=args.seed, max_items=args.ease_max_items)
@@ -272,23 +363,38 @@ def _publish(model: Model, settings: Settings) -> None:
     from streamrec.connect import redis_client
     from streamrec.model.publish import publish
 
-    publish(model, settings, redis_client(settings))
+    client = redis_client(settings)
+    with Progress(f"publishing {model.version}", None, "values") as shown:
+        publish(model, settings, client, progress=shown)
     print(f"published: {settings.redis_prefix}:model -> {model.version}")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    import redis
     from threadpoolctl import threadpool_limits
 
     from streamrec.app.signals import install_stop_handlers
     from streamrec.worker.loop import Worker
 
     settings = load_settings(model_path=args.model)
+    if args.model is not None and not args.model.is_dir():  # as every command's missing input
+        from streamrec.errors import ArtifactError
+
+        raise ArtifactError(f"--model {args.model}: no such model directory")
     stop = threading.Event()
     install_stop_handlers(stop)
     # Measured (bench/e2e.py): a second OpenBLAS thread spins at 70-85% of a core on the
     # worker's small products without making it faster; scale out with workers instead.
-    with threadpool_limits(1, "blas"):
-        Worker(settings, stop).run(max_messages=args.max_events, duration_s=args.duration)
+    try:
+        with threadpool_limits(1, "blas"):
+            Worker(settings, stop).run(max_messages=args.max_events, duration_s=args.duration)
+    except redis.AuthenticationError as exc:  # the password changed under a running worker
+        from streamrec.errors import AuthError
+
+        raise AuthError(
+            f"Redis at {settings.redis_address} refused the credentials ({exc}); check "
+            "STREAMREC_REDIS_PASSWORD or the user and password in STREAMREC_REDIS_URL"
+        ) from None
     return 0
 
 
@@ -300,6 +406,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
     settings = load_settings()
     if args.user is not None and not args.item:
         raise ConfigError("--user needs --item")
+    rows = read(args.csv, args.limit) if args.csv is not None else None  # before connecting
     with EventProducer(settings, fmt=args.format) as producer:
         if args.user is not None:
             event = new_event(
@@ -311,8 +418,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
                 event_id=args.event_id,
             )
             producer.send(event)
-        else:
-            for event in events(read(args.csv, args.limit)):  # file order, first N rows
+        elif rows is not None:
+            for event in events(rows):  # file order, first N rows
                 producer.send(event)
     print(f"delivered {producer.delivered} event(s) to {producer.topic}")
     return 0
@@ -342,7 +449,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     ensure_topics(settings)
     stop = threading.Event()
     install_stop_handlers(stop)
-    with EventProducer(settings, fmt=args.format) as producer:
+    with (
+        EventProducer(settings, fmt=args.format) as producer,
+        Progress("replaying", len(rows), "events") as shown,
+    ):
         report = replay(
             producer,
             rows,
@@ -350,8 +460,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
             max_gap_s=args.max_gap,
             progress_every=args.progress,
             stop=stop,
+            # On a terminal the bar says it; elsewhere the periodic lines do, as before.
+            echo=_quiet if shown.drawing else print,
+            progress=shown if shown.drawing else None,
         )
-        return _report(report, producer.topic, interrupted=stop.is_set())
+    return _report(report, producer.topic, interrupted=stop.is_set())
 
 
 def cmd_loadgen(args: argparse.Namespace) -> int:
@@ -385,9 +498,23 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
     )
     stop = threading.Event()
     install_stop_handlers(stop)
-    with EventProducer(settings, fmt=args.format) as producer:
-        report = run_load(producer, spec, items, stop=stop)
-        return _report(report, producer.topic, interrupted=False)
+    with (
+        EventProducer(settings, fmt=args.format) as producer,
+        Progress("loadgen", None, "events") as shown,
+    ):
+        report = run_load(
+            producer,
+            spec,
+            items,
+            stop=stop,
+            echo=_quiet if shown.drawing else print,
+            progress=shown if shown.drawing else None,
+        )
+    return _report(report, producer.topic, interrupted=False)
+
+
+def _quiet(_line: str) -> None:
+    """An ``echo`` that says nothing: a progress bar is drawn instead."""
 
 
 def _loadgen_items(settings: Settings, catalog: str, n: int) -> tuple[list[str] | None, str]:

@@ -1,4 +1,5 @@
-"""Local infrastructure: a real Apache Kafka broker (KRaft) and a Redis server.
+"""Local infrastructure: a real Apache Kafka broker (KRaft; or a cluster of them) and a Redis
+server.
 
 Public API::
 
@@ -17,6 +18,8 @@ Layout under ``settings.home``::
     kafka/<version>/libs/            broker jars fetched with Maven (complete once libs.ok exists)
     kafka/run-<port>/                server.properties, log4j2.properties, kafka.pid,
                                      data/ (KRaft storage), logs/server.log, logs/stdout.log
+    kafka/cluster-<port>/            a cluster (``kafka_brokers`` > 1): cluster.json (id and
+                                     nodes), node-<id>/ laid out as run-<port>/ is
     redis-<port>/                    redis.conf (0600), redis.pid, redis.log
     redis-cluster-<port>/            the same per node of a local Redis Cluster (redis_cluster),
                                      plus nodes.conf
@@ -92,7 +95,7 @@ class ServiceStatus:
         """One human-readable line, e.g. ``kafka  running  127.0.0.1:9092  ours pid 42 ...``."""
         parts = [f"{self.name:<6}", f"{'running' if self.running else 'DOWN':<8}", self.address]
         if self.how == "ours":
-            parts.append(f"ours pid {self.pid}")
+            parts.append(f"ours pid {self.pid}" if self.pid is not None else "ours")
         elif self.how == "external":
             parts.append("external")
         if self.log is not None:
@@ -104,19 +107,22 @@ class ServiceStatus:
 
 @dataclass(frozen=True, slots=True)
 class InfraStatus:
-    """Kafka and Redis together."""
+    """Kafka and Redis together; ``kafka_nodes``: each node of a local Kafka cluster (empty
+    for the single node)."""
 
     kafka: ServiceStatus
     redis: ServiceStatus
+    kafka_nodes: tuple[ServiceStatus, ...] = ()
 
     @property
     def ok(self) -> bool:
-        """True when both services answer."""
-        return self.kafka.running and self.redis.running
+        """True when both services answer (a cluster: every one of its nodes)."""
+        nodes_ok = all(n.running for n in self.kafka_nodes)
+        return self.kafka.running and nodes_ok and self.redis.running
 
     def lines(self) -> list[str]:
-        """One line per service, for printing."""
-        return [self.kafka.line(), self.redis.line()]
+        """One line per service (and per Kafka node), for printing."""
+        return [self.kafka.line(), *(n.line() for n in self.kafka_nodes), self.redis.line()]
 
 
 # --- The start/use decision (pure) ---------------------------------------------------------
@@ -399,8 +405,8 @@ def up(settings: Settings, echo: Echo = print, *, timeout_s: float = 60.0) -> In
             r = redis_cluster.up(settings, echo)
         else:
             r = redis_server.up(settings, echo)
-        k = kafka.up(settings, echo, timeout_s=timeout_s)
-    return InfraStatus(kafka=k, redis=r)
+        k, nodes = kafka.up_service(settings, echo, timeout_s=timeout_s)
+    return InfraStatus(kafka=k, redis=r, kafka_nodes=nodes)
 
 
 def status(settings: Settings) -> InfraStatus:
@@ -408,7 +414,8 @@ def status(settings: Settings) -> InfraStatus:
     from streamrec.infra import kafka, redis_cluster, redis_server
 
     redis = redis_cluster if settings.redis_cluster else redis_server
-    return InfraStatus(kafka=kafka.status(settings), redis=redis.status(settings))
+    k, nodes = kafka.status_service(settings)
+    return InfraStatus(kafka=k, redis=redis.status(settings), kafka_nodes=nodes)
 
 
 def down(settings: Settings, echo: Echo = print) -> None:
@@ -416,5 +423,5 @@ def down(settings: Settings, echo: Echo = print) -> None:
     from streamrec.infra import kafka, redis_cluster, redis_server
 
     with _infra_lock(settings.home, echo):
-        kafka.down(settings, echo)
+        kafka.down_service(settings, echo)
         (redis_cluster if settings.redis_cluster else redis_server).down(settings, echo)

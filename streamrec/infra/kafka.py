@@ -1,4 +1,5 @@
-"""The local Apache Kafka broker: one KRaft node that is both broker and controller.
+"""The local Apache Kafka broker: one KRaft node that is both broker and controller, or a
+cluster of such nodes on loopback (``kafka_brokers`` > 1; see "A cluster of nodes" below).
 
 Jars come from Maven Central through ``mvn dependency:copy-dependencies`` (see ``pom.xml`` next
 to this module) into ``<home>/kafka/<version>/libs``, once. Each broker port gets its own run
@@ -8,10 +9,13 @@ configuration, KRaft storage under ``data/`` (formatted on first start) and logs
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -25,6 +29,7 @@ from streamrec.infra import (
     POLL_S,
     Action,
     Echo,
+    How,
     ServiceStatus,
     decide,
     is_loopback,
@@ -136,12 +141,29 @@ def listen_host(host: str) -> str:
     return "127.0.0.1" if host.lower() == "localhost" else host
 
 
-def render_server_properties(host: str, port: int, controller_port: int, data_dir: Path) -> str:
-    """server.properties of a single combined broker+controller node on ``host``."""
+def render_server_properties(
+    host: str,
+    port: int,
+    controller_port: int,
+    data_dir: Path,
+    *,
+    node_id: int = 1,
+    voters: str | None = None,
+    replicas: int = 1,
+) -> str:
+    """server.properties of a combined broker+controller node on ``host``: the single node
+    (defaults), or node ``node_id`` of a cluster whose static controller quorum is ``voters``
+    (``controller.quorum.voters``, see ``quorum_voters``), its internal topics (consumer
+    offsets, transactions) with ``replicas`` copies."""
+    quorum = (
+        {"controller.quorum.voters": voters}
+        if voters
+        else {"controller.quorum.bootstrap.servers": f"{host}:{controller_port}"}
+    )
     props = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.bootstrap.servers": f"{host}:{controller_port}",
+        "node.id": str(node_id),
+        **quorum,
         "listeners": f"PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}",
         "advertised.listeners": f"PLAINTEXT://{host}:{port}",
         "controller.listener.names": "CONTROLLER",
@@ -149,9 +171,11 @@ def render_server_properties(host: str, port: int, controller_port: int, data_di
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": str(data_dir),
         "num.partitions": "1",
-        "offsets.topic.replication.factor": "1",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
+        # The worker group's offsets live there: one copy would make that broker's loss stall
+        # every consumer group whose coordinator it was.
+        "offsets.topic.replication.factor": str(replicas),
+        "transaction.state.log.replication.factor": str(replicas),
+        "transaction.state.log.min.isr": str(min(2, replicas)),
         "group.initial.rebalance.delay.ms": "0",
         # Topics are created explicitly by streamrec, with the partition counts it wants.
         "auto.create.topics.enable": "false",
@@ -556,3 +580,424 @@ def kill(settings: Settings, echo: Echo) -> None:
     paths.pid_file.unlink(missing_ok=True)
     host, port, _ = split_bootstrap(settings.kafka_bootstrap)
     wait_port_closed(host, port, NAME)
+
+
+# --- A cluster of nodes (``kafka_brokers`` > 1) ---------------------------------------------
+#
+# N combined broker+controller nodes on one loopback host, one static controller quorum
+# (``controller.quorum.voters``: every node votes; formatted with one shared cluster id, no
+# ``--standalone``). Node k (from 0, node id k + 1) takes the k-th server of kafka_bootstrap,
+# or the first one's port + 2k, and its controller kafka_controller_port + 2k: with the
+# defaults 9092/9093, nodes at 9092, 9094, 9096 and controllers at 9093, 9095, 9097. Files:
+# ``<home>/kafka/cluster-<first port>/cluster.json`` (the cluster id and the nodes, written
+# before the first format: ``status`` and ``down`` read it, so they need no flag) and
+# ``node-<id>/`` (the run directory of one node, laid out as ``KafkaPaths``'s).
+
+CLUSTER_HEAP = "512m"
+"""The most heap each node of a cluster gets (``kafka_heap`` when that is smaller): three
+JVMs share a developer's machine."""
+
+CLUSTER_READY_S = 120.0
+"""The longest wait for every node of a cluster to answer: N JVMs start at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One node of a local cluster: its KRaft id and its two ports."""
+
+    node_id: int
+    host: str
+    port: int
+    controller_port: int
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of its client listener."""
+        return f"{self.host}:{self.port}"
+
+
+def cluster_nodes(bootstrap: str, controller_port: int, brokers: int) -> list[Node]:
+    """The nodes of a ``brokers``-node cluster (see the section's comment for the ports);
+    InfraError when their hosts differ or their ports collide."""
+    servers = [part.strip() for part in bootstrap.split(",") if part.strip()]
+    listed = [(h, int(p)) for h, _, p in (server.rpartition(":") for server in servers)]
+    host, first = listed[0]
+    nodes = [
+        Node(
+            k + 1,
+            listen_host(listed[k][0] if k < len(listed) else host),
+            listed[k][1] if k < len(listed) else first + 2 * k,
+            controller_port + 2 * k,
+        )
+        for k in range(brokers)
+    ]
+    if len({n.host for n in nodes}) != 1:
+        raise InfraError(f"kafka: the local cluster's nodes must share one host, got {bootstrap!r}")
+    ports = [n.port for n in nodes] + [n.controller_port for n in nodes]
+    if len(set(ports)) != len(ports):
+        raise InfraError(
+            f"kafka: the {brokers} nodes' ports collide (clients "
+            f"{', '.join(str(n.port) for n in nodes)}, controllers "
+            f"{', '.join(str(n.controller_port) for n in nodes)}); set kafka_controller_port "
+            "or kafka_bootstrap so that they differ"
+        )
+    return nodes
+
+
+def quorum_voters(nodes: list[Node]) -> str:
+    """``controller.quorum.voters`` of ``nodes``: ``1@host:port,2@host:port,...``."""
+    return ",".join(f"{n.node_id}@{n.host}:{n.controller_port}" for n in nodes)
+
+
+def cluster_bootstrap(nodes: list[Node]) -> str:
+    """A bootstrap naming every node, so that a client starts with any one of them down."""
+    return ",".join(n.address for n in nodes)
+
+
+def cluster_heap(heap: str) -> str:
+    """A node's -Xmx in a cluster: ``heap``, at most ``CLUSTER_HEAP``."""
+    return heap if parse_heap(heap) <= parse_heap(CLUSTER_HEAP) else CLUSTER_HEAP
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    """A local cluster's files and nodes."""
+
+    dir: Path
+    version_dir: Path
+    nodes: list[Node]
+    cluster_id: str | None  # None until its storage is first formatted
+
+    @property
+    def manifest(self) -> Path:
+        return self.dir / "cluster.json"
+
+    @property
+    def bootstrap(self) -> str:
+        return cluster_bootstrap(self.nodes)
+
+    def paths(self, node: Node) -> KafkaPaths:
+        """The run directory of ``node``."""
+        return KafkaPaths(self.version_dir, self.dir / f"node-{node.node_id}")
+
+    def node(self, node_id: int) -> Node:
+        for n in self.nodes:
+            if n.node_id == node_id:
+                return n
+        raise InfraError(f"kafka: the cluster in {self.dir} has no node {node_id}")
+
+    def save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "cluster_id": self.cluster_id,
+            "nodes": [
+                {
+                    "node_id": n.node_id,
+                    "host": n.host,
+                    "port": n.port,
+                    "controller_port": n.controller_port,
+                }
+                for n in self.nodes
+            ],
+        }
+        tmp = self.manifest.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(self.manifest)
+
+
+def cluster_of(settings: Settings) -> Cluster | None:
+    """The local cluster the settings name: the one recorded under the first bootstrap port,
+    else a new one when ``kafka_brokers`` > 1; None for the single node."""
+    version_dir = KafkaPaths.of(settings).version_dir
+    base = settings.home / "kafka" / f"cluster-{settings.kafka_port}"
+    manifest = base / "cluster.json"
+    if manifest.is_file():
+        try:
+            doc = json.loads(manifest.read_text(encoding="utf-8"))
+            nodes = [
+                Node(int(d["node_id"]), str(d["host"]), int(d["port"]), int(d["controller_port"]))
+                for d in doc["nodes"]
+            ]
+            cid = doc.get("cluster_id")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise InfraError(f"kafka: unreadable {manifest} ({exc}); delete {base}") from None
+        if settings.kafka_brokers > 1 and settings.kafka_brokers != len(nodes):
+            raise InfraError(
+                f"kafka: {base} holds a cluster of {len(nodes)} nodes, not "
+                f"{settings.kafka_brokers}; use --brokers {len(nodes)}, or `streamrec infra "
+                f"down` and delete {base} (its topics are lost)"
+            )
+        return Cluster(base, version_dir, nodes, str(cid) if cid else None)
+    if settings.kafka_brokers > 1:
+        nodes = cluster_nodes(
+            settings.kafka_bootstrap, settings.kafka_controller_port, settings.kafka_brokers
+        )
+        return Cluster(base, version_dir, nodes, None)
+    return None
+
+
+def _cluster_brokers(settings: Settings, cluster: Cluster, timeout_s: float) -> set[int]:
+    """Ids of the nodes the cluster's metadata lists at their own address (and, once known,
+    under the cluster's id): an answering broker that is not this cluster's counts for none."""
+    if not any(port_open(n.host, n.port, 0.2) for n in cluster.nodes):
+        return set()
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    # The shared KafkaLog (``kafka_common``): a node still starting refuses connections, a
+    # line librdkafka logs per attempt, which it turns to DEBUG.
+    admin = AdminClient({**settings.kafka_common(), "bootstrap.servers": cluster.bootstrap})
+
+    try:
+        md = admin.list_topics(timeout=timeout_s)
+    except KafkaException:
+        return set()
+    finally:
+        admin.poll(0)
+    if cluster.cluster_id is not None and md.cluster_id != cluster.cluster_id:
+        return set()
+    listed = {b.id: (b.host, b.port) for b in md.brokers.values()}
+    return {n.node_id for n in cluster.nodes if listed.get(n.node_id) == (n.host, n.port)}
+
+
+def _node_states(settings: Settings, cluster: Cluster) -> list[tuple[Node, int | None, bool, bool]]:
+    """(node, our pid or None, answering, port busy) for every node."""
+    answering = _cluster_brokers(settings, cluster, PROBE_TIMEOUT_S)
+    out = []
+    for n in cluster.nodes:
+        paths = cluster.paths(n)
+        busy = port_open(n.host, n.port, 0.2)
+        out.append((n, _ours(paths), busy and n.node_id in answering, busy))
+    return out
+
+
+def _cluster_status(
+    cluster: Cluster, states: list[tuple[Node, int | None, bool, bool]]
+) -> tuple[ServiceStatus, tuple[ServiceStatus, ...]]:
+    nodes: list[ServiceStatus] = []
+    for n, pid, healthy, busy in states:
+        paths, name = cluster.paths(n), f"kafka{n.node_id}"
+        if pid is not None:
+            detail = "" if healthy else "process alive but not in the cluster's metadata"
+            nodes.append(
+                ServiceStatus(name, healthy, n.address, "ours", pid, paths.server_log, detail)
+            )
+        elif healthy:
+            nodes.append(ServiceStatus(name, True, n.address, "external"))
+        else:
+            nodes.append(
+                ServiceStatus(
+                    name,
+                    False,
+                    n.address,
+                    "down",
+                    detail="something else listens there" if busy else "",
+                )
+            )
+    up_count = sum(s.running for s in nodes)
+    how: How = "ours" if any(s.how == "ours" for s in nodes) else "external" if up_count else "down"
+    whole = ServiceStatus(
+        NAME,
+        up_count == len(nodes),
+        cluster.bootstrap,
+        how,
+        detail=f"{up_count} of {len(nodes)} KRaft nodes answering, data in {cluster.dir}",
+    )
+    return whole, tuple(nodes)
+
+
+def up_cluster(
+    settings: Settings, cluster: Cluster, echo: Echo, *, timeout_s: float = CLUSTER_READY_S
+) -> tuple[ServiceStatus, tuple[ServiceStatus, ...]]:
+    """Start every node of ``cluster`` that is not running (formatting new storage with the
+    cluster's id), then poll, bounded by ``timeout_s`` (at least ``CLUSTER_READY_S``), until
+    the metadata lists every node. Nodes that answer already are left as they are."""
+    states = _node_states(settings, cluster)
+    if all(healthy for _, _, healthy, _ in states):
+        echo(f"kafka: cluster of {len(states)} nodes already running at {cluster.bootstrap}")
+        return _cluster_status(cluster, states)
+    for n, pid, healthy, busy in states:
+        if not is_loopback(n.host):
+            raise InfraError(
+                f"kafka: node {n.node_id} at {n.address} is not on loopback; "
+                "streamrec starts local clusters only"
+            )
+        if healthy and pid is None:
+            raise InfraError(
+                f"kafka: a broker streamrec did not start answers at {n.address} while other "
+                "nodes of the cluster are down; stop it or choose other ports "
+                "(kafka_bootstrap, kafka_controller_port)"
+            )
+        if pid is None and busy:
+            raise InfraError(
+                f"kafka: something listens at {n.address} but is not node "
+                f"{n.node_id} of this cluster; stop it or choose other ports"
+            )
+        if pid is None and port_open(n.host, n.controller_port):
+            raise InfraError(
+                f"kafka: controller port {n.controller_port} of node {n.node_id} is already in "
+                "use; set kafka_controller_port to a free range"
+            )
+    if settings.kafka_sasl_username:
+        raise InfraError(
+            "kafka: the local cluster speaks PLAINTEXT only; unset kafka_sasl_username or "
+            "point kafka_bootstrap at your SASL cluster"
+        )
+    java = find_java()
+    ensure_jars(settings, KafkaPaths.of(settings), echo)
+    if cluster.cluster_id is None:
+        first = cluster.paths(cluster.nodes[0])
+        write_node_dir(first, cluster, cluster.nodes[0])
+        words = _run_tool(java, first, "random-uuid").split()
+        if not words:
+            raise InfraError("kafka: StorageTool random-uuid printed nothing")
+        cluster = Cluster(cluster.dir, cluster.version_dir, cluster.nodes, words[-1])
+    cluster.save()  # before any format: status and down find the nodes from here on
+    heap = cluster_heap(settings.kafka_heap)
+    started: dict[int, int] = {}
+    for n, pid, healthy, _busy in states:
+        if pid is not None or healthy:
+            continue
+        paths = cluster.paths(n)
+        write_node_dir(paths, cluster, n)
+        if not (paths.data / "meta.properties").is_file():
+            echo(
+                f"kafka: formatting node {n.node_id} in {paths.data} (cluster {cluster.cluster_id})"
+            )
+            assert cluster.cluster_id is not None
+            _run_tool(
+                java, paths, "format", "-t", cluster.cluster_id, "-c", str(paths.server_properties)
+            )
+        cmd = java_command(java, paths, heap)
+        echo(f"kafka: starting node {n.node_id} on {n.address}, log {paths.server_log}")
+        log.info("starting %s", " ".join(cmd))
+        started[n.node_id] = spawn_detached(cmd, paths.stdout_log, paths.run_dir)
+        write_pid(paths.pid_file, started[n.node_id])
+    waited = _wait_cluster(settings, cluster, started, max(timeout_s, CLUSTER_READY_S))
+    echo(f"kafka: {len(cluster.nodes)} nodes ready at {cluster.bootstrap} after {waited:.1f} s")
+    if settings.kafka_bootstrap != cluster.bootstrap:
+        echo(
+            f"kafka: set STREAMREC_KAFKA_BOOTSTRAP={cluster.bootstrap} (and "
+            f"STREAMREC_KAFKA_BROKERS={len(cluster.nodes)}) so clients start with any node down"
+        )
+    return _cluster_status(cluster, _node_states(settings, cluster))
+
+
+def write_node_dir(paths: KafkaPaths, cluster: Cluster, node: Node) -> None:
+    """Write a cluster node's server.properties and log4j2.properties."""
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    paths.server_properties.write_text(
+        render_server_properties(
+            node.host,
+            node.port,
+            node.controller_port,
+            paths.data,
+            node_id=node.node_id,
+            voters=quorum_voters(cluster.nodes),
+            replicas=min(3, len(cluster.nodes)),
+        ),
+        encoding="utf-8",
+    )
+    log4j = resources.files("streamrec.infra").joinpath("log4j2.properties").read_text("utf-8")
+    paths.log4j.write_text(log4j, encoding="utf-8")
+
+
+def _wait_cluster(
+    settings: Settings, cluster: Cluster, started: dict[int, int], timeout_s: float
+) -> float:
+    """Poll until the metadata lists every node; seconds waited. InfraError when a node just
+    started exits, or after ``timeout_s``."""
+    began = time.monotonic()
+    deadline = began + timeout_s
+    want = {n.node_id for n in cluster.nodes}
+    have: set[int] = set()
+    while True:
+        for node_id, pid in started.items():
+            if not pid_alive(pid):
+                paths = cluster.paths(cluster.node(node_id))
+                paths.pid_file.unlink(missing_ok=True)
+                raise InfraError(
+                    f"kafka: node {node_id} exited during startup; see {paths.server_log}\n"
+                    + _log_tails(paths)
+                )
+        have = _cluster_brokers(settings, cluster, 2.0)
+        have = {i for i in have if port_open(cluster.node(i).host, cluster.node(i).port, 0.2)}
+        if have == want:
+            return time.monotonic() - began
+        if time.monotonic() >= deadline:
+            missing = ", ".join(str(i) for i in sorted(want - have))
+            raise InfraError(
+                f"kafka: node(s) {missing} not in the cluster's metadata after "
+                f"{timeout_s:.0f} s; they keep running, `streamrec infra down` stops them; "
+                f"logs under {cluster.dir}"
+            )
+        time.sleep(POLL_S * 5)
+
+
+def down_cluster(settings: Settings, cluster: Cluster, echo: Echo) -> None:
+    """SIGTERM every node of ours at once (one by one, the last would wait for a quorum that
+    is gone), poll until all are gone (``STOP_TIMEOUT_S``), then SIGKILL what is left. Data
+    and cluster.json stay: ``up`` starts the same cluster again."""
+    pids = {n.node_id: _ours(cluster.paths(n)) for n in cluster.nodes}
+    ours = {i: p for i, p in pids.items() if p is not None}
+    if not ours:
+        echo(f"kafka: no node of ours for the cluster at {cluster.bootstrap}")
+        return
+    for node_id, pid in ours.items():
+        echo(f"kafka: stopping node {node_id} (pid {pid})")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline and any(pid_alive(p) for p in ours.values()):
+        time.sleep(POLL_S)
+    for node_id, pid in ours.items():
+        if pid_alive(pid):
+            kill_pid(pid, f"kafka node {node_id}", echo)
+        cluster.paths(cluster.node(node_id)).pid_file.unlink(missing_ok=True)
+    echo(f"kafka: stopped {len(ours)} node(s)")
+
+
+def kill_node(settings: Settings, node_id: int, echo: Echo) -> None:
+    """SIGKILL one node of the local cluster, as a crash would; returns once its port is
+    closed. For the cluster tests; ``up_service`` starts it again."""
+    cluster = cluster_of(settings)
+    if cluster is None:
+        raise InfraError(f"kafka: no local cluster at {settings.kafka_bootstrap}")
+    node = cluster.node(node_id)
+    paths = cluster.paths(node)
+    pid = _ours(paths)
+    if pid is None:
+        raise InfraError(f"kafka: node {node_id} at {node.address} is not running as ours")
+    kill_pid(pid, f"kafka node {node_id}", echo)
+    paths.pid_file.unlink(missing_ok=True)
+    wait_port_closed(node.host, node.port, f"kafka node {node_id}")
+
+
+# --- One node or a cluster: what ``streamrec.infra`` calls ---------------------------------
+
+
+def up_service(
+    settings: Settings, echo: Echo, *, timeout_s: float = 60.0
+) -> tuple[ServiceStatus, tuple[ServiceStatus, ...]]:
+    """``up`` for the single node, ``up_cluster`` for a cluster; (the service, its nodes)."""
+    cluster = cluster_of(settings)
+    if cluster is None:
+        return up(settings, echo, timeout_s=timeout_s), ()
+    return up_cluster(settings, cluster, echo, timeout_s=timeout_s)
+
+
+def status_service(settings: Settings) -> tuple[ServiceStatus, tuple[ServiceStatus, ...]]:
+    """``status`` for the single node, every node's for a cluster."""
+    cluster = cluster_of(settings)
+    if cluster is None:
+        return status(settings), ()
+    return _cluster_status(cluster, _node_states(settings, cluster))
+
+
+def down_service(settings: Settings, echo: Echo) -> None:
+    """``down`` for the single node, ``down_cluster`` for a cluster."""
+    cluster = cluster_of(settings)
+    if cluster is None:
+        down(settings, echo)
+    else:
+        down_cluster(settings, cluster, echo)

@@ -38,6 +38,7 @@ from streamrec.infra import (
     wait_port_closed,
     write_pid,
 )
+from streamrec.settings import redact_url
 
 if TYPE_CHECKING:
     from streamrec.settings import Settings
@@ -67,7 +68,7 @@ class RedisTarget:
         try:
             port = parts.port or 6379
         except ValueError:
-            raise InfraError(f"redis: bad port in redis_url {url!r}") from None
+            raise InfraError(f"redis: bad port in redis_url {redact_url(url)!r}") from None
         return cls(parts.scheme, parts.hostname or "127.0.0.1", port)
 
     @property

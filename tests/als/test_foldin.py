@@ -171,3 +171,48 @@ def test_chunked_selection_with_ties_and_rows_mostly_excluded(rng: np.random.Gen
     assert (items[~finite] == -1).all() and finite[0].sum() == 10
     assert set(items[0][:10].tolist()) == set(allowed.tolist())
     assert all(len(set(r)) == n for r in items[1:].tolist())  # no item twice
+
+
+def _batch(lengths: np.ndarray, hist: list, conf: list, users: list[int]) -> tuple:
+    ptr = np.concatenate([[0], np.cumsum(lengths[users])]).astype(np.int64)
+    idx = np.concatenate([hist[u] for u in users]).astype(np.int64)
+    return ptr, idx, np.concatenate([conf[u] for u in users]).astype(np.float32)
+
+
+@pytest.mark.parametrize("block_rows", [foldin_module.BLOCK_ROWS, 50])
+def test_a_users_vector_is_bit_identical_in_any_batch(
+    block_rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker's live batches and a clean pass group users differently: each user's vector
+    # must not depend on the others (not merely agree to rounding), on both solve paths.
+    monkeypatch.setattr(foldin_module, "BLOCK_ROWS", block_rows)
+    rng = np.random.default_rng(3)
+    y = (rng.standard_normal((3000, 64)) * 0.1).astype(np.float32)
+    fi = FoldIn.create(y, 0.05)
+    lengths = np.concatenate([rng.integers(1, 60, 150), rng.integers(60, 300, 150)])
+    hist = [rng.choice(3000, n, replace=False) for n in lengths]
+    conf = [(rng.random(n) * 30 + 1).astype(np.float32) * rng.choice([-1, 1, 1, 1], n)
+            for n in lengths]  # fmt: skip
+    everyone = fi.solve(*_batch(lengths, hist, conf, list(range(300))))
+    for size in (1, 2, 7, 40, 120):
+        users = rng.choice(300, size, replace=False).tolist()
+        np.testing.assert_array_equal(
+            fi.solve(*_batch(lengths, hist, conf, users)), everyone[users]
+        )
+
+
+@pytest.mark.parametrize("n_items", [50, 300, 5000])
+def test_scores_with_a_scratch_do_not_depend_on_the_batch(n_items: int) -> None:
+    # Without the scratch's fixed row count OpenBLAS takes other kernels for 1 row (gemv) or
+    # small products, which sum in another order: the same user would score differently.
+    rng = np.random.default_rng(n_items)
+    y = (rng.standard_normal((n_items, 64)) * 0.1).astype(np.float32)
+    v = rng.standard_normal((64, 64)).astype(np.float32)
+    none = np.zeros(65, dtype=np.int64)
+    scratch = np.empty((64, n_items), dtype=np.float32)
+    items, scores = top_n(v, y, 20, none, none[:0], None, out=scratch)
+    for lo, size in [(0, 1), (5, 1), (9, 3), (20, 17), (30, 33)]:
+        part_items, part_scores = top_n(v[lo : lo + size], y, 20, none[: size + 1], none[:0],
+                                        None, out=scratch)  # fmt: skip
+        np.testing.assert_array_equal(part_scores, scores[lo : lo + size])
+        np.testing.assert_array_equal(part_items, items[lo : lo + size])

@@ -20,7 +20,7 @@ import pytest
 
 from streamrec.app import demo
 from streamrec.connect import ensure_topics, redis_client
-from streamrec.errors import ConfigError, InfraError
+from streamrec.errors import ConfigError, InfraError, InputError
 from streamrec.keys import Keys, read_model_pointer, recs_value
 from streamrec.settings import Settings, load_settings
 from tests.conftest import consume_events
@@ -59,7 +59,7 @@ def test_a_busy_port_fails_before_anything_starts(tmp_path: Path, own_signals: N
 def test_a_missing_names_file_fails_before_anything_starts(
     tmp_path: Path, own_signals: None
 ) -> None:
-    with pytest.raises(ConfigError, match="no such names file"):
+    with pytest.raises(InputError, match="no such names file"):
         demo.run_demo(
             load_settings(), 1.0, 50.0, tmp_path / "demo", None, names_path=tmp_path / "no.csv"
         )

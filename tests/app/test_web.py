@@ -19,7 +19,7 @@ from streamrec.app.web.names import load_names, synthetic_label
 from streamrec.app.web.server import WebServer, serve
 from streamrec.artifact import load_model
 from streamrec.connect import redis_client
-from streamrec.errors import ConfigError
+from streamrec.errors import ConfigError, InputError
 from streamrec.keys import Keys
 from streamrec.model.publish import publish
 from streamrec.settings import Settings
@@ -219,10 +219,10 @@ def test_names(tmp_path: Path) -> None:
     with gzip.open(tmp_path / "artists.dat.gz", "wt") as f:
         f.write("id\tname\turl\tpictureURL\n1\tMALICE MIZER\thttp://x\thttp://y\n")
     assert load_names(tmp_path / "artists.dat.gz") == {"1": "MALICE MIZER"}
-    with pytest.raises(ConfigError, match="no such names file"):
+    with pytest.raises(InputError, match="no such names file"):
         load_names(tmp_path / "missing.csv")
     (tmp_path / "bad.json").write_text("[1]")
-    with pytest.raises(ConfigError, match="not a names file"):
+    with pytest.raises(InputError, match="not a names file"):
         load_names(tmp_path / "bad.json")
 
 

@@ -107,6 +107,14 @@ def _live(s: Settings, root: Path, data: Data) -> Model:
     return model
 
 
+def _live_with_events(s: Settings, data: Data, tmp_path: Path) -> tuple[Path, Model, int]:
+    """The start of every kill test: events on the topic, V1 live under ``tmp_path/models``;
+    returns that folder, V1 and how many events were sent."""
+    sent = _events(s, data)
+    root = tmp_path / "models"
+    return root, _live(s, root, data), sent
+
+
 def _events(s: Settings, data: Data, n: int = 120) -> int:
     """``n`` plays of known users on the events topic (what the job reads besides the CSV)."""
     ensure_topics(s)
@@ -234,9 +242,7 @@ def test_killed_during_the_final_fit(
     stack: Callable[..., Settings], data: Data, tmp_path: Path
 ) -> None:
     s = stack()
-    _events(s, data)
-    root = tmp_path / "models"
-    v1 = _live(s, root, data)
+    root, v1, _sent = _live_with_events(s, data, tmp_path)
 
     run = Retrain(s, data, root, "--final-iterations", "300")  # seconds of fitting
     run.wait_for(r"^fitting the final model")
@@ -253,9 +259,7 @@ def test_killed_during_the_bulk_publish(
     stack: Callable[..., Settings], data: Data, tmp_path: Path
 ) -> None:
     s = stack()
-    _events(s, data)
-    root = tmp_path / "models"
-    v1 = _live(s, root, data)
+    root, v1, _sent = _live_with_events(s, data, tmp_path)
 
     run = Retrain(s, data, root)
     written = run.wait_for(r"publish (\S+): (\d+) of (\d+) lists written")
@@ -292,9 +296,7 @@ def test_killed_between_the_pointer_and_the_announcement(
     run_worker: Callable[[Settings], Worker],
 ) -> None:
     s = own.stack()
-    sent = _events(s, data)
-    root = tmp_path / "models"
-    v1 = _live(s, root, data)
+    root, v1, sent = _live_with_events(s, data, tmp_path)
     worker = run_worker(s)  # follows the pointer; has applied every event before the job runs
     wait_for(lambda: worker.stats.decoded >= sent, 60)
     announced = log_end(s, s.topic_models)

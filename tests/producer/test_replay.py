@@ -14,7 +14,7 @@ from typing import Any, cast
 import pytest
 
 from streamrec.app.cli import main
-from streamrec.errors import ConfigError, EventError
+from streamrec.errors import EventError, InputError
 from streamrec.events import Event
 from streamrec.producer.replay import Report, read_rows, replay
 from streamrec.settings import Settings
@@ -103,8 +103,8 @@ def test_bad_files_name_file_and_line(
         read_rows(_write(tmp_path / "bad.csv", text))
 
 
-def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="no such file"):
+def test_missing_file_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such file"):
         read_rows(tmp_path / "nope.csv")
 
 
@@ -166,7 +166,7 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     ("args", "code", "fragment"),
     [
-        (["replay", "missing.csv"], 2, "no such file"),
+        (["replay", "missing.csv"], 4, "no such file"),  # a missing input: exit 4 everywhere
         (["replay", "x.csv", "--speed", "fast"], 2, "not a speed"),
         (["replay", "x.csv", "--speed", "0x"], 2, "must be > 0"),
         (["replay"], 2, "PATH"),

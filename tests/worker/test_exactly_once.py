@@ -81,13 +81,9 @@ def _snapshot(client: redis.Redis, keys: Keys) -> dict[str, Any]:
 def _assert_same(got: dict[str, Any], want: dict[str, Any]) -> None:
     assert got.keys() == want.keys()
     for key, value in want.items():
-        if key.endswith(("/state", "/home")):
-            assert got[key] == value, key  # exact: same events, same order, same arithmetic
-        else:
-            assert [i for i, _ in got[key]] == [i for i, _ in value], key
-            np.testing.assert_allclose(
-                [s for _, s in got[key]], [s for _, s in value], rtol=1e-4, err_msg=key
-            )
+        # Exact, lists included: same events, same order, same arithmetic; a user's fold-in
+        # and scores do not depend on the batch they were computed in (streamrec/als/foldin.py).
+        assert got[key] == value, key
 
 
 def _clean_pass(s: Settings, stack: Callable[..., Settings], total: int) -> dict[str, Any]:

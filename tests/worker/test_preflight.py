@@ -25,8 +25,8 @@ import redis
 from streamrec.connect import redis_client
 from streamrec.errors import ConfigError
 from streamrec.infra import redis_server
-from streamrec.settings import Settings
-from streamrec.worker.preflight import check_redis, eviction_risk, redis_address
+from streamrec.settings import Settings, redis_address
+from streamrec.worker.preflight import check_redis, eviction_risk
 
 EVICTING = (
     "allkeys-lru",
@@ -47,9 +47,10 @@ def test_every_evicting_policy_is_a_risk_and_noeviction_is_not() -> None:
 
 
 def test_messages_never_show_the_url_password() -> None:
-    assert redis_address("redis://:hunter2@cache.example:6380/1") == "redis://cache.example:6380/1"
-    assert redis_address("rediss://user:pw@[::1]/0") == "rediss://[::1]:6379/0"
-    assert redis_address("unix:///run/redis.sock") == "unix:/run/redis.sock"
+    # The floor's one helper (streamrec.settings.redis_address), which preflight uses.
+    assert redis_address("redis://:hunter2@cache.example:6380/1") == "cache.example:6380/1"
+    assert redis_address("rediss://user:pw@[::1]/0") == "[::1]:6379/0"
+    assert redis_address("unix:///run/redis.sock") == "/run/redis.sock"
 
 
 def _free_port() -> int:

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from streamrec.errors import ConfigError
+from streamrec.errors import InputError
 from streamrec.files import open_text
 
 if TYPE_CHECKING:
@@ -59,11 +59,11 @@ def load_names(path: Path) -> dict[str, str]:
     Accepted: a JSON object ``{item_id: name}``; or a CSV/TSV (``.gz`` allowed) with a header
     whose first column is the id and whose name is the column called ``name``/``title`` (else
     the second one), e.g. MovieLens ``movies.csv`` or HetRec Last.fm ``artists.dat``.
-    Raises ConfigError if the file is missing or unreadable.
+    Raises InputError if the file is missing or unreadable (exit 4).
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such names file")
+        raise InputError(f"{path}: no such names file")
     try:
         if path.suffix == ".json":
             obj = json.loads(path.read_text("utf-8"))
@@ -83,7 +83,7 @@ def load_names(path: Path) -> dict[str, str]:
                     names[row[0].strip()] = row[col].strip()
             return names
     except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
-        raise ConfigError(f"{path}: not a names file ({exc})") from None
+        raise InputError(f"{path}: not a names file ({exc})") from None
 
 
 def names_for_model(model: Model) -> dict[str, str]:
@@ -99,6 +99,6 @@ def names_for_model(model: Model) -> dict[str, str]:
             for name in ("artists.dat", "artists.dat.gz"):
                 if (data_dir / name).is_file():
                     return load_names(data_dir / name)
-    except ConfigError as exc:
+    except InputError as exc:
         log.warning("no item names: %s", exc)
     return {}
