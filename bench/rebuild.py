@@ -117,14 +117,15 @@ class State:
 
     def digests(self) -> dict[str, tuple[bytes, bytes, np.ndarray]]:
         """user -> (digest of the history as stored, digest of the list's items, its scores)."""
-        users = [
-            k.decode().split(":", 2)[2]
-            for k in self._redis.scan_iter(match=f"{self._prefix}:user:*", count=5000)
-        ]
+        names = [k.decode() for k in self._redis.scan_iter(
+            match=f"{self._prefix}:{{*}}:user:*", count=5000)]  # fmt: skip
+        where = {n: self._keys.parse_user(n) for n in names}
+        keyed = {w[2]: n for n, w in where.items() if w is not None}
+        users = list(keyed)
         out: dict[str, tuple[bytes, bytes, np.ndarray]] = {}
         for lo in range(0, len(users), 2000):
             chunk = users[lo : lo + 2000]
-            states = self._redis.mget([self._keys.user(u) for u in chunk])
+            states = self._redis.mget([keyed[u] for u in chunk])
             lists = self._redis.mget([self._keys.recs(u) for u in chunk])
             for u, st, li in zip(chunk, states, lists, strict=True):
                 items = orjson.loads(li)["items"] if li is not None else []
@@ -225,7 +226,7 @@ def changelog(
             event_bytes += len(encode_avro(e))
             if states.setdefault(e.user_id, UserState()).apply(e, rules):
                 touched[e.user_id] = None
-        records += [(u.encode(), states[u].to_json()) for u in touched]
+        records += [(u.encode(), states[u].encode()) for u in touched]
     volume = sum(len(k) + len(v) for k, v in records)
     admin = AdminClient(settings.kafka_common())
     spec = NewTopic(

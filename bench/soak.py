@@ -149,14 +149,15 @@ def snapshot(settings: Settings) -> dict[str, Any]:
     client = redis_client(settings)
     keys = Keys(settings.redis_prefix)
     out: dict[str, Any] = {}
-    for pattern, kind in ((keys.recs("*"), "recs"), (keys.user("*"), "user")):
+    for pattern, kind in ((keys.recs("*"), "recs"), (f"{keys.prefix}:{{*}}:user:*", "user")):
         names = list(client.scan_iter(match=pattern, count=2000))
         for lo in range(0, len(names), 2000):
             part = names[lo : lo + 2000]
             for name, raw in zip(part, client.mget(part), strict=True):
                 if raw is None:
                     continue
-                user = name.decode().rsplit(":", 1)[-1]
+                found = keys.parse_user(name.decode())
+                user = found[2] if found is not None else name.decode().rsplit(":", 1)[-1]
                 if kind == "recs":
                     value = parse_list(raw)
                     value.pop("updated_at_ms", None)

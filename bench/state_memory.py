@@ -82,7 +82,7 @@ def measure(
     users = [f"user-{length:03d}-{u:07d}" for u in range(args.users)]
     states = [user_state(rng, items, p, length, args.events_per_item, rules, 1_700_000_000_000)
               for _ in users]  # fmt: skip
-    state_values = [s.to_json() for s in states]
+    state_values = [s.encode() for s in states]
     rows = np.stack([rng.choice(len(items), size=top_n, replace=False) for _ in users])
     scores = -np.sort(-rng.random((len(users), top_n)).astype(np.float32), axis=1)
     list_values = encoder.recs(users, rows.astype(np.int64), scores, "20261201T000000Z-bench",
@@ -92,14 +92,15 @@ def measure(
     for lo in range(0, len(users), CHUNK):
         hi = lo + CHUNK
         sink.write(lists=list(zip(users[lo:hi], list_values[lo:hi], strict=True)),
-                   states=list(zip(users[lo:hi], state_values[lo:hi], strict=True)),
+                   states=[(keys.user(u, "bench", 0), v)
+                           for u, v in zip(users[lo:hi], state_values[lo:hi], strict=True)],
                    transaction=False)  # fmt: skip
     after = used_memory(client)
 
     sample = users[:: max(1, len(users) // args.samples)][: args.samples]
     pipe = client.pipeline(transaction=False)
     for u in sample:
-        pipe.memory_usage(keys.user(u), samples=0)
+        pipe.memory_usage(keys.user(u, "bench", 0), samples=0)
         pipe.memory_usage(keys.recs(u), samples=0)
     usage = pipe.execute()
     kept = [len(s.items) for s in states]

@@ -37,7 +37,7 @@ from streamrec.als.similar import similar_items, unit_index
 from streamrec.artifact import Model
 from streamrec.connect import DURABLE_PRODUCER, blocked_items, ensure_topics, kafka_metadata
 from streamrec.errors import InfraError
-from streamrec.keys import Keys, model_value, popular_value
+from streamrec.keys import Keys, model_value, popular_value, read_histories
 from streamrec.settings import Settings
 from streamrec.sink import Sink
 
@@ -50,13 +50,8 @@ def live_histories(
     client: redis.Redis, keys: Keys, users: list[str], half_life_ms: float | None
 ) -> dict[str, dict[str, float]]:
     """The worker's current history totals for ``users`` that have one in Redis."""
-    out: dict[str, dict[str, float]] = {}
-    for lo in range(0, len(users), CHUNK):
-        part = users[lo : lo + CHUNK]
-        for user, raw in zip(part, client.mget([keys.user(u) for u in part]), strict=True):
-            if raw is not None:
-                out[user] = UserState.from_json(raw).totals(half_life_ms)
-    return out
+    raw = read_histories(client, keys, users, CHUNK)
+    return {user: UserState.decode(r).totals(half_life_ms) for user, r in raw.items()}
 
 
 @dataclass(frozen=True)

@@ -106,11 +106,12 @@ def table(rows: list[Version]) -> str:
 
 
 def live_users(client: redis.Redis, keys: Keys) -> Iterator[str]:
-    """Every user with a history in Redis (``<p>:user:*``), by SCAN (no blocking KEYS)."""
-    head = keys.user("")
-    for key in client.scan_iter(match=keys.user("*"), count=1000):
-        name = key.decode() if isinstance(key, bytes) else str(key)
-        yield name[len(head) :]
+    """Every user with a history in Redis (``<p>:{<topic>:<n>}:user:*``), by SCAN (no
+    blocking KEYS; on a Redis Cluster, redis-py scans every master)."""
+    for key in client.scan_iter(match=f"{keys.prefix}:{{*}}:user:*", count=1000):
+        found = keys.parse_user(key.decode() if isinstance(key, bytes) else str(key))
+        if found is not None:
+            yield found[2]
 
 
 def find_version(root: Path, version: str) -> Path:

@@ -10,12 +10,14 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from streamrec.errors import AuthError, ConfigError, InfraError, TopicsError
@@ -169,21 +171,30 @@ def redact(conf: Mapping[str, Any]) -> dict[str, Any]:
 def redis_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
     """A Redis client (bytes in, bytes out) for ``settings.redis_url``; checked with PING.
 
+    With ``settings.redis_cluster``, redis-py's ``RedisCluster`` (``redis_url`` names any one
+    node; the others are found from it), typed as ``redis.Redis`` for callers: both take the
+    same commands, except that a multi-key command must stay in one slot there (readers use
+    ``streamrec.keys.mget``), and the worker's sink routes its transactions per slot itself.
+
     A failed command is retried once, on a fresh connection (a pooled one a restart left
     dead), then raised: redis-py's default of ten retries with growing sleeps would hide an
     outage for seconds inside every call. Whoever waits an outage out does it with its own
     backoff (the worker, ``streamrec.worker.retry``); a command says so in one line.
     """
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    common: dict[str, Any] = {
+        "password": password,
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "health_check_interval": 30,
+        "retry": Retry(ExponentialWithJitterBackoff(cap=0.1, base=0.01), 1),
+    }
+    client: redis.Redis
     try:
-        client = redis.Redis.from_url(
-            settings.redis_url,
-            password=password,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            health_check_interval=30,
-            retry=Retry(ExponentialWithJitterBackoff(cap=0.1, base=0.01), 1),
-        )
+        if settings.redis_cluster:
+            client = cast(redis.Redis, _cluster(settings, common))
+        else:
+            client = redis.Redis.from_url(settings.redis_url, **common)
     except (TypeError, ValueError) as exc:  # e.g. an option redis-py does not know: ?foo=1
         raise _bad_url(settings, exc) from None
     try:
@@ -195,12 +206,27 @@ def redis_client(settings: Settings, timeout_s: float = 5.0) -> redis.Redis:
         ) from None
     except (TypeError, ValueError) as exc:  # an option of the URL refused when connecting
         raise _bad_url(settings, exc) from None
-    except redis.RedisError as exc:
+    except (redis.RedisError, RedisClusterException) as exc:
         raise InfraError(
             f"Redis at {settings.redis_address} does not answer ({exc}); "
             "start it with: streamrec infra up"
+            + (" --redis-cluster" if settings.redis_cluster else "")
         ) from None
     return client
+
+
+def _cluster(settings: Settings, common: dict[str, Any]) -> RedisCluster:
+    """redis-py's cluster client from one node's URL (cluster mode has database 0 only)."""
+    if settings.redis_url.startswith("unix"):
+        raise InfraError("redis_cluster needs a redis:// or rediss:// URL, not a socket")
+    # On a failover, the client re-reads the slots from a node that answers; while no node
+    # serves a slot yet, commands fail (ClusterDownError), and the worker waits that out.
+    return RedisCluster.from_url(
+        settings.redis_url.rsplit("/", 1)[0] if settings.redis_url.count("/") > 2
+        else settings.redis_url,
+        require_full_coverage=False,
+        **common,
+    )  # fmt: skip
 
 
 def _bad_url(settings: Settings, exc: Exception) -> ConfigError:

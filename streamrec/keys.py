@@ -17,14 +17,24 @@ Operator keys::
 
     <p>:blocked          SET of item ids kept out of every list (takes effect within seconds)
 
-Internal keys (may change without notice; do not read them from front-ends)::
+Internal keys (may change without notice; do not read them from front-ends). Everything the
+worker's exactly-once transaction touches is hash-tagged by Kafka partition (``{<topic>:<n>}``),
+so one partition's histories, applied offset and marker share a Redis Cluster slot and commit
+in one WATCH/MULTI/EXEC; on a single Redis the tag is just part of the name. State format 2
+(format 1, before Redis Cluster, had ``<p>:user:<user_id>``, ``<p>:applied:<topic>:<n>`` and
+``<p>:origin:<topic>:<n>``; a worker of format 2 finds none of its keys and rebuilds them from
+the events topic: README "Running on Redis Cluster")::
 
-    <p>:user:<user_id>             STRING, JSON: the user's history (streamrec/als/history.py),
-                                   written by the worker; readers go through that module:
-                                   UserState.from_json (the publisher's fold-ins) or
+    <p>:{<topic>:<n>}:user:<user_id>  STRING, binary: the user's history (a version byte, then
+                                   packed arrays: streamrec/als/history.py), written by the
+                                   worker of partition n; readers find it with
+                                   ``read_histories`` (below) and read it through that module:
+                                   UserState.decode (the publisher's fold-ins) or
                                    parse_history (items most recent first: the demo page)
-    <p>:applied:<topic>:<partition>  last Kafka offset whose effect is in Redis
-    <p>:origin:<topic>:<partition>   STRING, JSON: which pass over the partition built its state
+    <p>:home:<user_id>             STRING ``<topic>:<n>``: where the user's history lives; a
+                                   derived value the worker writes with each list
+    <p>:{<topic>:<n>}:applied      last Kafka offset of partition n whose effect is in Redis
+    <p>:{<topic>:<n>}:origin       STRING, JSON: which pass over the partition built its state
                                    in Redis (streamrec/worker/rebuild.py, ``Origin``)
         {"format": int, "pass": str, "from": int | null, "since_ms": int, "complete": bool}
         format: the layout of the internal keys (a worker finding another rebuilds);
@@ -51,11 +61,12 @@ Each key is written and read in one place::
     <p>:model              model_value (publisher)                 parse_model_pointer,
                                                                    read_model_pointer
     <p>:blocked            operators (SADD / SREM)                 connect.blocked_items
-    <p>:user:<user_id>     als.history.UserState.to_json           UserState.from_json,
-                                                                   als.history.parse_history
-    <p>:applied:...        streamrec.sink.Sink.write               parse_applied
+    <p>:{..}:user:<id>     als.history.UserState.encode            UserState.decode,
+                           (via streamrec.sink.Sink.write)         als.history.parse_history
+    <p>:home:<user_id>     streamrec.sink.Sink.write               read_histories
+    <p>:{..}:applied       streamrec.sink.Sink.write               parse_applied
                            (deleted by worker.rebuild when a rebuild begins)
-    <p>:origin:...         worker.rebuild.Origin.to_json           worker.rebuild.Origin.parse
+    <p>:{..}:origin        worker.rebuild.Origin.to_json           worker.rebuild.Origin.parse
                            (StateGuard: at assignment, when a      (StateGuard; the rebuild
                            rebuild begins and ends)                bench and fault tests)
     <p>:retrain:last       model.retrain.record_outcome            worker.metrics.RetrainCollector
@@ -113,19 +124,101 @@ class Keys:
     def blocked(self) -> str:
         return f"{self.prefix}:blocked"
 
-    def user(self, user_id: str) -> str:
-        return f"{self.prefix}:user:{user_id}"
+    @staticmethod
+    def tag(topic: str, partition: int) -> str:
+        """The hash tag of a partition's internal keys: ``{<topic>:<partition>}``. Kafka topic
+        names hold no braces, and the prefix none (``Settings``), so it is each key's first."""
+        return f"{{{topic}:{partition}}}"
+
+    def user(self, user_id: str, topic: str, partition: int) -> str:
+        """The history of ``user_id``, kept by the worker of ``topic[partition]``."""
+        return f"{self.prefix}:{{{topic}:{partition}}}:user:{user_id}"
+
+    def users(self, topic: str, partition: int) -> str:
+        """What every history key of ``topic[partition]`` starts with (+ user_id)."""
+        return f"{self.prefix}:{{{topic}:{partition}}}:user:"
+
+    def home(self, user_id: str) -> str:
+        """Where the history of ``user_id`` lives: ``<topic>:<partition>`` (``parse_home``)."""
+        return f"{self.prefix}:home:{user_id}"
 
     def applied(self, topic: str, partition: int) -> str:
-        return f"{self.prefix}:applied:{topic}:{partition}"
+        return f"{self.prefix}:{{{topic}:{partition}}}:applied"
 
     def origin(self, topic: str, partition: int) -> str:
-        return f"{self.prefix}:origin:{topic}:{partition}"
+        return f"{self.prefix}:{{{topic}:{partition}}}:origin"
 
     @property
     def retrain_last(self) -> str:
         """Internal (ops): the last nightly retrain's outcome record."""
         return f"{self.prefix}:retrain:last"
+
+    def parse_user(self, key: str) -> tuple[str, int, str] | None:
+        """(topic, partition, user_id) of a history key, None for any other key."""
+        head = f"{self.prefix}:{{"
+        if not key.startswith(head):
+            return None
+        tag, sep, rest = key[len(head) :].partition("}:user:")
+        topic, _, part = tag.rpartition(":")
+        if not sep or not topic or not part.isdigit():
+            return None
+        return topic, int(part), rest
+
+
+def home_value(topic: str, partition: int) -> bytes:
+    """The ``<p>:home:<user_id>`` value."""
+    return f"{topic}:{partition}".encode()
+
+
+def parse_home(raw: bytes | str) -> tuple[str, int]:
+    """(topic, partition) of a ``<p>:home:<user_id>`` value; ValueError if malformed."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    topic, _, part = text.rpartition(":")
+    if not topic or not part.isdigit():
+        raise ValueError(f"not a streamrec home value: {text[:80]!r}")
+    return topic, int(part)
+
+
+def read_histories(
+    client: Any, keys: Keys, users: Sequence[str], chunk: int = 1000
+) -> dict[str, bytes]:
+    """The stored history value of each of ``users`` that has one (user -> raw value), found
+    through ``<p>:home:<user_id>``: two reads per chunk of users, on a single Redis or a
+    Redis Cluster (``mget``). Decode with ``streamrec.als.history``."""
+    out: dict[str, bytes] = {}
+    for lo in range(0, len(users), chunk):
+        part = list(users[lo : lo + chunk])
+        where: list[tuple[str, str]] = []
+        for user, raw in zip(part, mget(client, [keys.home(u) for u in part]), strict=True):
+            if raw is None:
+                continue
+            try:
+                topic, p = parse_home(raw)
+            except ValueError:
+                log.error("ignoring malformed %s: %r", keys.home(user), raw[:80])
+                continue
+            where.append((user, keys.user(user, topic, p)))
+        values = mget(client, [k for _, k in where])
+        out.update((u, bytes(v)) for (u, _), v in zip(where, values, strict=True) if v is not None)
+    return out
+
+
+def is_cluster(client: object) -> bool:
+    """Whether ``client`` is redis-py's Redis Cluster client."""
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
+def mget(client: Any, names: Sequence[str]) -> list[Any]:
+    """MGET on a single Redis; on a Redis Cluster, where one MGET must stay in one slot,
+    redis-py's ``mget_nonatomic`` (one MGET per slot, in order). Values are not read at one
+    instant either way across slots: use it only where that does not matter."""
+    if not names:
+        return []
+    if is_cluster(client):
+        return list(client.mget_nonatomic(list(names)))
+    return list(client.mget(list(names)))
 
 
 def round_scores(scores: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:

@@ -253,6 +253,12 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis server URL")
     redis_password: SecretStr | None = Field(None, description="overrides any password in the URL")
     redis_prefix: str = Field("streamrec", description="first segment of every key")
+    redis_cluster: bool = Field(
+        False,
+        description="redis_url is one node of a Redis Cluster: every client (worker, publisher, "
+        "web API, commands) uses redis-py's cluster client, and streamrec infra up starts a "
+        "local cluster of 6 nodes on the ports from redis_url's on (see Running on Redis Cluster)",
+    )
     recs_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="TTL of streamrec:recs:<user_id>")
     history_ttl_s: int = Field(90 * 24 * 3600, ge=1, description="TTL of a user's history hash")
     accept_eviction: bool = Field(
@@ -484,8 +490,9 @@ class Settings(BaseSettings):
     @field_validator("redis_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
-        if not value or ":" in value or any(c.isspace() for c in value):
-            raise ValueError("prefix must be non-empty, without ':' or spaces")
+        # No braces: the internal keys' Redis Cluster hash tag must be their first "{...}".
+        if not value or any(c in ":{}" or c.isspace() for c in value):
+            raise ValueError("prefix must be non-empty, without ':', '{', '}' or spaces")
         return value
 
     @classmethod

@@ -37,13 +37,13 @@ def read_states(
     """Every readable state of ``users`` (``raw``: their stored values); an unreadable one is
     left out and its user added to ``failed``."""
     try:
-        return {u: UserState.from_json(r) for u, r in zip(users, raw, strict=True)}
+        return {u: UserState.decode(r) for u, r in zip(users, raw, strict=True)}
     except Exception:
         pass
     states = {}
     for u, r in zip(users, raw, strict=True):
         try:
-            states[u] = UserState.from_json(r)
+            states[u] = UserState.decode(r)
         except Exception as exc:
             failed[u] = why("stored state", exc)
     return states

@@ -32,6 +32,7 @@ import gc
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 
 import numpy as np
@@ -40,7 +41,7 @@ from confluent_kafka import Message
 from streamrec.als.history import Rules, UserState
 from streamrec.als.scorer import Scorer
 from streamrec.connect import redis_client
-from streamrec.keys import Keys, parse_applied
+from streamrec.keys import Keys, home_value, mget, parse_applied, read_histories
 from streamrec.registry import event_decoder
 from streamrec.settings import Settings
 from streamrec.sink import Sink
@@ -66,6 +67,11 @@ log = logging.getLogger(__name__)
 
 PROGRESS_S = 10.0
 MAX_ATTEMPTS = 5
+#: On a Redis Cluster, how far back the lists written before a failure of Redis are written
+#: again once it answers: a master's writes not yet on its replica when it failed over are
+#: gone from the promoted one, and a list lives in another slot than its user's history, so
+#: nothing else would bring it back (replication lag on a healthy cluster: milliseconds).
+REPAIR_S = 5.0
 
 
 def _freeze_heap() -> None:
@@ -119,6 +125,10 @@ class Worker:
         if sink is None:
             sink = Sink(self._redis, self.keys, settings.recs_ttl_s, settings.history_ttl_s)
         self._sink = sink
+        # Redis Cluster (lists written apart): the users of lists written in the last
+        # REPAIR_S, and whether a batch failed since the last one that went through.
+        self._recent: deque[tuple[float, dict[str, str]]] = deque()
+        self._unsure = False
         self.state = StateGuard(
             settings, self._redis, self.keys, sink, self.rules, self.metrics, lambda: self.scorer
         )
@@ -240,9 +250,9 @@ class Worker:
         users = sorted(read_keys(self.settings, self.settings.topic_events, ranges))
         if not users:
             return
-        raw = self._redis.mget([self.keys.user(u) for u in users])
-        histories = {u: UserState.from_json(r).totals(self.rules.half_life_ms)
-                     for u, r in zip(users, raw, strict=True) if r is not None}  # fmt: skip
+        raw = read_histories(self._redis, self.keys, users)
+        histories = {u: UserState.decode(r).totals(self.rules.half_life_ms)
+                     for u, r in raw.items()}  # fmt: skip
         scorer = self.scorer
         scored = scorer.score(histories)
         lists = scorer.values(scored, int(time.time() * 1000))
@@ -250,37 +260,67 @@ class Worker:
         self.stats.refolded += len(lists)
         log.info("re-folded %d users with events after the snapshot %s", len(lists), ranges)
 
+    def _repair(self) -> None:
+        """After a failure of Redis (a Redis Cluster failing over): write again, from the
+        stored histories, the lists written in the last ``REPAIR_S`` (see there)."""
+        self._unsure = False
+        where = {u: k for _, users in self._recent for u, k in users.items()}
+        users = list(where)
+        raw = mget(self._redis, [where[u] for u in users])
+        states = {u: UserState.decode(r) for u, r in zip(users, raw, strict=True) if r}
+        histories = {u: s.totals(self.rules.half_life_ms) for u, s in states.items()}
+        scorer = self.scorer
+        lists = scorer.values(scorer.score(histories), int(time.time() * 1000))
+        homes = []
+        for u, _ in lists:
+            found = self.keys.parse_user(where[u])
+            if found is not None:
+                homes.append((u, home_value(found[0], found[1])))
+        self._sink.write(lists, transaction=False, homes=homes)
+        self.stats.refolded += len(lists)
+        log.warning("Redis failed under this worker: wrote again the %d lists of the last "
+                    "%.0f s (a failover may have lost them)", len(lists), REPAIR_S)  # fmt: skip
+
     def _process(self, msgs: Sequence[Message]) -> None:
         m = self.metrics
         with m.stage("decode").time():
             decoded = decode_batch(msgs, self._decoder)
         rest = self.state.replay(decoded)  # partitions under rebuild take their messages
-        batch = Batch.of(msgs if rest is decoded else [d.msg for d in rest], rest, self.keys)
+        for group in Batch.split(rest):
+            self._apply_all(Batch.of(group, self.keys))
+        m.batch_size.observe(len(msgs))
+        self.stats.messages += len(msgs)
+        self.stats.batches += 1
+
+    def _apply_all(self, batch: Batch) -> None:
+        """Apply ``batch`` (retried when it raced with another writer, or parts of it when
+        Redis lost their partitions' state)."""
+        n = len(batch)
         for _attempt in range(MAX_ATTEMPTS):
             if not batch.decoded:
                 break
             try:
                 if self._apply(batch):
                     self.state.wrote(batch.last)
+                    if self._unsure:
+                        self._repair()
                     break
             except StateLost as lost:
                 self._sink.reset()  # drop the connection and its WATCH
                 self.state.recover(lost)  # rebuild, or move back: their messages come again
                 kept = [d for d in batch.decoded if position(d.msg)[0] not in lost.found]
-                batch = Batch.of([d.msg for d in kept], kept, self.keys)
+                batch = Batch.of(kept, self.keys)
                 continue
             except BaseException:
                 self._sink.reset()  # drop the connection and its WATCH
+                self._unsure = bool(self._recent)
                 raise
             log.warning("batch raced with another writer on %s; retrying", batch.parts)
         else:
             raise WorkerError(
-                f"could not apply a batch of {len(msgs)} in {MAX_ATTEMPTS} attempts: its state "
+                f"could not apply a batch of {n} in {MAX_ATTEMPTS} attempts: its state "
                 "kept changing (another worker writing the same partitions?)"
             )
-        m.batch_size.observe(len(msgs))
-        self.stats.messages += len(msgs)
-        self.stats.batches += 1
 
     def _apply(self, batch: Batch) -> bool:
         """One attempt at a batch; False when another writer changed its keys meanwhile."""
@@ -294,11 +334,17 @@ class Worker:
             }
             self.state.check(applied)  # raises StateLost when Redis lost what was applied
             raw_states = raw[len(parts) :]
-        fresh = []
-        for d in batch.decoded:
-            part, offset = position(d.msg)
-            if offset > applied[part]:
-                fresh.append(d)
+        again: dict[str, None] = {}  # users of messages found applied (lists written apart)
+        if all(batch.first[p] > applied[p] for p in parts):
+            fresh = batch.decoded  # nothing redelivered: the usual case
+        else:
+            fresh = []
+            apart = getattr(self._sink, "lists_apart", False)
+            for d, (part, offset) in zip(batch.decoded, batch.pos, strict=True):
+                if offset > applied[part]:
+                    fresh.append(d)
+                elif apart and d.event is not None:
+                    again[d.event.user_id] = None
         redelivered = len(batch) - len(fresh)
         failed = [(d.msg, d.reason or "") for d in fresh if d.event is None]
         self._dead.send(failed)
@@ -310,6 +356,12 @@ class Worker:
             states = read_states(users, raw_states, faulty)
             events = [d.event for d in fresh if d.event is not None]
             live, duplicates = apply_events(events, states, self.rules, faulty)
+            if again:
+                # On a Redis Cluster a batch's lists follow its state transaction: where that
+                # went through and the lists may not have (a crash, an outage, a race lost on
+                # another partition), the redelivery writes them again from the state.
+                stored = {u for u, r in zip(users, raw_states, strict=True) if r is not None}
+                live += [u for u in again if u in stored and u in states and u not in live]
             live, counts, item_ids, totals = flatten_apart(
                 live, states, self.rules.half_life_ms, faulty
             )
@@ -320,16 +372,23 @@ class Worker:
             scored = score_apart(scorer, live, counts, rows, totals, faulty)
 
         with m.stage("redis_write").time():
+            key_of = dict(zip(users, batch.state_keys, strict=True))
             ok = self._sink.write(
                 lists=scorer.values(scored, int(time.time() * 1000)),
-                states=[(u, states[u].to_json()) for u in scored.users],
+                states=[(key_of[u], states[u].encode()) for u in scored.users],
                 applied=[
                     (key, max(batch.last[part], applied[part]))
                     for part, key in zip(parts, batch.applied_keys, strict=True)
                 ],
+                homes=[(u, batch.homes[u]) for u in scored.users],
             )
         if not ok:
             return False
+        if getattr(self._sink, "lists_apart", False):
+            now = time.monotonic()
+            self._recent.append((now, {u: key_of[u] for u in scored.users}))
+            while self._recent and self._recent[0][0] < now - REPAIR_S:
+                self._recent.popleft()
         written_ms = time.time() * 1000
         stamps = np.fromiter((ev.timestamp for ev in events), dtype=np.float64, count=len(events))
         m.latency.observe_many(np.maximum(0.0, written_ms - stamps) / 1000)

@@ -1,8 +1,8 @@
 """Preflight, checked once when ``Worker.run`` starts: is this Redis fit to hold the worker's
 state, and are its Kafka topics there and fully replicated (``preflight_topics``, at the end)?
 
-The worker keeps in Redis what nothing else holds: each user's history (``<p>:user:*``, with
-the TTL ``history_ttl_s``) and each partition's last applied offset (``<p>:applied:*``, no
+The worker keeps in Redis what nothing else holds: each user's history (``<p>:{..}:user:*``, with
+the TTL ``history_ttl_s``) and each partition's last applied offset (``<p>:{..}:applied``, no
 TTL). A Redis that evicts keys when it reaches ``maxmemory`` silently drops them: an evicted
 history loses that user's past events from every later list, and an evicted applied offset
 makes the worker apply again what the key said was done. So the worker reads the server's

@@ -23,7 +23,7 @@ values the batch reads anyway) and, every ``CHECK_S``, those of idle partitions 
 applied offset gone, or lower than this worker wrote, is a loss noticed while running; the
 partition is rebuilt, or moved back to A + 1.
 
-The marker ``<p>:origin:<topic>:<partition>`` (``Origin``, documented in ``streamrec.keys``)
+The marker ``<p>:{<topic>:<partition>}:origin`` (``Origin``, documented in ``streamrec.keys``)
 says which pass over the partition built the state: written before a first start's first
 batch, when a rebuild begins (``complete`` false, in one transaction with deleting the applied
 offset, so the rebuild's progress is its own) and when the rebuild has written every list.
@@ -55,7 +55,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from streamrec.als.history import Rules, UserState
 from streamrec.als.scorer import Scorer
-from streamrec.keys import Keys, parse_applied
+from streamrec.keys import Keys, home_value, mget, parse_applied
 from streamrec.settings import Settings
 from streamrec.worker.decode import Decoded
 from streamrec.worker.errors import WorkerError
@@ -74,8 +74,10 @@ log = logging.getLogger(__name__)
 
 #: The layout of the internal keys (histories, applied offsets, markers). A worker finding a
 #: marker of another format rebuilds that partition (old lists are served meanwhile): bump it
-#: with a change of ``<p>:user:`` or ``<p>:applied:`` that old values cannot be read across.
-STATE_FORMAT = 1
+#: with a change of the histories or applied offsets that old values cannot be read across.
+#: 2: the keys hash-tagged by partition for Redis Cluster (``Keys.tag``); a format-1 state is
+#: under other names, so a worker of format 2 finds nothing and rebuilds from the topic.
+STATE_FORMAT = 2
 #: How often the applied offsets of owned partitions are checked when no batch reads them.
 CHECK_S = 10.0
 #: Longest time per loop turn spent writing the lists of a finished rebuild.
@@ -103,7 +105,7 @@ def _bytes(value: object) -> bytes | None:
 
 @dataclass(frozen=True, slots=True)
 class Origin:
-    """The ``<p>:origin:<topic>:<partition>`` value: the pass that built the state in Redis."""
+    """The ``<p>:{<topic>:<partition>}:origin`` value: the pass that built the state in Redis."""
 
     pass_id: str  # random, one per pass
     start: int | None  # the first offset the pass read; None: a state from before markers
@@ -240,7 +242,7 @@ class StateGuard:
             return {}
         keys = [self._keys.applied(a.topic, a.partition) for a in parts]
         keys += [self._keys.origin(a.topic, a.partition) for a in parts]
-        raw = self._redis.mget(keys)
+        raw = mget(self._redis, keys)
         n = len(parts)
         starts: dict[Part, int] = {}
         for a, applied, origin in zip(parts, raw[:n], raw[n:], strict=True):
@@ -382,7 +384,7 @@ class StateGuard:
         akey, okey = keys.applied(*part), keys.origin(*part)
         last = max(position(d.msg)[1] for d in items)
         for _attempt in range(MAX_ATTEMPTS):
-            raw = self._sink.watch_read([akey, okey, *(keys.user(u) for u in users)])
+            raw = self._sink.watch_read([akey, okey, *(keys.user(u, *part) for u in users)])
             if raw[1] != own.origin:
                 self._sink.write(())  # UNWATCH
                 self._taken(part, own, raw[1])
@@ -414,7 +416,7 @@ class StateGuard:
             live = flatten_apart(live, states, self._rules.half_life_ms, faulty)[0]
             ok = self._sink.write(
                 lists=(),
-                states=[(u, states[u].to_json()) for u in live],
+                states=[(keys.user(u, *part), states[u].encode()) for u in live],
                 applied=[(akey, max(last, done))],
             )
             if ok:
@@ -459,7 +461,7 @@ class StateGuard:
         okey = self._keys.origin(*part)
         while r.pending and time.monotonic() < deadline:
             chunk = r.pending[-LIST_CHUNK:]
-            raw = self._sink.watch_read([okey, *(self._keys.user(u) for u in chunk)])
+            raw = self._sink.watch_read([okey, *(self._keys.user(u, *part) for u in chunk)])
             if raw[0] != own.origin:
                 self._sink.write(())  # UNWATCH
                 self._taken(part, own, raw[0])
@@ -477,7 +479,8 @@ class StateGuard:
                 rows = scorer.rows_of(item_ids)
                 scored = score_apart(scorer, users, counts, rows, totals, faulty)
                 lists = scorer.values(scored, int(time.time() * 1000))
-            if not self._sink.write(lists=lists):
+            home = home_value(*part)
+            if not self._sink.write(lists=lists, homes=[(u, home) for u, _ in lists]):
                 continue  # a history changed meanwhile: that chunk again
             del r.pending[-len(chunk) :]
             r.listed += len(lists)
@@ -649,7 +652,7 @@ class StateGuard:
         watched = [p for p in self._known if p not in self._special]
         if not watched:
             return
-        raw = self._redis.mget([self._keys.applied(*p) for p in watched])
+        raw = mget(self._redis, [self._keys.applied(*p) for p in watched])
         found = {p: parse_applied(v, missing=-1) for p, v in zip(watched, raw, strict=True)}
         lost = {p: a for p, a in found.items() if a < self._known[p]}
         if lost:

@@ -70,6 +70,17 @@ KAFKA_UNREACHABLE = frozenset(
 )
 
 
+#: Redis Cluster errors that mean "this slot's master is changing" (a failover, a reshard).
+_CLUSTER_MOVING = (
+    redis.exceptions.ClusterError,
+    redis.exceptions.AskError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
+    redis.exceptions.RedisClusterException,  # "cannot be connected": no node answers
+)
+_CLUSTER_BUGS = (redis.exceptions.CrossSlotTransactionError, redis.exceptions.InvalidPipelineStack)
+
+
 class Stopped(Exception):
     """The stop flag was set, or the run's time ran out, while waiting out an outage."""
 
@@ -82,6 +93,8 @@ def down_dependency(exc: BaseException) -> str | None:
         return None  # a ConnectionError to redis-py, but a setting to fix, not an outage
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
         return "redis"
+    if isinstance(exc, _CLUSTER_MOVING) and not isinstance(exc, _CLUSTER_BUGS):
+        return "redis"  # a Redis Cluster failing over: a slot without a master, or moving
     if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
         return "kafka" if exc.args[0].code() in KAFKA_UNREACHABLE else None
     return None

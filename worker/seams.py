@@ -81,9 +81,10 @@ class BatchSink(Protocol):
         states: Sequence[tuple[str, bytes]] = (),
         applied: Sequence[tuple[str, int]] = (),
         transaction: bool = True,
+        homes: Sequence[tuple[str, bytes]] = (),
     ) -> bool:
-        """Write lists, states and applied offsets; False (nothing written) when a watched key
-        changed since ``watch_read``."""
+        """Write lists, states (by key), applied offsets and the users' homes; False (nothing
+        written) when a watched key changed since ``watch_read``."""
         ...
 
     def reset(self) -> None:

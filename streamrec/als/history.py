@@ -1,13 +1,22 @@
 """History: each user's recent interactions, as the fold-in needs them.
 
-A user's state is one Redis string ``<p>:user:<user_id>`` (internal; JSON)::
+A user's state is one Redis string (internal; the key is ``streamrec.keys.Keys.user``), binary
+since state version 3::
 
-    {"v": 2, "items": {item_id: [total, last_ms], ...}, "seen": "<base64>", "ids": []}
+    byte 0        3 (the version)
+    bytes 1-8     n items, n digests: two little-endian uint32
+    16 n bytes    per item, its decayed total and its last event time (ms): float64 pairs
+    8 n' bytes    the recent event ids as 8-byte BLAKE2b digests, oldest first
+    the rest      the item ids, UTF-8, separated by NUL bytes, in the same order
 
-``seen`` holds the recent event ids as 8-byte BLAKE2b digests, oldest first (version 1 kept the
-ids themselves in ``ids``: 256 uuids were 9 KB of a heavy user's state, parsed and written
-again on every batch). Version 1 states are read; ``ids`` stays, empty, so a worker of the
-previous release that reads a new state during a rolling deploy still finds the field.
+Versions 1 and 2 were JSON (``{"v": 2, "items": {item_id: [total, last_ms]}, "seen":
+"<base64>", "ids": []}``; version 1 kept the event ids themselves in ``ids``) and are still
+read; a state holding an item id with a NUL character in it is written as version 2 JSON, the
+only layout that can say it. The binary form is about half the size (no decimal floats, no
+quotes), is read with one ``struct``/``array`` call per field and written back the same way,
+and keeps the items as flat lists (ids; totals and times interleaved) that ``flatten`` joins
+without a Python step per item: on warm state the worker used to parse and re-serialize every
+touched user's JSON (up to ``history_max`` items) on every batch.
 
 ``total`` is the user's decayed feedback total for the item as of ``last_ms`` (the item's latest
 event time). Applying an event is pure (``UserState.apply``): duplicates by ``event_id`` are
@@ -17,16 +26,20 @@ is cut to the strongest items whenever it grows past ``history_max`` (down to
 runs in event time, not wall time, so replaying the same events always gives the same state.
 
 The value is the worker's own: only ``UserState`` writes it. A reader outside the worker (the
-demo page's history column) goes through ``parse_history``, which reads ``items`` alone and
-gives the items most recent first, so that the layout stays this module's business.
+demo page's history column) goes through ``parse_history``, which gives the items most recent
+first, so that the layout stays this module's business.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import struct
+import sys
+from array import array
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 import numpy.typing as npt
@@ -35,11 +48,14 @@ import orjson
 from streamrec.events import Event
 from streamrec.feedback import decay, decay_to_latest, event_weight
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 #: Bytes of an event id's digest in ``seen``.
 DIGEST = 8
 #: A history past ``history_max`` items is cut to this fraction of it (hysteresis).
 TRIM_TO = 0.9
+
+_HEAD = struct.Struct("<BII")  # version, items, digests
+_SWAP = sys.byteorder != "little"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,34 +73,105 @@ def digest(event_id: str) -> bytes:
     return hashlib.blake2b(event_id.encode(), digest_size=DIGEST).digest()
 
 
-@dataclass(slots=True)
 class UserState:
-    """One user's history: ``items`` maps item_id -> [decayed total, last event ms];
-    ``seen`` is the digests of the last ``dedup_window`` event ids, oldest first."""
+    """One user's history: ``ids`` the item ids, ``vals`` for each (in the same order) its
+    decayed total and last event ms, interleaved (``[t0, ms0, t1, ms1, ...]``, a float64
+    ``array``: read from and written to the stored value as bytes, and joined by ``flatten``,
+    without a Python object per number); ``seen`` the digests of the last ``dedup_window``
+    event ids, oldest first. ``items`` gives the same as a dict item_id -> [total, last ms]
+    (built on each call: for readers and tests)."""
 
-    items: dict[str, list[float]] = field(default_factory=dict)
-    seen: bytes = b""
+    __slots__ = ("_index", "ids", "seen", "vals")
+
+    def __init__(
+        self, items: Mapping[str, Sequence[float]] | None = None, seen: bytes = b""
+    ) -> None:
+        self.ids: list[str] = list(items) if items else []
+        self.vals = array("d", chain.from_iterable(items.values()) if items else ())
+        if len(self.vals) != 2 * len(self.ids):
+            raise ValueError("every item needs [total, last_ms]")
+        self.seen = seen
+        # item id -> position; built on an item's second apply (one lookup is a list scan)
+        self._index: dict[str, int] | None = None
+
+    @property
+    def items(self) -> dict[str, list[float]]:
+        v = self.vals
+        return dict(zip(self.ids, map(list, zip(v[0::2], v[1::2], strict=True)), strict=True))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, UserState):
+            return NotImplemented
+        return self.items == other.items and self.seen == other.seen
+
+    def __repr__(self) -> str:
+        return f"UserState(items={self.items!r}, seen={self.seen!r})"
 
     @classmethod
-    def from_json(cls, raw: bytes | str | None) -> UserState:
+    def decode(cls, raw: bytes | str | None) -> UserState:
+        """A stored value of any version (None: a new user); ValueError when malformed."""
         if raw is None:
             return cls()
+        if isinstance(raw, str) or raw[:1] == b"{":
+            return cls._from_json(raw)
+        try:
+            version, n, n_seen = _HEAD.unpack_from(raw)
+            if version != STATE_VERSION:
+                raise ValueError(f"state version {version}")
+            a = _HEAD.size
+            b = a + 16 * n
+            c = b + DIGEST * n_seen
+            vals = array("d")
+            vals.frombytes(raw[a:b])
+            if _SWAP:
+                vals.byteswap()
+            ids = raw[c:].decode().split("\x00") if n else []
+            if len(ids) != n or len(vals) != 2 * n or len(raw) < c:
+                raise ValueError("lengths do not add up")
+        except (struct.error, UnicodeDecodeError, ValueError) as exc:
+            raise ValueError(f"not a user history ({type(exc).__name__}: {exc})") from None
+        state = cls()
+        state.ids, state.vals, state.seen = ids, vals, bytes(raw[b:c])
+        return state
+
+    @classmethod
+    def _from_json(cls, raw: bytes | str) -> UserState:
         obj = orjson.loads(raw)
         if "seen" in obj:
             return cls(items=obj["items"], seen=base64.b64decode(obj["seen"]))
         return cls(items=obj["items"], seen=b"".join(digest(i) for i in obj["ids"]))  # v1
 
+    #: The former name of ``decode``: it reads the JSON versions as well.
+    from_json = decode
+
+    def encode(self) -> bytes:
+        """The stored value (version 3; version 2 JSON for an item id holding a NUL)."""
+        ids = self.ids
+        blob = "\x00".join(ids)
+        if blob.count("\x00") != max(0, len(ids) - 1):
+            return self.to_json()
+        head = _HEAD.pack(STATE_VERSION, len(ids), len(self.seen) // DIGEST)
+        vals = self.vals
+        if _SWAP:
+            vals = array("d", vals)
+            vals.byteswap()
+        return b"".join((head, vals.tobytes(), self.seen, blob.encode()))
+
     def to_json(self) -> bytes:
+        """The version 2 JSON of this state (what ``encode`` writes for ids it cannot pack)."""
         # orjson writes floats as their shortest round-trip repr: replays stay exact.
-        return orjson.dumps({"v": STATE_VERSION, "items": self.items,
+        return orjson.dumps({"v": 2, "items": self.items,
                              "seen": base64.b64encode(self.seen).decode(), "ids": []})  # fmt: skip
 
     @property
     def last_ms(self) -> float:
-        return max((v[1] for v in self.items.values()), default=0.0)
+        return max(self.vals[1::2], default=0.0)
 
     def has_seen(self, event_id: str) -> bool:
-        d, blob = digest(event_id), self.seen
+        return self._seen(digest(event_id))
+
+    def _seen(self, d: bytes) -> bool:
+        blob = self.seen
         at = blob.find(d)
         while at != -1:
             if at % DIGEST == 0:  # a digest's own position, not across two neighbours
@@ -94,35 +181,58 @@ class UserState:
 
     def apply(self, event: Event, rules: Rules) -> bool:
         """Apply one event; False (and no change) when its event_id was already seen."""
-        if rules.dedup_window and self.has_seen(event.event_id):
-            return False
+        window = rules.dedup_window
+        if window:
+            d = digest(event.event_id)
+            if self._seen(d):
+                return False
         w = event_weight(event.type, event.value, rules.weights)
         ts = float(event.timestamp)
-        old = self.items.get(event.item_id)
-        if old is None:
-            self.items[event.item_id] = [w, ts]
-        elif ts >= old[1]:
-            self.items[event.item_id] = [decay(old[0], ts - old[1], rules.half_life_ms) + w, ts]
-        else:  # late event: its weight decays to the item's newer time instead
-            old[0] += decay(w, old[1] - ts, rules.half_life_ms)
-        if rules.dedup_window:
-            self.seen = (self.seen + digest(event.event_id))[-DIGEST * rules.dedup_window :]
-        if len(self.items) > rules.history_max:
+        ids, item, index = self.ids, event.item_id, self._index
+        if index is None:
+            # Most users get one event per batch: a scan (in C) then; a dict from the second.
+            self._index = {}
+            at = ids.index(item) if item in ids else None
+        elif index or not ids:
+            at = index.get(item)
+        else:
+            index.update(zip(ids, range(len(ids)), strict=True))
+            at = index.get(item)
+        v = self.vals
+        if at is None:
+            if self._index:
+                self._index[item] = len(ids)
+            ids.append(item)
+            v.extend((w, ts))
+        else:
+            j = 2 * at
+            total, last = v[j], v[j + 1]
+            if ts >= last:
+                v[j] = decay(total, ts - last, rules.half_life_ms) + w
+                v[j + 1] = ts
+            else:  # late event: its weight decays to the item's newer time instead
+                v[j] = total + decay(w, last - ts, rules.half_life_ms)
+        if window:
+            self.seen = (self.seen + d)[-DIGEST * window :]
+        if len(self.ids) > rules.history_max:
             self._trim(rules)
         return True
 
     def _trim(self, rules: Rules) -> None:
-        now = self.last_ms
-        ranked = sorted(
-            self.items.items(),
-            key=lambda kv: (-abs(decay(kv[1][0], now - kv[1][1], rules.half_life_ms)), -kv[1][1]),
-        )
-        self.items = dict(ranked[: max(1, int(rules.history_max * TRIM_TO))])
+        now, hl, v = self.last_ms, rules.half_life_ms, self.vals
+        order = sorted(
+            range(len(self.ids)),
+            key=lambda k: (-abs(decay(v[2 * k], now - v[2 * k + 1], hl)), -v[2 * k + 1]),
+        )[: max(1, int(rules.history_max * TRIM_TO))]
+        self.ids = [self.ids[k] for k in order]
+        self.vals = array("d", chain.from_iterable((v[2 * k], v[2 * k + 1]) for k in order))
+        self._index = None
 
     def totals(self, half_life_ms: float | None) -> dict[str, float]:
         """Every item's total decayed to the user's latest event time (what the solve uses)."""
-        now = self.last_ms
-        return {i: decay(t, now - ts, half_life_ms) for i, (t, ts) in self.items.items()}
+        now, v = self.last_ms, self.vals
+        return {i: decay(v[2 * k], now - v[2 * k + 1], half_life_ms)
+                for k, i in enumerate(self.ids)}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,14 +246,19 @@ class HistoryEntry:
 
 
 def parse_history(raw: bytes | str) -> list[HistoryEntry]:
-    """The items of a ``<p>:user:<user_id>`` value, most recent first (ties by item id).
+    """The items of a stored history value, most recent first (ties by item id).
 
-    For readers outside the worker; only ``items`` is read (``seen`` is the worker's
-    deduplication state). Raises ValueError if the value is malformed.
+    For readers outside the worker; of a JSON value only ``items`` is read (``seen`` is the
+    worker's deduplication state). Raises ValueError if the value is malformed.
     """
     try:
-        items = orjson.loads(raw)["items"]
-        rows = [HistoryEntry(str(i), float(v[0]), int(v[1])) for i, v in items.items()]
+        if isinstance(raw, str) or raw[:1] == b"{":
+            items = orjson.loads(raw)["items"]
+            rows = [HistoryEntry(str(i), float(v[0]), int(v[1])) for i, v in items.items()]
+        else:
+            state = UserState.decode(raw)
+            v = state.vals
+            rows = [HistoryEntry(i, v[2 * k], int(v[2 * k + 1])) for k, i in enumerate(state.ids)]
     except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         raise ValueError(f"not a user history ({type(exc).__name__}: {exc})") from None
     rows.sort(key=lambda r: (-r.last_ms, r.item_id))
@@ -159,12 +274,13 @@ def flatten(
     item ids and (nnz,) float64 totals decayed to that state's latest event time, in order.
     Same numbers as ``UserState.totals``, without a Python call per item.
     """
-    counts = np.fromiter((len(s.items) for s in states), dtype=np.int64, count=len(states))
+    counts = np.fromiter((len(s.ids) for s in states), dtype=np.int64, count=len(states))
     nnz = int(counts.sum())
-    item_ids = [i for s in states for i in s.items]
-    pairs = np.fromiter(
-        (x for s in states for v in s.items.values() for x in v), dtype=np.float64, count=2 * nnz
-    ).reshape(nnz, 2)
+    item_ids = list(chain.from_iterable(s.ids for s in states))
+    joined = array("d")
+    for s in states:
+        joined += s.vals  # a memcpy per state
+    pairs = np.frombuffer(joined, dtype=np.float64, count=2 * nnz).reshape(nnz, 2)
     owner = np.repeat(np.arange(len(states)), counts)
     totals = decay_to_latest(pairs[:, 0], pairs[:, 1], owner, len(states), half_life_ms)
     return counts, item_ids, totals

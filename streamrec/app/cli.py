@@ -224,6 +224,12 @@ def _als_arguments(p: _Parser, d: Params, *, alpha: str) -> None:
 def _infra(p: _Parser) -> None:
     p.add_argument("action", choices=("up", "status", "down"))
     p.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="a local Redis Cluster of 6 nodes (3 masters, 3 replicas) on the ports from "
+        "STREAMREC_REDIS_URL's on, instead of one server (as STREAMREC_REDIS_CLUSTER=true)",
+    )
+    p.add_argument(
         "--brokers",
         type=_positive_int,
         metavar="N",

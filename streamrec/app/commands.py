@@ -52,7 +52,8 @@ def cmd_infra(args: argparse.Namespace) -> int:
     from streamrec import infra
     from streamrec.connect import ensure_topics
 
-    settings = load_settings(kafka_brokers=getattr(args, "brokers", None))
+    cluster = {"redis_cluster": True} if args.redis_cluster else {}
+    settings = load_settings(kafka_brokers=getattr(args, "brokers", None), **cluster)
     if args.action == "up":
         state = infra.up(settings, echo=print)
         if state.kafka_nodes and settings.kafka_bootstrap != state.kafka.address:

@@ -21,6 +21,8 @@ Layout under ``settings.home``::
     kafka/cluster-<port>/            a cluster (``kafka_brokers`` > 1): cluster.json (id and
                                      nodes), node-<id>/ laid out as run-<port>/ is
     redis-<port>/                    redis.conf (0600), redis.pid, redis.log
+    redis-cluster-<port>/            the same per node of a local Redis Cluster (redis_cluster),
+                                     plus nodes.conf
 
 This package holds the shared vocabulary (statuses, pid files, process checks, the start/use
 decision); ``kafka`` and ``redis_server`` hold what is specific to each service.
@@ -395,27 +397,31 @@ def up(settings: Settings, echo: Echo = print, *, timeout_s: float = 60.0) -> In
     for the broker to become ready (the one-time Maven fetch has its own bound). Raises
     InfraError with a one-line reason (plus the log tail if a started process died).
     """
-    from streamrec.infra import kafka, redis_server
+    from streamrec.infra import kafka, redis_cluster, redis_server
 
     with _infra_lock(settings.home, echo):
         # Redis first: it is quick, and a missing redis-server should fail before a JVM starts.
-        r = redis_server.up(settings, echo)
+        if settings.redis_cluster:
+            r = redis_cluster.up(settings, echo)
+        else:
+            r = redis_server.up(settings, echo)
         k, nodes = kafka.up_service(settings, echo, timeout_s=timeout_s)
     return InfraStatus(kafka=k, redis=r, kafka_nodes=nodes)
 
 
 def status(settings: Settings) -> InfraStatus:
     """Report what runs where, starting and stopping nothing."""
-    from streamrec.infra import kafka, redis_server
+    from streamrec.infra import kafka, redis_cluster, redis_server
 
+    redis = redis_cluster if settings.redis_cluster else redis_server
     k, nodes = kafka.status_service(settings)
-    return InfraStatus(kafka=k, redis=redis_server.status(settings), kafka_nodes=nodes)
+    return InfraStatus(kafka=k, redis=redis.status(settings), kafka_nodes=nodes)
 
 
 def down(settings: Settings, echo: Echo = print) -> None:
     """Stop the Kafka broker and Redis server this module started; leave external ones alone."""
-    from streamrec.infra import kafka, redis_server
+    from streamrec.infra import kafka, redis_cluster, redis_server
 
     with _infra_lock(settings.home, echo):
         kafka.down_service(settings, echo)
-        redis_server.down(settings, echo)
+        (redis_cluster if settings.redis_cluster else redis_server).down(settings, echo)

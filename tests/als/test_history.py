@@ -127,3 +127,51 @@ def test_flatten_is_every_states_totals_in_order(half_life_ms: float | None) -> 
     want = [(i, t) for s in states for i, t in s.totals(half_life_ms).items()]
     assert ids == [i for i, _ in want]
     np.testing.assert_allclose(totals, [t for _, t in want], rtol=1e-15)
+
+
+def test_binary_round_trip_is_exact_and_smaller_than_json() -> None:
+    s = UserState()
+    for n in range(40):
+        s.apply(
+            ev(n, f"item-{n % 25}", "play", ts=1_700_000_000_000 + 977 * n, value=33.3), RULES50
+        )
+    raw = s.encode()
+    assert raw[0] == 3 and UserState.decode(raw) == s
+    again = UserState.decode(raw)
+    assert again.ids == s.ids and again.vals == s.vals and again.seen == s.seen  # bit for bit
+    assert len(raw) < 0.6 * len(s.to_json())
+    assert UserState.decode(UserState().encode()) == UserState()
+    # JSON states (versions 1 and 2) read into the same state
+    assert UserState.decode(s.to_json()) == s
+
+
+def test_an_item_id_with_a_nul_is_written_as_json() -> None:
+    s = UserState()
+    s.apply(ev(1, "a\x00b", ts=5), RULES50)
+    s.apply(ev(2, "c", ts=6), RULES50)
+    raw = s.encode()
+    assert raw[:1] == b"{" and UserState.decode(raw) == s and set(s.items) == {"a\x00b", "c"}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"\x03", b"\x07\x00\x00\x00\x00\x00\x00\x00\x00", b"\x03\x02\x00\x00\x00\x00\x00\x00\x00ab",
+     b"\x03\x01\x00\x00\x00\x00\x00\x00\x00" + b"\x00" * 16 + b"\xff"],
+)  # fmt: skip
+def test_a_malformed_binary_state_is_a_value_error(raw: bytes) -> None:
+    with pytest.raises(ValueError, match="not a user history"):
+        UserState.decode(raw)
+
+
+def test_applying_to_a_decoded_state_equals_applying_to_the_original() -> None:
+    a = UserState()
+    for n in range(30):
+        a.apply(ev(n, f"i{n % 7}", ts=n * 1000), RULES50)
+    b = UserState.decode(a.encode())
+    for n in range(30, 60):
+        e = ev(n, f"i{n % 11}", "like", ts=n * 900)
+        assert a.apply(e, RULES50) == b.apply(e, RULES50)
+    assert a == b and a.encode() == b.encode()
+
+
+RULES50 = Rules(weights=DEFAULT_WEIGHTS, half_life_ms=10 * DAY, history_max=50, dedup_window=16)

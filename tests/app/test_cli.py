@@ -474,7 +474,7 @@ def test_a_password_changed_under_a_running_worker_is_exit_7(
     try:
         admin = redis.Redis(port=locked_redis, password="right-pw", socket_timeout=5)
         deadline = time.monotonic() + 60
-        while not admin.keys(f"{s.redis_prefix}:origin:*"):  # its partitions are set up
+        while not admin.keys(f"{s.redis_prefix}:{{*}}:origin"):  # its partitions are set up
             assert worker.poll() is None, worker.communicate()
             assert time.monotonic() < deadline, "the worker did not start within 60 s"
             time.sleep(0.1)

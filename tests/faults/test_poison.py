@@ -33,7 +33,7 @@ from streamrec.events import (
     schema_fingerprint,
     schema_text,
 )
-from streamrec.keys import Keys
+from streamrec.keys import Keys, read_histories
 from streamrec.producer.producer import EventProducer
 from streamrec.settings import Settings
 from streamrec.worker.loop import Worker
@@ -172,10 +172,17 @@ def test_poison_mid_stream_is_dead_lettered_and_the_rest_equals_a_clean_pass(
     _send(s, before, ref)
     worker = run_worker(s)
     wait_for(lambda: worker.stats.decoded == len(before), 60)
-    whale_state = client.get(keys.user("whale"))
+
+    def state_of(user: str) -> bytes | None:
+        return read_histories(client, keys, [user]).get(user)
+
+    # Its events go to one partition, which this test does not choose: every one holds it.
+    mangled = [keys.user("mangled", s.topic_events, p) for p in range(s.topic_events_partitions)]
+    whale_state = state_of("whale")
     whale_list = client.get(keys.recs("whale"))
     assert whale_state and whale_list
-    client.set(keys.user("mangled"), b"\x00 not a state")
+    for name in mangled:
+        client.set(name, b"\x00 not a state")
 
     # Mid-stream: the nasty messages among good events of other users, in the same batches.
     nasty = _nasty(items)
@@ -196,15 +203,15 @@ def test_poison_mid_stream_is_dead_lettered_and_the_rest_equals_a_clean_pass(
     st = worker.stats
     wait_for(lambda: (st.decoded, st.dead_lettered, st.users_failed)
              == (len(before) + len(during) + 2, len(nasty), 2), 60)  # fmt: skip
-    assert client.get(keys.user("whale")) == whale_state  # kept as they were
+    assert state_of("whale") == whale_state  # kept as they were
     assert client.get(keys.recs("whale")) == whale_list
-    assert client.get(keys.user("mangled")) == b"\x00 not a state"
+    assert client.mget(mangled) == [b"\x00 not a state"] * len(mangled)
     assert client.get(keys.recs("mangled")) is None
 
     _send(s, after, ref)  # later good events, the whale's too, are applied
     wait_for(lambda: st.decoded == len(before) + len(during) + 2 + len(after), 60)
     assert worker.metrics.healthy(stale_after_s=5)
-    assert client.get(keys.user("whale")) != whale_state
+    assert state_of("whale") != whale_state
 
     failed = [r for r in caplog.records if r.levelno == logging.ERROR and "not updated" in r.msg]
     lines = sorted(r.getMessage() for r in failed)
@@ -223,7 +230,7 @@ def test_poison_mid_stream_is_dead_lettered_and_the_rest_equals_a_clean_pass(
         assert headers["streamrec.source"].startswith(f"{s.topic_events}[".encode())
         assert "streamrec.dropped" not in headers
 
-    client.delete(keys.user("mangled"))  # not JSON: the snapshot reads states as JSON
+    client.delete(*mangled)  # not JSON: the snapshot reads states as JSON
     reference = Worker(ref)
     reference.run(max_messages=len(before) + len(during) + len(after), duration_s=90)
     assert reference.stats.dead_lettered == 0 and reference.stats.users_failed == 0

@@ -18,7 +18,7 @@ from streamrec.als.history import UserState
 from streamrec.als.scorer import Scorer
 from streamrec.artifact import Model, load_model
 from streamrec.connect import read_ranges, redis_client
-from streamrec.keys import Keys, parse_model_pointer, recs_value
+from streamrec.keys import Keys, home_value, mget, parse_model_pointer, recs_value
 from streamrec.model.publish import Totals, live_histories, publish
 from streamrec.settings import Settings
 from tests.conftest import log_end
@@ -79,8 +79,8 @@ def test_publish_writes_the_scorers_lists_then_moves_the_pointer(
     def set_spy(name: str, value: Any, *args: Any, **kwargs: Any) -> Any:
         if name == keys.model:
             users = [*histories, *from_totals]
-            raws = client.mget([keys.recs(u) for u in users] + [keys.popular])
-            raws += client.mget([keys.similar(i) for i in ids])
+            raws = mget(client, [keys.recs(u) for u in users] + [keys.popular])
+            raws += mget(client, [keys.similar(i) for i in ids])
             at_pointer.append({json.loads(r)["model_version"] if r else None for r in raws})
         return real_set(name, value, *args, **kwargs)
 
@@ -105,7 +105,7 @@ def test_publish_writes_the_scorers_lists_then_moves_the_pointer(
     pops = dict(zip(ids, model.item_popularity.tolist(), strict=True))
     assert [p for _, p in popular] == pytest.approx([pops[i] for i, _ in popular], rel=1e-5)
     # Similar items: the highest cosines of the factors, the item itself and blocked left out.
-    for item, raw in zip(ids, client.mget([keys.similar(i) for i in ids]), strict=True):
+    for item, raw in zip(ids, mget(client, [keys.similar(i) for i in ids]), strict=True):
         assert not {i for i, _ in _listed(raw)} & (blocked | {item})
     factors = model.item_factors.astype(np.float64)
     unit = factors / np.linalg.norm(factors, axis=1, keepdims=True)
@@ -148,9 +148,13 @@ def test_live_histories_reads_the_workers_states(stack: Callable[..., Settings])
     s = stack()
     client, keys = redis_client(s), Keys(s.redis_prefix)
     day = 86_400_000.0
-    client.set(keys.user("a"), UserState({"x": [2.0, 5 * day], "y": [1.0, 4 * day]}).to_json())
-    client.set(keys.user("b"), UserState({"z": [-1.5, 9 * day]}).to_json())
-    got = live_histories(client, keys, ["a", "nobody", "b"], half_life_ms=day)
+    a = UserState({"x": [2.0, 5 * day], "y": [1.0, 4 * day]}).to_json()
+    client.set(keys.user("a", "ev", 0), a)
+    client.set(keys.user("b", "ev", 2), UserState({"z": [-1.5, 9 * day]}).to_json())
+    client.set(keys.home("a"), home_value("ev", 0))
+    client.set(keys.home("b"), home_value("ev", 2))
+    client.set(keys.home("gone"), home_value("ev", 1))  # its history expired meanwhile
+    got = live_histories(client, keys, ["a", "nobody", "b", "gone"], half_life_ms=day)
     assert got == {"a": {"x": 2.0, "y": pytest.approx(0.5)}, "b": {"z": -1.5}}
     assert live_histories(client, keys, ["a"], None) == {"a": {"x": 2.0, "y": 1.0}}
 

@@ -15,7 +15,7 @@ from streamrec.als.scorer import Scorer
 from streamrec.artifact import load_model
 from streamrec.connect import ensure_topics, read_ranges, redis_client
 from streamrec.events import new_event
-from streamrec.keys import Keys
+from streamrec.keys import Keys, read_histories
 from streamrec.model.data import synthetic
 from streamrec.model.params import Params
 from streamrec.model.publish import publish
@@ -176,6 +176,6 @@ def test_events_during_a_retrain_all_show_up_afterwards(
         value = json.loads(wait_for(fresh_list(user), 10))
         got = [i["item_id"] for i in value["items"]]
         assert items[40 + n] not in got
-        state = UserState.from_json(client.get(keys.user(user)))
+        state = UserState.from_json(read_histories(client, keys, [user])[user])
         want, _, _ = scorer.recommend({user: state.totals(s.half_life_ms)})
         assert got == [i for i, _ in want[0][1]]

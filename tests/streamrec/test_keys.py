@@ -10,7 +10,9 @@ from streamrec.keys import (
     CONTRACT_VERSION,
     Keys,
     ListEncoder,
+    home_value,
     model_value,
+    parse_home,
     parse_list,
     popular_value,
     recs_value,
@@ -25,10 +27,24 @@ def test_key_layout() -> None:
     assert k.popular == "streamrec:popular"
     assert k.model == "streamrec:model"
     assert Keys("shop").recs("42") == "shop:recs:42"
-    assert Keys("shop").user("42") == "shop:user:42"
+    assert Keys("shop").user("42", "ev", 3) == "shop:{ev:3}:user:42"
+    assert Keys("shop").home("42") == "shop:home:42"
     assert Keys("shop").blocked == "shop:blocked"
     assert Keys().similar("i:9") == "streamrec:similar:i:9"
-    assert Keys().applied("streamrec.events", 3) == "streamrec:applied:streamrec.events:3"
+    assert Keys().applied("streamrec.events", 3) == "streamrec:{streamrec.events:3}:applied"
+    assert Keys().origin("streamrec.events", 3) == "streamrec:{streamrec.events:3}:origin"
+
+
+def test_a_partitions_internal_keys_share_one_cluster_slot() -> None:
+    from redis.crc import key_slot
+
+    k = Keys()
+    names = [k.applied("ev", 2), k.origin("ev", 2), k.user("a", "ev", 2), k.user("{b}:x", "ev", 2)]
+    assert len({key_slot(n.encode()) for n in names}) == 1
+    assert key_slot(k.applied("ev", 2).encode()) != key_slot(k.applied("ev", 3).encode())
+    assert k.parse_user(k.user("u:{1}", "t.x-1", 12)) == ("t.x-1", 12, "u:{1}")
+    assert k.parse_user(k.recs("u")) is None and k.parse_user(k.applied("t", 1)) is None
+    assert parse_home(home_value("t.x-1", 12)) == ("t.x-1", 12)
 
 
 def test_recs_value_shape() -> None:

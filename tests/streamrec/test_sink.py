@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from streamrec.connect import redis_client
-from streamrec.keys import Keys, recs_value
+from streamrec.keys import Keys, home_value, read_histories, recs_value
 from streamrec.settings import Settings
 from streamrec.sink import Sink, pack_set
 
@@ -27,13 +27,20 @@ def test_write_sets_every_key_with_its_ttl(stack: Callable[..., Settings]) -> No
     client, keys = redis_client(s), Keys(s.redis_prefix)
     sink = Sink(client, keys, list_ttl_s=100, state_ttl_s=200)
     applied = keys.applied("t", 0)
-    assert sink.watch_read([applied, keys.user("ü 1")]) == [None, None]
+    user = keys.user("ü 1", "t", 0)
+    assert sink.watch_read([applied, user]) == [None, None]
     value = recs_value("ü 1", [("a", 0.5)], "v1", 1)
-    assert sink.write([("ü 1", value)], [("ü 1", b'{"v":1}')], [(applied, 41)])
+    home = home_value("t", 0)
+    assert sink.write(
+        [("ü 1", value)], [(user, b'{"v":1}')], [(applied, 41)], homes=[("ü 1", home)]
+    )
     assert client.get(keys.recs("ü 1")) == value
-    assert client.get(keys.user("ü 1")) == b'{"v":1}'
+    assert client.get(user) == b'{"v":1}'
     assert client.get(applied) == b"41"
-    assert 0 < client.ttl(keys.recs("ü 1")) <= 100 < client.ttl(keys.user("ü 1")) <= 200
+    assert client.get(keys.home("ü 1")) == home
+    assert read_histories(client, keys, ["ü 1", "nobody"]) == {"ü 1": b'{"v":1}'}
+    assert 0 < client.ttl(keys.recs("ü 1")) <= 100 < client.ttl(user) <= 200
+    assert 100 < client.ttl(keys.home("ü 1")) <= 200
     assert client.ttl(applied) == -1  # offsets never expire
     sink.close()
 
@@ -66,9 +73,9 @@ def test_plain_writes_and_reset_after_an_error(stack: Callable[..., Settings]) -
     lists = [(f"u{i}", orjson.dumps({"i": i})) for i in range(500)]
     assert sink.write(lists, transaction=False)
     assert client.mget([keys.recs(u) for u, _ in lists]) == [v for _, v in lists]
-    sink.watch_read([keys.user("u0")])
+    sink.watch_read([keys.user("u0", "t", 1)])
     sink.reset()  # drops the WATCH with the connection: a change no longer fails the write
-    client.set(keys.user("u0"), b"x")
+    client.set(keys.user("u0", "t", 1), b"x")
     sink.watch_read([keys.applied("t", 1)])
     assert sink.write([("u0", b"[]")])
     sink.close()

@@ -23,10 +23,11 @@ import pytest
 import redis
 from confluent_kafka import Message
 
+from streamrec.als.history import UserState
 from streamrec.artifact import load_model
 from streamrec.connect import ensure_topics, redis_client
 from streamrec.events import new_event
-from streamrec.keys import Keys
+from streamrec.keys import Keys, parse_home
 from streamrec.producer.producer import EventProducer
 from streamrec.settings import Settings
 from streamrec.sink import Sink
@@ -64,8 +65,13 @@ def _snapshot(client: redis.Redis, keys: Keys) -> dict[str, Any]:
     for key in client.scan_iter(match=f"{keys.prefix}:*", count=1000):
         k = key.decode()
         kind = k.split(":")[1]
-        if kind == "user":
-            out[k.split(":", 2)[2] + "/state"] = json.loads(client.get(key) or b"null")
+        history = keys.parse_user(k)
+        if history is not None:
+            state = UserState.decode(client.get(key))
+            out[history[2] + "/state"] = (state.items, state.seen)
+        elif kind == "home":
+            # The partition: a clean pass may read another topic, partitioned alike.
+            out[k.split(":", 2)[2] + "/home"] = parse_home(client.get(key) or b"")[1]
         elif kind == "recs":
             v = json.loads(client.get(key) or b"null")
             out[k.split(":", 2)[2] + "/recs"] = [(i["item_id"], i["score"]) for i in v["items"]]
@@ -104,6 +110,7 @@ def _env(s: Settings, **extra: str) -> dict[str, str]:
         "batch_max",
         "poll_timeout_s",
         "instance_id",
+        "redis_cluster",
     ):
         if getattr(s, name) is not None:
             env[f"STREAMREC_{name.upper()}"] = str(getattr(s, name))
@@ -283,12 +290,13 @@ class _FailingSink:
         states: Sequence[tuple[str, bytes]] = (),
         applied: Sequence[tuple[str, int]] = (),
         transaction: bool = True,
+        homes: Sequence[tuple[str, bytes]] = (),
     ) -> bool:
         self.calls.append("w")
         failing = self.calls.count("w") == self._nth
         if failing and not self._after:
             raise ConnectionError("injected: Redis gone before the write")
-        ok = self._sink.write(lists, states, applied, transaction)
+        ok = self._sink.write(lists, states, applied, transaction, homes)
         if failing:
             raise ConnectionError("injected: connection lost after EXEC")
         return ok

@@ -16,10 +16,11 @@ import pytest
 import redis
 from confluent_kafka import Consumer, Producer
 
+from streamrec.als.history import UserState
 from streamrec.artifact import load_model
 from streamrec.connect import ensure_topics, redis_client
 from streamrec.events import new_event, schema_text
-from streamrec.keys import Keys
+from streamrec.keys import Keys, read_histories
 from streamrec.model.publish import publish
 from streamrec.producer.producer import EventProducer
 from streamrec.settings import Settings
@@ -56,8 +57,8 @@ def test_new_user_gets_a_list_within_5s_without_own_items(
     assert value["model_version"] == load_model(small_model).version
     assert 0 < client.ttl(keys.recs("alice")) <= s.recs_ttl_s
     # the worker waits for all three plays: history holds every item
-    state = wait_for(lambda: client.get(keys.user("alice")), timeout_s=5)
-    assert set(json.loads(state)["items"]) == set(items)
+    state = wait_for(lambda: read_histories(client, keys, ["alice"]).get("alice"), timeout_s=5)
+    assert set(UserState.decode(state).ids) == set(items)
 
 
 def test_garbage_goes_to_dlq_with_reason_and_worker_goes_on(

@@ -20,10 +20,11 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from pydantic import SecretStr
 
+from streamrec.als.history import parse_history
 from streamrec.artifact import load_model
 from streamrec.connect import ensure_topics, redis_client
 from streamrec.errors import AuthError, ConfigError, EventError, InfraError
-from streamrec.keys import Keys
+from streamrec.keys import Keys, read_histories
 from streamrec.registry import RegistrySchemas, event_decoder
 from streamrec.settings import Settings, load_settings
 from tests.conftest import wait_for
@@ -140,8 +141,8 @@ def test_worker_reads_registry_framed_events_of_a_newer_version(
     run_worker(s)
     value = json.loads(wait_for(lambda: client.get(keys.recs("reg-user")), timeout_s=30))
     assert not set(items) & {i["item_id"] for i in value["items"]}
-    state = json.loads(wait_for(lambda: client.get(keys.user("reg-user")), timeout_s=10))
-    assert set(state["items"]) == set(items)
+    raw = wait_for(lambda: read_histories(client, keys, ["reg-user"]).get("reg-user"), 10)
+    assert {entry.item_id for entry in parse_history(raw)} == set(items)
     [(raw, reason)] = _dlq(s, 1)
     assert raw[:5] == b"\x00\x00\x00\x00\x63" and "schema id 99 is not in the registry" in reason
     assert registry.lookups.count(1) == 1  # one lookup for four events

@@ -2,8 +2,9 @@
 
 ``DemoApp`` reads the public Redis contract (``streamrec.keys``): ``<p>:recs:<user>``,
 ``<p>:popular``, ``<p>:similar:<item>`` and the ``<p>:model`` pointer; a user's history comes
-from ``<p>:user:<user>`` through ``streamrec.als.history.parse_history`` (the worker's internal
-value: this module never reads its layout). Events from the page are validated with
+from where ``<p>:home:<user>`` says (``streamrec.keys.read_histories``) through
+``streamrec.als.history.parse_history`` (the worker's internal value: this module never reads
+its layout). Events from the page are validated with
 ``streamrec.events.new_event`` and published with ``EventProducer``. An answer other than 200 is
 an ``ApiError`` (status and message); ``server.py`` turns it into HTTP.
 
@@ -32,7 +33,7 @@ from streamrec.als.similar import closest, neighbours, unit_rows
 from streamrec.app.web.names import names_for_model, synthetic_label
 from streamrec.errors import ArtifactError, EventError, InfraError
 from streamrec.events import MAX_ID_LENGTH, new_event
-from streamrec.keys import Keys, read_model_pointer
+from streamrec.keys import Keys, read_histories, read_model_pointer
 from streamrec.settings import Settings
 
 if TYPE_CHECKING:
@@ -271,7 +272,7 @@ class DemoApp:
     def _history(self, user_id: str) -> list[dict[str, Any]]:
         """The worker's history of the user, most recent first:
         [{"item_id", "total", "last_ms"}]; [] (logged) when it is unreadable."""
-        raw = self.redis.get(self.keys.user(user_id))
+        raw = read_histories(self.redis, self.keys, [user_id]).get(user_id)
         if raw is None:
             return []
         try:
