@@ -36,7 +36,7 @@ from streamrec.events import encode_avro, new_event
 from streamrec.model.data import (
     Interactions,
     build_matrix,
-    interactions_from_events,
+    interactions_from_columns,
     load_dataset,
     synthetic,
 )
@@ -159,7 +159,7 @@ def main() -> None:
         if run == 0:
             # The bare fit on the very matrix the pipeline's final fit used: the same rows.
             snap = read_window(s, int(result.snapshot["since_ms"]))
-            events = interactions_from_events(snap.events, s.event_weights, s.half_life_ms)
+            events = interactions_from_columns(snap.columns, s.event_weights, s.half_life_ms)
             matrix = build_matrix(concat(base, events), params.transform)
             # ... and on the candidate's training split, as ``evaluate.als_fit`` fits it.
             train = split_interactions(concat(base, events)).train_matrix(params.transform)

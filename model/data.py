@@ -28,6 +28,7 @@ from streamrec.model.errors import DataError
 
 if TYPE_CHECKING:
     from streamrec.events import Event
+    from streamrec.model.snapshot import EventColumns
 
 log = logging.getLogger(__name__)
 
@@ -464,6 +465,44 @@ def interactions_from_events(
         user_ids, u = factorize(user_arr)
         w = decay_to_latest(w, ts, u, len(user_ids), half_life_ms)
     return Interactions(user_arr, np.asarray(items, dtype=np.object_), w.astype(np.float32), ts)
+
+
+def interactions_from_columns(
+    columns: EventColumns,
+    weights: Mapping[str, float] = DEFAULT_WEIGHTS,
+    half_life_ms: float | None = None,
+) -> Interactions:
+    """``interactions_from_events`` of the events read into ``columns`` (already deduplicated
+    by event id as they were read), the same rows in the same order with the same weights,
+    without a Python object per event.
+
+    Each distinct (type, value) pair is weighed once by ``event_weight`` (the worker's own
+    function, not a second formula) and spread to its rows; users and items come out as
+    (n,) object arrays of the interned id strings.
+    """
+    users, items, types, values, ts = columns.arrays()
+    w = np.zeros(len(users), dtype=np.float64)
+    from streamrec.events import EVENT_TYPES  # the code order EventColumns uses
+
+    for code in np.unique(types).tolist():
+        rows = np.flatnonzero(types == code)
+        # NaN (no value) collapses to one entry: np.unique's equal_nan.
+        distinct, inverse = np.unique(values[rows], return_inverse=True)
+        each = np.array(
+            [event_weight(EVENT_TYPES[code], None if v != v else v, weights)
+             for v in distinct.tolist()],
+            dtype=np.float64,
+        )  # fmt: skip
+        w[rows] = each[inverse.reshape(-1)]
+    stamps = ts.astype(np.int64, copy=True)  # own the data: the buffers may grow on
+    if half_life_ms and len(users):
+        w = decay_to_latest(w, stamps, users.astype(np.int64), len(columns.user_names),
+                            half_life_ms)  # fmt: skip
+    user_names = np.empty(len(columns.user_names), dtype=np.object_)
+    user_names[:] = columns.user_names
+    item_names = np.empty(len(columns.item_names), dtype=np.object_)
+    item_names[:] = columns.item_names
+    return Interactions(user_names[users], item_names[items], w.astype(np.float32), stamps)
 
 
 def _first_file(dirs: Iterable[Path], names: Iterable[str]) -> Path | None:

@@ -35,7 +35,7 @@ from streamrec.als.ann import build_for, wanted
 from streamrec.artifact import Model, load_model
 from streamrec.exits import Exit
 from streamrec.keys import Keys, read_model_pointer
-from streamrec.model.data import Interactions, interactions_from_events
+from streamrec.model.data import Interactions, interactions_from_columns
 from streamrec.model.errors import ModelError
 from streamrec.model.evaluate import EvalReport, als_fit, evaluate
 from streamrec.model.params import Params
@@ -176,10 +176,8 @@ def _run(
         since = time.strftime("%Y-%m-%d %H:%M", time.gmtime(since_ms / 1000))
         echo(f"reading {settings.topic_events} since {since} UTC ...")
         snap = read_window(settings, since_ms)
-        echo(
-            f"  {len(snap.events)} events ({snap.undecodable} undecodable), snapshot {snap.offsets}"
-        )
-    events = interactions_from_events(snap.events, settings.event_weights, settings.half_life_ms)
+        echo(f"  {snap.decoded} events ({snap.undecodable} undecodable), snapshot {snap.offsets}")
+    events = interactions_from_columns(snap.columns, settings.event_weights, settings.half_life_ms)
     data = concat(cfg.base, events)
     lap("read")
 
@@ -234,7 +232,7 @@ def _run(
         report,
         tuning,
         timings,
-        {"rows": len(data), "events": len(snap.events)},
+        {"rows": len(data), "events": snap.decoded},
         snapshot,
     )
     if not promote:
@@ -272,7 +270,7 @@ def _run(
                 "since_ms": since_ms,
                 "base": cfg.base_name,
                 "rows": len(data),
-                "events": len(snap.events),
+                "events": snap.decoded,
             },
             "kafka_snapshot": snapshot if cfg.read_kafka else None,
             "metrics": {r.name: r.metrics for r in report.results if not r.skipped},
