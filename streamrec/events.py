@@ -32,6 +32,7 @@ import io
 import json
 import math
 import re
+import struct
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -445,6 +446,37 @@ class EventDecoder:
             self._by_id[schema_id] = writer
         return _read_datum(raw, 5, writer, self.schemas.reader)
 
+    def fields(self, raw: bytes | None) -> EventFields:
+        """What ``self(raw)`` decodes, as (event_id, user_id, item_id, type, value, timestamp)
+        without the context, for a reader that keeps columns (the nightly job's): the same
+        accept/reject as ``self(raw)`` and the same fields, raising what it raises.
+
+        The common message (Avro single-object, written and read with the package's v1, no
+        context, every field plainly inside the bounds) is read by ``_fields_v1``, a
+        hand-written reader of v1's layout; anything else it is not sure of (another
+        version, a context, a bound near, corrupt bytes) goes through ``self(raw)``, which
+        decides. ``tests/streamrec/test_fast_fields.py`` holds the two together.
+        """
+        fast = None
+        if raw is not None and self._v1_fast and len(raw) <= self.limits.message_bytes:
+            fast = _fields_v1(raw)
+        if fast is not None:
+            return fast
+        e = self(raw)
+        return (e.event_id, e.user_id, e.item_id, e.type, e.value, e.timestamp)
+
+    @property
+    def _v1_fast(self) -> bool:
+        """v1 is both a known writer and the reader: its datum is read as written."""
+        ok = self.__dict__.get("_v1_ok")
+        if ok is None:
+            reader = self.schemas.reader
+            ok = reader.fingerprint == _package_v1_fingerprint() and (
+                self.schemas.writer(reader.fingerprint) is reader
+            )
+            self.__dict__["_v1_ok"] = ok
+        return bool(ok)
+
     @staticmethod
     def _parse_writer(schema_id: int, text: str) -> Any:
         try:
@@ -462,6 +494,95 @@ class EventDecoder:
         if not isinstance(parsed, dict) or parsed.get("name") != SCHEMA_NAME:
             raise EventError(f"schema id {schema_id} is not the record {SCHEMA_NAME}")
         return parsed
+
+
+#: (event_id, user_id, item_id, type, value, timestamp): an event without its context.
+EventFields = tuple[str, str, str, str, float | None, int]
+
+
+@cache
+def _package_v1_fingerprint() -> bytes:
+    """The fingerprint of the package's ``interaction-v1.avsc``: the layout ``_fields_v1``
+    reads (string, string, string, enum of 8, union null/double, long, union null/map)."""
+    return next(v.fingerprint for v in known_schemas().by_fingerprint.values() if v.version == 1)
+
+
+_V1_PREFIX = SINGLE_OBJECT_MAGIC  # + the 8-byte fingerprint, checked per message
+_V1_SYMBOLS = ("play", "click", "view", "like", "dislike", "skip", "purchase", "rating")
+_unpack_double = struct.Struct("<d").unpack_from
+
+
+def _fields_v1(raw: bytes) -> EventFields | None:
+    """``raw``'s fields if it is a plainly valid v1 single-object message without context,
+    else None (the general decoder then decides; None is never a verdict).
+
+    Avro binary: strings and the enum index, union branch and long are zigzag varints; the
+    double is 8 bytes little-endian. Only what ``_validate`` would pass without doubt is
+    returned: ids non-empty, at most MAX_ID_LENGTH characters, valid UTF-8 (which holds no
+    lone surrogate); a finite value; a timestamp from 0 to MAX_TIMESTAMP; nothing after the
+    datum.
+    """
+    if raw[:2] != _V1_PREFIX or raw[2:10] != _package_v1_fingerprint():
+        return None
+    n_raw = len(raw)
+    pos = 10
+    ids: list[str] = []
+    try:
+        for _ in range(3):
+            b = raw[pos]
+            if b >= 0x80 or b & 1:  # a length of 64+ bytes or a negative one: the slow path
+                return None
+            n = b >> 1
+            pos += 1
+            end = pos + n
+            if n == 0 or end > n_raw:
+                return None
+            text = raw[pos:end].decode("utf-8")
+            if len(text) > MAX_ID_LENGTH:
+                return None
+            ids.append(text)
+            pos = end
+        b = raw[pos]  # the enum index, 0..7: one byte
+        if b >= 0x80 or b & 1 or (b >> 1) >= len(_V1_SYMBOLS):
+            return None
+        kind = _V1_SYMBOLS[b >> 1]
+        branch = raw[pos + 1]
+        pos += 2
+        value: float | None
+        if branch == 0:
+            value = None
+        elif branch == 2:  # zigzag 1: the double
+            if pos + 8 > n_raw:
+                return None
+            value = _unpack_double(raw, pos)[0]
+            if not math.isfinite(value):
+                return None
+            pos += 8
+        else:
+            return None
+        ts = 0
+        shift = 0
+        while True:
+            b = raw[pos]
+            pos += 1
+            ts |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+            if shift > 63:
+                return None
+        if ts & 1:  # negative
+            return None
+        ts >>= 1
+        if ts > MAX_TIMESTAMP:
+            return None
+        if raw[pos] != 0 or pos + 1 != n_raw:  # context null, and the datum ends here
+            return None
+    except (IndexError, UnicodeDecodeError):
+        return None
+    if kind not in EVENT_TYPES:
+        return None
+    return (ids[0], ids[1], ids[2], kind, value, ts)
 
 
 class _RegistryFailure(Exception):
