@@ -194,6 +194,7 @@ def lists(d: dict[str, Any], repeat: int) -> dict[str, Any]:
     build_s = time.perf_counter() - t
     added = rss_bytes() - before
     got, runs = timed(lambda: ranked(index.top_n, u, ptr, idx, INDEX_BATCH), repeat)
+    calls = max(1, index.stats.searched)
     with tempfile.TemporaryDirectory() as tmp:
         index.save(Path(tmp) / "order.npy")
         size = (Path(tmp) / "order.npy").stat().st_size
@@ -204,6 +205,9 @@ def lists(d: dict[str, Any], repeat: int) -> dict[str, Any]:
         "build_s": round(build_s, 2),
         "index_mb": round(size / MIB, 1),
         "index_rss_mb": round(added / MIB, 1),
+        # Of the users searched: the share handed to brute force, rows the scan scored each.
+        "to_brute": round(getattr(index.stats, "exact", 0) / calls, 3),
+        "rows_per_user": round(getattr(index.stats, "scanned", 0) / calls),
     }
 
 
@@ -435,7 +439,8 @@ def main() -> None:
                     f"  lists, brute force: {lt['exact_users_per_s']} users/s; norm index: "
                     f"{lt['users_per_s']} users/s, recall@50 {lt['recall@50']}, built in "
                     f"{lt['build_s']} s, stored {lt['index_mb']} MiB, +{lt['index_rss_mb']} MiB "
-                    "RSS"
+                    f"RSS; {lt['to_brute']} of users to brute force, "
+                    f"{lt['rows_per_user']} rows scanned per user"
                 )
             if not args.skip_similar:
                 row["similar"] = sm = similar(

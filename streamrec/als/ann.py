@@ -13,7 +13,9 @@ the augmented k-means. The same spread makes an exact search cheap:
   every user stops within the first ~5,000 rows of 1M: exact lists (recall 1.0), history and
   blocked rows excluded inside the scan, 14-20k users/s per core. Its stored form is the norm
   order (``INDEX``, int64 ``.npy``, memory-mapped, checksummed with the model). Where norms do
-  not spread (random factors) it degrades to brute force, never to wrong lists.
+  not spread (random factors) a user's first block already shows the scan would run to the
+  end, and it is handed to brute force (item order, 64 users per product): about brute
+  force's own speed, never wrong lists. A user's list does not depend on its batch.
 * ``IvfIndex`` (the one similar items use): faiss IVF-Flat over augmented rows. Unit-length rows
   (cosine) have one norm, the case where norm pruning gives nothing and IVF does well; its
   candidates, ``n + overfetch`` per query, are reranked exactly (``rerank``), the query item and
@@ -39,6 +41,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from streamrec.als.topn import select_top_n
 from streamrec.artifact import INDEX, Model
 from streamrec.errors import ArtifactError
 from streamrec.settings import Settings
@@ -70,6 +73,7 @@ class AnnStats:
     searched: int = 0
     short: int = 0
     exact: int = 0  # NormIndex: users handed to brute force (no early stop)
+    scanned: int = 0  # NormIndex: (user, row) scores of the norm-order scan, brute force apart
 
 
 class TopNIndex(Protocol):
@@ -106,13 +110,18 @@ NORM_KIND = "norm-order-mips"
 #: ``NORM_BLOCK_MAX`` (1024 measured as fast as 4096 on trained factors, 2x less scanned).
 NORM_BLOCK = 1024
 NORM_BLOCK_MAX = 65536
-#: Bytes of one block's scores (a block is narrowed for a large batch of users).
-NORM_SCORE_BYTES = 16 << 20
+#: Query rows of every product (zero rows pad the last): a user's scores must not depend on
+#: the other users of its batch (OpenBLAS sums small products in another order).
+#: NORM_CHUNK x NORM_BLOCK_MAX float32 = 16 MiB of scores at most.
+NORM_CHUNK = 64
 #: Leading rows (in norm order) kept as a contiguous copy; past them blocks are gathered.
 NORM_HEAD = 65536
-#: Users still scanning past this fraction of the rows are scored by brute force instead
-#: (norms that do not spread: random factors), so the worst case stays near brute force.
-NORM_GIVE_UP = 1 / 16
+#: Users still scanning past this fraction of the rows are scored by brute force instead, as
+#: are users whose m-th best after a block is below even the last row's bound (norms that do
+#: not spread: random factors, handed over after the first block), so the worst case stays
+#: near brute force. 1/16 sent 0.3% of trained users at 200k to brute force (each a full
+#: pass padded to ``NORM_CHUNK`` rows: 6.2k users/s); at 1/4 none went (13k users/s).
+NORM_GIVE_UP = 1 / 4
 
 
 @dataclass
@@ -189,12 +198,14 @@ class NormIndex:
         finite = np.isfinite(q).all(axis=1)
         qnorm = np.linalg.norm(q, axis=1)
         # In norm order, with the early stop: positions, mapped back to rows below.
-        best, where, gave_up = _scan(q, np.flatnonzero(finite), m, n_items, self._rows,
+        best, where, gave_up, scanned = _scan(q, np.flatnonzero(finite), m, n_items, self._rows,
                                      ex_user, self.position[ex_row], self.position[never],
-                                     (qnorm, self.norms), NORM_BLOCK)  # fmt: skip
+                                     (qnorm, self.norms), NORM_BLOCK, NORM_CHUNK)  # fmt: skip
+        self.stats.scanned += scanned
         items = np.where(where >= 0, self.order[np.maximum(where, 0)], -1)
         if len(gave_up):
-            # Norms that do not spread: brute force for these, as the worker's exact path.
+            # Norms that do not spread: brute force for these (the rows they scanned are
+            # scored again: a first block, 1024 rows, for the hopeless ones).
             self.stats.exact += len(gave_up)
             best[gave_up], items[gave_up] = self._brute(q, m, gave_up, ex_user, ex_row, never)
         order = np.argsort(-best, axis=1, kind="stable")
@@ -208,24 +219,14 @@ class NormIndex:
     def _brute(
         self, q: F32, m: int, users: I64, ex_user: I64, ex_row: I64, never: I64
     ) -> tuple[F32, I64]:
-        """``topn.top_n`` for the queries ``users`` of ``q`` (with their (query, row)
-        exclusions), a few users per product so the scores stay under ``NORM_SCORE_BYTES``."""
-        from streamrec.als.topn import top_n
-
-        rows = max(8, NORM_SCORE_BYTES // (4 * max(1, self.n_items)))
-        sort = np.argsort(ex_user, kind="stable")
-        ex_user, ex_row = ex_user[sort], ex_row[sort]
-        bounds = np.searchsorted(ex_user, np.arange(len(q) + 1))
-        scores, items = [], []
-        for lo in range(0, len(users), rows):
-            part = users[lo : lo + rows]
-            lens = bounds[part + 1] - bounds[part]
-            ptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-            idx = np.concatenate([ex_row[bounds[u] : bounds[u + 1]] for u in part])
-            got, top = top_n(q[part], self.factors, m, ptr, idx.astype(np.int64), never)
-            items.append(got)
-            scores.append(top)
-        return np.vstack(scores), np.vstack(items)
+        """Brute force for the queries ``users`` of ``q`` (with their (query, row)
+        exclusions): every row, in item order (contiguous, no gather), ``NORM_BLOCK_MAX`` rows
+        by ``NORM_CHUNK`` users per product, so a user's list does not depend on its batch
+        and a big batch streams the factors once per ``NORM_CHUNK`` users."""
+        y = np.asarray(self.factors)
+        best, rows, _, _ = _scan(q, users, m, self.n_items, lambda lo, hi: y[lo:hi], ex_user,
+                              ex_row, never, None, NORM_BLOCK_MAX, NORM_CHUNK)  # fmt: skip
+        return best[users], rows[users]
 
     def save(self, path: Path) -> None:
         np.save(path, self.order, allow_pickle=False)
@@ -245,51 +246,87 @@ def _scan(
     never: I64,
     bound: tuple[npt.NDArray[np.floating[Any]], F32] | None,
     block: int,
-) -> tuple[F32, I64, I64]:
+    chunk: int,
+) -> tuple[F32, I64, I64, int]:
     """The best ``m`` of ``rows(lo, hi)`` (blocks of the catalogue, in the scan's order) for
-    the queries ``active`` of ``q``: ``(best, where, gave_up)``: (B, m) scores and positions
-    (unsorted; -inf / -1 for the other queries) and, with ``bound``, the queries unfinished
-    past ``NORM_GIVE_UP`` of the rows (left for the caller). ``ex_user``/``ex_pos``: excluded
-    (query, position) pairs; ``never``: positions excluded for all. ``bound``: (query norms,
-    row norms in scan order) for the early stop; None = scan everything."""
+    the queries ``active`` of ``q``: ``(best, where, gave_up, scanned)``: (B, m) scores and
+    positions (unsorted; -inf / -1 for the other queries); with ``bound``, the queries given
+    up on (left for the caller): still scanning past ``NORM_GIVE_UP`` of the rows, or, after
+    any block, with an ``m``-th best so low that even the last row's bound beats it (the scan
+    would run to the end: norms that do not spread); ``scanned``: the (query, row) scores
+    computed. ``ex_user``/``ex_pos``: excluded (query, position) pairs; ``never``: positions
+    excluded for all. ``bound``: (query norms, row norms in scan order) for the early stop;
+    None = scan everything.
+
+    Batch-independent: the blocks follow a fixed schedule (``block`` doubling up to
+    ``NORM_BLOCK_MAX``) and every product has ``chunk`` query rows (zero rows pad the last),
+    so every product a query is in has one shape whatever its batch: its scores, list and
+    stop do not depend on the other queries (OpenBLAS sums products of other shapes in
+    another order: measured, 1-3 rows, or 4-8 rows by a narrow block, differ)."""
     b = len(q)
     best = np.full((b, m), -np.inf, dtype=np.float32)
     where = np.full((b, m), -1, dtype=np.int64)
     sort = np.argsort(ex_pos, kind="stable")
     ex_user, ex_pos = ex_user[sort], ex_pos[sort]
     never = np.sort(never)
-    gave_up = np.zeros(0, dtype=np.int64)
-    lo = 0
+    gave_up: list[I64] = []
+    pad = np.zeros((chunk, q.shape[1]), dtype=np.float32)
+    scratch = np.empty(chunk * min(NORM_BLOCK_MAX, n_rows), dtype=np.float32)
+    local = np.full(b, -1, dtype=np.int64)
+    lo = scanned = 0
     while lo < n_rows and len(active):
         if bound is not None and lo >= n_rows * NORM_GIVE_UP:
-            gave_up, active = active, active[:0]
+            gave_up.append(active)
+            active = active[:0]
             break
-        width = max(NORM_BLOCK, min(block, NORM_SCORE_BYTES // (4 * len(active))))
-        hi = min(n_rows, lo + width)
-        scores = q[active] @ rows(lo, hi).T  # (a, hi - lo), at most NORM_SCORE_BYTES
-        local = np.full(b, -1, dtype=np.int64)
-        local[active] = np.arange(len(active))
+        hi = min(n_rows, lo + block)
+        y = rows(lo, hi)
         a, z = np.searchsorted(ex_pos, [lo, hi])
-        if z > a:
-            mine = local[ex_user[a:z]]
-            keep = mine >= 0
-            scores[mine[keep], ex_pos[a:z][keep] - lo] = -np.inf
+        blk_user, blk_pos = ex_user[a:z], ex_pos[a:z] - lo
         a, z = np.searchsorted(never, [lo, hi])
-        if z > a:
-            scores[:, never[a:z] - lo] = -np.inf
-        cand = np.concatenate([best[active], scores], axis=1)
-        cpos = np.concatenate(
-            [where[active], np.broadcast_to(np.arange(lo, hi), scores.shape)], axis=1
-        )
-        pick = np.argpartition(cand, cand.shape[1] - m, axis=1)[:, cand.shape[1] - m :]
-        best[active] = np.take_along_axis(cand, pick, axis=1)
-        where[active] = np.take_along_axis(cpos, pick, axis=1)
+        blk_never = never[a:z] - lo
+        scanned += len(active) * (hi - lo)
+        w = hi - lo
+        # One reused scratch of a fixed row count (no fresh 16 MiB, and its page faults, per
+        # product; the same kernel whatever the batch).
+        scores = scratch[: chunk * w].reshape(chunk, w)
+        for c0 in range(0, len(active), chunk):
+            users = active[c0 : c0 + chunk]
+            c = len(users)
+            pad[:c] = q[users]
+            pad[c:] = 0
+            np.matmul(pad, y.T, out=scores)
+            if len(blk_user):
+                local[users] = np.arange(c)
+                mine = local[blk_user]
+                keep = mine >= 0
+                scores[mine[keep], blk_pos[keep]] = -np.inf
+                local[users] = -1
+            if len(blk_never):
+                scores[:, blk_never] = -np.inf
+            # The block's best m per user (topn's selection: chunk maxima first, as brute
+            # force does it), then merged with the best so far (2m columns).
+            top, top_scores = select_top_n(scores[:c], m)
+            cand = np.concatenate([best[users], top_scores], axis=1)
+            cpos = np.concatenate([where[users], np.where(top >= 0, lo + top, -1)], axis=1)
+            pick = np.argpartition(cand, cand.shape[1] - m, axis=1)[:, cand.shape[1] - m :]
+            best[users] = np.take_along_axis(cand, pick, axis=1)
+            where[users] = np.take_along_axis(cpos, pick, axis=1)
         lo, block = hi, min(NORM_BLOCK_MAX, 2 * block)
         if bound is not None and lo < n_rows:
             # Done: the m-th best already beats any later row's Cauchy-Schwarz bound.
             qnorm, norms = bound
-            active = active[best[active].min(axis=1) < qnorm[active] * norms[lo]]
-    return best, where, gave_up
+            kth = best[active].min(axis=1)
+            active = active[kth < qnorm[active] * norms[lo]]
+            # Hopeless: not even the last row's bound is met yet, so (unless the m-th best
+            # rises a lot) the scan runs through every row; brute force does that cheaper.
+            kth = best[active].min(axis=1)
+            hopeless = kth < qnorm[active] * norms[n_rows - 1]
+            if hopeless.any():
+                gave_up.append(active[hopeless])
+                active = active[~hopeless]
+    out = np.sort(np.concatenate(gave_up)) if gave_up else np.zeros(0, dtype=np.int64)
+    return best, where, out, scanned
 
 
 def _faiss() -> Any:

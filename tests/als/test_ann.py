@@ -101,6 +101,51 @@ def test_norm_index_equals_brute_force(spread: bool) -> None:
         assert index.stats.exact > 60
 
 
+@pytest.mark.parametrize("spread", [True, False])
+def test_norm_index_hands_hopeless_users_to_brute_force_after_one_block(spread: bool) -> None:
+    """Norms that do not spread (Gaussian factors, k=64, as bench/bigcatalog.py): after the
+    first block no user's 50th best reaches even the last row's bound, so each goes to brute
+    force at once instead of scanning a sixteenth of the rows first. Norms that spread
+    (ALS-like): none does, and the scan stops early. Exact both ways."""
+    n, k = 40 * NORM_BLOCK, 64
+    rng = np.random.default_rng(11)
+    u = rng.standard_normal((100, k)).astype(np.float32)
+    y = rng.standard_normal((n, k)).astype(np.float32)
+    if spread:  # three orders of magnitude, as trained ALS item norms
+        y *= rng.lognormal(0.0, 2.0, (n, 1)).astype(np.float32)
+    index = NormIndex.build(y)
+    want_items, want_scores = top_n(u, y, 50)
+    items, scores = index.top_n(u, 50)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-6)
+    # The same items, up to the order of near-ties (products in other shapes round apart).
+    np.testing.assert_array_equal(np.sort(items, axis=1), np.sort(want_items, axis=1))
+    per_user = index.stats.scanned / len(u)
+    if spread:
+        assert index.stats.exact == 0 and per_user <= 3 * NORM_BLOCK  # two blocks of 40
+    else:
+        assert index.stats.exact == len(u) and per_user == NORM_BLOCK
+
+
+@pytest.mark.parametrize("spread", [True, False])
+def test_norm_index_lists_do_not_depend_on_the_batch(spread: bool) -> None:
+    """A user's items and scores are bit-identical whichever users share its call (the
+    worker's batches vary), through the early stop and through brute force alike."""
+    n = 12 * NORM_BLOCK + 5
+    rng = np.random.default_rng(12)
+    y = trained_like(n, seed=12) if spread else rng.standard_normal((n, 16)).astype(np.float32)
+    index = NormIndex.build(y)
+    u = rng.standard_normal((150, 16)).astype(np.float32)
+    hist = [rng.choice(n, 15, replace=False) for _ in range(150)]
+    ptr = np.concatenate([[0], np.cumsum([len(h) for h in hist])]).astype(np.int64)
+    idx = np.concatenate(hist).astype(np.int64)
+    items, scores = index.top_n(u, 50, ptr, idx)
+    for lo, size in [(0, 1), (7, 1), (9, 3), (20, 17), (40, 65), (10, 130)]:
+        p = ptr[lo : lo + size + 1]
+        part_items, part_scores = index.top_n(u[lo : lo + size], 50, p - p[0], idx[p[0] : p[-1]])
+        np.testing.assert_array_equal(part_scores, scores[lo : lo + size])
+        np.testing.assert_array_equal(part_items, items[lo : lo + size])
+
+
 def test_norm_index_pads_short_lists_and_marks_non_finite_users() -> None:
     y = trained_like(30)
     index = NormIndex.build(y)
