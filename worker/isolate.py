@@ -149,7 +149,9 @@ def _finite_only(
         unknown -= int((rows[ptr[b] : ptr[b + 1]] < 0).sum())
     keep = ~bad
     users = [u for u, k in zip(scored.users, keep.tolist(), strict=True) if k]
-    return Scored(users, scored.items[keep], scored.scores[keep], unknown, scored.cold)
+    return Scored(
+        users, scored.items[keep], scored.scores[keep], unknown, scored.cold, scored.short
+    )
 
 
 def _concat(parts: Sequence[Scored], scorer: Scorer) -> Scored:
@@ -162,4 +164,5 @@ def _concat(parts: Sequence[Scored], scorer: Scorer) -> Scored:
         np.vstack([p.scores for p in parts]),
         sum(p.unknown for p in parts),
         sum(p.cold for p in parts),
+        sum(p.short for p in parts),
     )

@@ -400,6 +400,7 @@ class Worker:
         st.users_updated += len(scored.users)
         st.unknown_items += scored.unknown
         st.cold_users += scored.cold
+        st.topn_fallback += scored.short
         if faulty:
             st.users_failed += len(faulty)
             _log_failed(faulty, fresh)

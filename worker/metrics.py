@@ -63,6 +63,7 @@ class Stats:
     unknown_items: int = 0  # history entries naming items the model does not know
     refolded: int = 0  # lists written again after a model swap (``Worker._refold``)
     cold_users: int = 0  # lists served from popularity (no usable history)
+    topn_fallback: int = 0  # users a big catalogue's top-N index handed to exact scoring
     users_failed: int = 0  # users a batch could not be applied to: list and state kept
     models_refused: int = 0  # published models that failed verification
     model_swaps: int = 0  # models loaded, the first one included
@@ -92,6 +93,11 @@ COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         "streamrec_cold_users",
         "lists served from popularity (no usable history)",
         ("cold_users",),
+    ),
+    (
+        "streamrec_topn_index_fallback",
+        "users the top-N index of a big catalogue handed to exact scoring",
+        ("topn_fallback",),
     ),
     (
         "streamrec_users_failed",

@@ -133,12 +133,14 @@ class Scorer:
         excl_idx: npt.NDArray[np.int64],
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], int]:
         """(items, scores, short): from the index when there is one (``short``: users it
-        scored exactly after its candidates ran short), else ``_exact``."""
+        handed to exact scoring: its candidates ran short, or a norm-order scan would not stop
+        early), else ``_exact``."""
         if self.ann is None:
             return (*self._exact(vectors, excl_ptr, excl_idx), 0)
-        before = self.ann.stats.short
+        stats = self.ann.stats
+        before = stats.short + stats.exact
         items, scores = self.ann.top_n(vectors, self.n, excl_ptr, excl_idx, self.blocked)
-        return items, scores, self.ann.stats.short - before
+        return items, scores, stats.short + stats.exact - before
 
     def _exact(
         self,
@@ -283,7 +285,7 @@ class Scored:
     scores: npt.NDArray[np.float32]  # (B, m); -inf where items is -1
     unknown: int  # history entries naming items the model does not know
     cold: int  # users given the popularity ranking
-    short: int = 0  # users the ANN index ran short on, scored exactly
+    short: int = 0  # users the top-N index handed to exact scoring (``Scorer._top_n``)
 
     def lists(self, ids: npt.NDArray[np.object_]) -> Ranked:
         """(user, [(item_id, score), ...]) per user, scores rounded (``round_scores``)."""

@@ -307,3 +307,18 @@ def test_an_index_that_is_not_the_factors_norm_order_is_refused(tmp_path: Path) 
     (model.path / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="exactly"):
         load_model(model.path)
+
+
+def test_scorer_counts_the_users_the_norm_index_hands_to_brute_force() -> None:
+    # Flat norms: every user goes to brute force after the first block; ``Scored.short`` says
+    # how many (the worker's streamrec_topn_index_fallback_total), and the lists stay exact.
+    n, k = 4 * NORM_BLOCK, 64
+    y = np.random.default_rng(13).standard_normal((n, k)).astype(np.float32)
+    model = _model(y)
+    rng = np.random.default_rng(14)
+    histories = {f"u{b}": {f"i{r}": 1.0 for r in rng.choice(n, 5)} for b in range(30)}
+    exact = Scorer.create(model, n=20).score(histories)
+    fast = Scorer.create(model, n=20, ann=NormIndex.build(y)).score(histories)
+    np.testing.assert_array_equal(np.sort(fast.items, axis=1), np.sort(exact.items, axis=1))
+    assert fast.short == len(histories)
+    assert exact.short == 0

@@ -10,7 +10,9 @@ confidence the solve takes.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -128,3 +130,21 @@ def test_clean_states_are_flattened_whole() -> None:
     kept, counts, item_ids, totals = flatten_apart(["a", "b"], states, None, failed)
     assert failed == {} and kept == ["a", "b"]
     assert counts.tolist() == [2, 0] and item_ids == ["x", "y"] and totals.tolist() == [1.0, 2.0]
+
+
+def test_the_index_fallback_count_survives_the_split(
+    scorer: Scorer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch split around a failing user, and rows dropped for non-finite scores: the users
+    # a big catalogue's index handed to exact scoring (``Scored.short``) still add up.
+    real = Scorer.score_flat
+
+    def counting(self: Scorer, users: list[str], *rest: Any) -> Scored:
+        return replace(real(self, users, *rest), short=len(users))
+
+    monkeypatch.setattr(Scorer, "score_flat", counting)
+    histories = {**GOOD, "sam": {"i1": 0.0, "i2": 1.0}, "max": {"i2": 1e39}}
+    failed: Failed = {}
+    got = score_apart(scorer, *_flat(scorer, histories), failed)
+    assert set(failed) == {"sam", "max"}
+    assert got.short == len(histories) - 1  # every user scored; sam's call raised
