@@ -7,7 +7,9 @@ factory, so tests never see each other's data and the services are never restart
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import threading
 import time
 import uuid
@@ -51,6 +53,59 @@ def forget_kafka_run(settings: Settings) -> None:
     shutil.rmtree(kafka.KafkaPaths.of(settings).run_dir, ignore_errors=True)
 
 
+# Test topics on the shared broker are named ``<kind>-<tag>.<role>``, the tag starting with
+# the hex epoch second it was made (``fresh_tag``). Teardown deletes them; ones a killed session
+# left behind are swept at the next session's start once older than ``STALE_TOPIC_S``: a broker
+# holding thousands of dead test partitions takes minutes to restart.
+_TEST_TOPIC = re.compile(r"^[tc]-([0-9a-f]{10}|[0-9a-f]{14})\.(?:events|events\.dlq|models)$")
+STALE_TOPIC_S = 6 * 3600
+
+
+def fresh_tag() -> str:
+    """A fresh 14-hex tag: the epoch second it was made (8 hex), then 6 random hex digits."""
+    return f"{int(time.time()):08x}{uuid.uuid4().hex[:6]}"
+
+
+def stale_test_topic(name: str, now: float) -> bool:
+    """Whether ``name`` is a test topic older than ``STALE_TOPIC_S`` (an untimed, pre-tag
+    name of the old 10-hex form counts as stale)."""
+    m = _TEST_TOPIC.match(name)
+    if m is None:
+        return False
+    tag = m.group(1)
+    return len(tag) == 10 or now - int(tag[:8], 16) > STALE_TOPIC_S
+
+
+def drop_topics(settings: Settings, topics: list[str], timeout_s: float = 30.0) -> None:
+    """Delete ``topics`` from the settings' broker (missing ones are fine), bounded."""
+    if not topics:
+        return
+    from confluent_kafka.admin import AdminClient
+
+    from streamrec.connect import kafka_config
+
+    admin = AdminClient(kafka_config(settings))
+    futures = admin.delete_topics(topics, operation_timeout=timeout_s, request_timeout=timeout_s)
+    for future in futures.values():
+        # an unknown topic (one the test never created) has nothing to delete
+        with contextlib.suppress(Exception):
+            future.result(timeout=timeout_s)
+
+
+def sweep_stale_topics(settings: Settings) -> int:
+    """Delete the test topics a killed session left on the shared broker; how many."""
+    from confluent_kafka.admin import AdminClient
+
+    from streamrec.connect import kafka_config
+
+    names = AdminClient(kafka_config(settings)).list_topics(timeout=30).topics
+    now = time.time()
+    stale = sorted(t for t in names if stale_test_topic(t, now))
+    for lo in range(0, len(stale), 500):
+        drop_topics(settings, stale[lo : lo + 500], timeout_s=60.0)
+    return len(stale)
+
+
 @pytest.fixture(scope="session")
 def infra() -> Settings:
     """Settings of the session's real Kafka broker and Redis, started (or found) once."""
@@ -60,18 +115,23 @@ def infra() -> Settings:
         pytest.fail("STREAMREC_TEST_SERVICES=off: this run must not start Kafka or Redis")
     settings = load_settings()
     services.up(settings, echo=lambda line: print(f"[infra] {line}"))
+    swept = sweep_stale_topics(settings)
+    if swept:
+        print(f"[infra] deleted {swept} test topics an earlier session left behind")
     return settings
 
 
 @pytest.fixture()
 def stack(infra: Settings) -> Iterator[Callable[..., Settings]]:
     """Factory: settings with fresh topic names, consumer group and Redis prefix; the
-    prefixes' Redis keys are deleted at teardown (topics stay: the broker is the session's)."""
+    prefixes' Redis keys and the topics are deleted at teardown."""
     prefixes: list[str] = []
+    topics: list[str] = []
 
     def make(**overrides: Any) -> Settings:
-        tag = uuid.uuid4().hex[:10]
+        tag = fresh_tag()
         prefixes.append(f"test-{tag}")
+        topics.extend(f"t-{tag}.{role}" for role in ("events", "events.dlq", "models"))
         values: dict[str, Any] = {
             "topic_events": f"t-{tag}.events",
             "topic_dlq": f"t-{tag}.events.dlq",
@@ -94,6 +154,7 @@ def stack(infra: Settings) -> Iterator[Callable[..., Settings]]:
         for lo in range(0, len(keys), 1000):
             client.unlink(*keys[lo : lo + 1000])
     client.close()
+    drop_topics(infra, topics)
 
 
 @pytest.fixture()

@@ -514,33 +514,75 @@ def probe(settings: Settings, timeout_s: float = PROBE_TIMEOUT_S) -> tuple[bool,
     return why is None, busy, why or ""
 
 
+# A broker restarted over many partitions first recovers each log, which can take minutes
+# (10,784 partitions: 61 s on this machine); its log counts them, "(6176/10784 completed in".
+_LOADED = re.compile(rb"\((\d+)/(\d+) completed in ")
+LOAD_CEILING_S = 900.0  # the longest any start may take while log loading still advances
+PROGRESS_EVERY_S = 10.0
+
+
+def log_load_progress(text: bytes) -> tuple[int, int] | None:
+    """(done, total) from the last "(done/total completed in" of a server-log tail, or None."""
+    found = _LOADED.findall(text)
+    if not found:
+        return None
+    done, total = found[-1]
+    return int(done), int(total)
+
+
+def _tail_bytes(path: Path, size: int = 64 * 1024) -> bytes:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - size))
+            return f.read()
+    except OSError:
+        return b""
+
+
 def wait_ready(
     settings: Settings,
     paths: KafkaPaths,
     alive: Callable[[], bool],
     timeout_s: float,
+    echo: Echo | None = None,
 ) -> float:
-    """Poll until the broker returns metadata; seconds waited. InfraError if it dies or stalls."""
+    """Poll until the broker returns metadata; seconds waited. InfraError if it dies or stalls.
+
+    ``timeout_s`` bounds the wait since the start or since the broker last reported progress
+    loading its logs (a restart over many partitions), and ``LOAD_CEILING_S`` bounds it all."""
     host, port, _ = split_bootstrap(settings.kafka_bootstrap)
     started = time.monotonic()
     deadline = started + timeout_s
+    ceiling = started + max(timeout_s, LOAD_CEILING_S)
     admin: Any = None
     why = "port not open yet"
+    loaded: tuple[int, int] | None = None
+    told = started
     while True:
         if not alive():
             raise InfraError(
                 f"kafka: the broker exited during startup; see {paths.server_log}\n"
                 + _log_tails(paths)
             )
-        remaining = deadline - time.monotonic()
+        now = time.monotonic()
+        progress = log_load_progress(_tail_bytes(paths.server_log))
+        if progress is not None and progress != loaded:
+            loaded = progress
+            deadline = min(ceiling, max(deadline, now + timeout_s))
+            if echo is not None and now - told >= PROGRESS_EVERY_S:
+                echo(f"kafka: loading its logs, {progress[0]}/{progress[1]} partitions")
+                told = now
+        remaining = deadline - now
         if port_open(host.strip("[]"), port, timeout_s=0.2):
             admin = admin if admin is not None else _admin(settings)
             why = _metadata_ok(admin, max(0.1, min(2.0, remaining))) or ""
             if not why:
                 return time.monotonic() - started
         if time.monotonic() >= deadline:
+            waited = time.monotonic() - started
             raise InfraError(
-                f"kafka: broker not ready after {timeout_s:.0f} s ({why}); it keeps running, "
+                f"kafka: broker not ready after {waited:.0f} s ({why}); it keeps running, "
                 f"`streamrec infra down` stops it; see {paths.server_log}\n" + _log_tails(paths)
             )
         time.sleep(POLL_S)
@@ -609,7 +651,7 @@ def up(
         return ServiceStatus(NAME, True, address, "ours", pid, paths.server_log)
     if action is Action.WAIT and pid is not None:
         echo(f"kafka: our broker (pid {pid}) is not answering yet; waiting ({paths.server_log})")
-        waited = wait_ready(settings, paths, lambda: pid_alive(pid), timeout_s)
+        waited = wait_ready(settings, paths, lambda: pid_alive(pid), timeout_s, echo)
         echo(f"kafka: ready at {address} after {waited:.1f} s")
         return ServiceStatus(NAME, True, address, "ours", pid, paths.server_log)
 
@@ -636,7 +678,7 @@ def up(
     new_pid = spawn_detached(cmd, paths.stdout_log, paths.run_dir)
     write_pid(paths.pid_file, new_pid)
     try:
-        waited = wait_ready(settings, paths, lambda: pid_alive(new_pid), timeout_s)
+        waited = wait_ready(settings, paths, lambda: pid_alive(new_pid), timeout_s, echo)
     except InfraError:
         if not pid_alive(new_pid):
             paths.pid_file.unlink(missing_ok=True)

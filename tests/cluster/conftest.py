@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import random
 import socket
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import pytest
 
 from streamrec.infra import redis_cluster
 from streamrec.settings import Settings
+from tests.conftest import drop_topics, fresh_tag
 
 
 def _free(port: int) -> bool:
@@ -66,10 +66,12 @@ def cluster_stack(cluster: Settings) -> Iterator[Callable[..., Settings]]:
     """As ``stack``, on the cluster: fresh topics, group and prefix; the prefixes' keys are
     deleted at teardown."""
     prefixes: list[str] = []
+    topics: list[str] = []
 
     def make(**overrides: Any) -> Settings:
-        tag = uuid.uuid4().hex[:10]
+        tag = fresh_tag()
         prefixes.append(f"ctest-{tag}")
+        topics.extend(f"c-{tag}.{role}" for role in ("events", "events.dlq", "models"))
         values: dict[str, Any] = {
             "topic_events": f"c-{tag}.events",
             "topic_dlq": f"c-{tag}.events.dlq",
@@ -86,6 +88,7 @@ def cluster_stack(cluster: Settings) -> Iterator[Callable[..., Settings]]:
     yield make
     from streamrec.connect import redis_client
 
+    drop_topics(cluster, topics)
     try:
         client = redis_client(cluster)
     except Exception:  # a test that left the cluster broken says so itself
