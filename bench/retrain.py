@@ -234,8 +234,8 @@ def main() -> None:
         f"{pipeline_s / (bare_s + train_s):.2f}x"
     )
     print(
-        f"peak RSS {rss_mb:.0f} MB (through the job: {max(job_rss):.0f} MB); matrix {matrix.confidence.shape}, nnz "
-        f"{matrix.confidence.nnz} (sparse: never densified)"
+        f"peak RSS {rss_mb:.0f} MB (through the job: {max(job_rss):.0f} MB); matrix "
+        f"{matrix.confidence.shape}, nnz {matrix.confidence.nnz} (sparse: never densified)"
     )
     emit(
         {
