@@ -234,7 +234,16 @@ class Scorer:
         cold = self.cold
         assert cold is not None
         n_items, c = self.model.n_items, len(cold)
-        ext = vectors @ cold.factors.T  # (B, c)
+        # In slices of ``score_rows`` rows, zero-padded, as ``_exact`` does: a user's scores
+        # are then bit-identical whichever batch they come in (see ``top_n``).
+        rows_per = self.score_rows
+        b = len(vectors)
+        padded = np.zeros((-(-b // rows_per) * rows_per, vectors.shape[1]), dtype=np.float32)
+        padded[:b] = vectors
+        ext = np.empty((len(padded), c), dtype=np.float32)
+        for lo in range(0, len(padded), rows_per):
+            np.matmul(padded[lo : lo + rows_per], cold.factors.T, out=ext[lo : lo + rows_per])
+        ext = ext[:b]  # (B, c)
         if len(owner):
             ext[owner, rows] = -np.inf
         ci, cs = select_top_n(ext, min(self.n, c))

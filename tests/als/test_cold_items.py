@@ -84,3 +84,18 @@ def _one(sc: Scorer, history: dict[str, float]) -> tuple[np.ndarray, np.ndarray,
     alpha = float(sc.model.params["alpha"])
     conf = (alpha * confidence(totals, sc.model.params["transform"])).astype(np.float32)
     return np.array([0, len(rows)], dtype=np.int64), rows, conf
+
+
+def test_cold_scores_do_not_depend_on_the_batch(small_model: Path) -> None:
+    base = Scorer.create(load_model(small_model), n=10)
+    ids = list(base.model.item_ids)
+    rng = np.random.default_rng(5)
+    factors = rng.normal(0, 0.3, (40, base.model.factors)).astype(np.float32)
+    sc = base.with_(cold=ColdItems.create(base.encoder, [f"c{j}" for j in range(40)], factors))
+    histories = _histories(ids, 150)  # more than one slice of score_rows
+    batch = sc.score(histories)
+    assert (batch.items >= len(ids)).any()
+    for b, user in enumerate(batch.users[::7]):
+        single = sc.score({user: histories[user]})
+        np.testing.assert_array_equal(single.items[0], batch.items[b * 7])
+        np.testing.assert_array_equal(single.scores[0], batch.scores[b * 7])

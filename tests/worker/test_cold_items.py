@@ -9,12 +9,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import numpy as np
 import pytest
 import redis
 
 from streamrec.artifact import ContentMap, load_model, write_model
 from streamrec.catalog import Item
+from streamrec.client import Client, schema
+from streamrec.client import Item as ClientItem
 from streamrec.connect import redis_client
 from streamrec.events import new_event
 from streamrec.keys import Keys
@@ -86,6 +89,10 @@ def test_new_item_enters_lists_from_its_content_and_unavailable_items_leave_ever
     assert value["items"][0] == entry  # its mapped factors beat every trained item's
     assert value["model_version"] == model.version  # no retrain: the live model's version
     assert all("why" not in e for e in value["items"][1:])
+    jsonschema.validate(value, schema("recs"))  # contract 2's JSON Schema allows the field
+    assert Client(client, prefix=s.redis_prefix).recommendations("u0").items[0] == ClientItem(
+        "brand-new", entry["score"], "content"
+    )
 
     # The item u0's list and the most lists hold becomes unavailable, and the new one is
     # removed (a tombstone): every stored list is rewritten without them, no event needed.
