@@ -18,12 +18,17 @@ from streamrec.artifact import ContentMap, load_model, write_model
 from streamrec.catalog import Item
 from streamrec.client import Client, schema
 from streamrec.client import Item as ClientItem
-from streamrec.connect import redis_client
+from streamrec.connect import ensure_topics, redis_client
 from streamrec.events import new_event
-from streamrec.keys import Keys
+from streamrec.keys import Keys, model_value
+from streamrec.model.data import build_matrix, synthetic
+from streamrec.model.train import Params, train
 from streamrec.producer.catalog import CatalogProducer
 from streamrec.producer.producer import EventProducer
 from streamrec.settings import Settings
+from streamrec.worker.catalog import Catalog
+from streamrec.worker.metrics import Metrics
+from streamrec.worker.models import ModelWatcher
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.integration
@@ -116,3 +121,50 @@ def test_new_item_enters_lists_from_its_content_and_unavailable_items_leave_ever
     after = wait_for(lambda: (v := _recs(client, keys, "u1")) and v["updated_at_ms"] > stamp
                      and ids[201] not in _ids(v) and v, 30)  # fmt: skip
     assert not gone & set(_ids(after)) and len(after["items"]) == s.top_n
+
+
+def test_a_swap_maps_cold_items_again_and_a_learned_one_uses_its_trained_factors(
+    stack: Callable[..., Settings], content_model: Path, tmp_path: Path
+) -> None:
+
+    first = load_model(content_model)
+    trained = train(build_matrix(synthetic(300, 200, seed=5)), Params(factors=8, iterations=3),
+                    tmp_path / "plain")  # fmt: skip
+    second_dir = tmp_path / "second"
+    write_model(second_dir, trained.item_ids, np.asarray(trained.item_factors),
+                np.asarray(trained.item_popularity), trained.params,
+                content=identity_map(trained.factors))  # fmt: skip
+    second = load_model(second_dir)
+    learned = next(i for i in second.item_ids if i not in set(first.item_ids))
+    feats = {f"f{j}": float(j + 1) for j in range(16)}
+    catalog = Catalog()
+    catalog.apply({
+        "x": Item("x", "X", (), None, True, feats, 1),
+        learned: Item(learned, "L", (), None, True, feats, 1),
+        "off": Item("off", "", (), None, False, feats, 1),
+        first.item_ids[0]: Item(first.item_ids[0], "", (), None, False, {}, 1),
+    })  # fmt: skip
+    s = stack()
+    keys, client = Keys(s.redis_prefix), redis_client(s)
+    ensure_topics(s)
+    client.set(keys.model, model_value(first.summary()))
+    watcher = ModelWatcher(s, client, keys, Metrics(), check_s=0)
+    try:
+        watcher.use_catalog(catalog)
+        cold = watcher.scorer.cold
+        assert cold is not None and cold.ids == tuple(sorted(["x", learned]))
+        np.testing.assert_array_equal(cold.factors[cold.index["x"]], np.arange(1, 17))
+        assert watcher.blocked.tolist() == [0]  # the trained item made unavailable
+        assert watcher.take_purge() == {"off", first.item_ids[0]}
+
+        client.set(keys.model, model_value(second.summary()))
+        assert watcher.refresh()
+        cold = watcher.scorer.cold
+        assert cold is not None and cold.ids == ("x",)  # the learned one is the model's now
+        np.testing.assert_array_equal(cold.factors[0], np.arange(1, 9))  # the new map's
+        row = watcher.scorer.rows_of([learned])[0]
+        assert 0 <= row < second.n_items
+        assert watcher.take_purge() == {"off", first.item_ids[0]}  # the publisher's lists
+    finally:
+        watcher.close()
+        client.close()
