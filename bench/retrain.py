@@ -101,6 +101,7 @@ def main() -> None:
         topic_events=f"bench-{tag}.events",
         topic_dlq=f"bench-{tag}.dlq",
         topic_models=f"bench-{tag}.models",
+        topic_items=f"bench-{tag}.items",
         redis_prefix=f"bench-{tag}",
     )
     base: Interactions | None

@@ -14,10 +14,12 @@ import numpy.typing as npt
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
+from streamrec.als.ann import build_for, wanted
 from streamrec.artifact import Model, load_model, write_model
 from streamrec.model.data import Matrix
 from streamrec.model.errors import ModelError
 from streamrec.model.params import Params
+from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +107,11 @@ def train(
     out: Path,
     extra: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    settings: Settings | None = None,
 ) -> Model:
     """Fit and write a verified model directory at ``out``; returns the loaded model
-    (``progress``: as ``fit``'s)."""
+    (``progress``: as ``fit``'s). With ``settings``, a catalogue of at least
+    ``ann_min_items`` items gets its top-N index stored too, as the nightly job stores it."""
     started = time.perf_counter()
     als = fit(matrix, params, progress=progress)
     fit_s = time.perf_counter() - started
@@ -115,6 +119,7 @@ def train(
     if factors.shape != (len(matrix.item_ids), params.factors):
         raise ModelError(f"unexpected item factor shape {factors.shape}")
     popularity = np.asarray(matrix.confidence.maximum(0).sum(axis=0), dtype=np.float32).ravel()
+    index = build_for(factors, settings) if settings and wanted(len(factors), settings) else None
     write_model(
         out,
         item_ids=matrix.item_ids,
@@ -127,6 +132,7 @@ def train(
             "fit_seconds": round(fit_s, 3),
             **(extra or {}),
         },
+        index=index,
     )
     model = load_model(out)
     log.info(

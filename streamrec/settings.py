@@ -198,6 +198,11 @@ class Settings(BaseSettings):
     topic_events_partitions: int = Field(6, ge=1, description="partitions when creating events")
     topic_dlq: str = Field("streamrec.events.dlq", description="undecodable events + reason header")
     topic_models: str = Field("streamrec.models", description="model announcements")
+    topic_items: str = Field(
+        "streamrec.items",
+        description="the item catalog (contract 3; key = item_id, compacted: the latest record "
+        "of each item is kept, a tombstone removes it)",
+    )
     # --- A Kafka cluster (README "Running on a multi-broker Kafka") ------------------------
     kafka_brokers: int = Field(
         1,

@@ -144,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         } | {"trials": len(result.trials)}
     matrix = build_matrix(data, params.transform)
     with Progress("fitting ALS", params.iterations, "sweeps") as shown:
-        model = train(matrix, params, args.out, extra=extra, progress=shown)
+        model = train(matrix, params, args.out, extra=extra, progress=shown, settings=settings)
     print(f"model {model.version}: {model.n_items} items x {model.factors} factors -> {args.out}")
     if args.publish:
         _publish(model, settings)
