@@ -42,6 +42,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from streamrec.app.web.service import MAX_N, ApiError, Filters, Service, check_id, dumps
+from streamrec.catalog import Item, encode_item
+from streamrec.errors import CatalogError
 
 if TYPE_CHECKING:
     from streamrec.app.web.api import DemoApp
@@ -104,9 +106,7 @@ def _filters(
 
 
 N = Annotated[int, Query(ge=1, le=MAX_N, description=f"items wanted (1..{MAX_N})")]
-Category = Annotated[
-    list[str], Query(description="repeatable: items of any of these categories")
-]
+Category = Annotated[list[str], Query(description="repeatable: items of any of these categories")]
 YearMin = Annotated[int | None, Query(description="release year at least (items with a year)")]
 YearMax = Annotated[int | None, Query(description="release year at most")]
 Available = Annotated[bool, Query(description="leave out items the catalog marks unavailable")]
@@ -179,7 +179,10 @@ def create_app(
         ok, why = service.ready()
         return _json({"ready": ok, "reason": why}, 200 if ok else 503)
 
-    lists = {200: {"model": ListOut}, 400: {"description": '{"error": "..."}'}}
+    lists: dict[int | str, dict[str, Any]] = {
+        200: {"model": ListOut},
+        400: {"description": '{"error": "..."}: a bad parameter'},
+    }
 
     @app.get("/v1/recommend/{user_id}", responses=lists, response_class=Response)
     def recommend(
@@ -343,15 +346,10 @@ class ItemPublisher:
         self._producer: Any = None
 
     def __call__(self, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            from streamrec import catalog as contract  # type: ignore[attr-defined,unused-ignore]
-        except ImportError:
-            raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE,
-                           "this install has no catalog contract (streamrec.catalog)") from None  # fmt: skip
         item_id = body.get("item_id") or f"new-{uuid.uuid4().hex[:10]}"
         check_id(item_id, "item")
         now = int(time.time() * 1000)
-        item = contract.Item(
+        item = Item(
             item_id=item_id,
             name=body["name"],
             categories=tuple(dict.fromkeys(c for c in body.get("categories", ()) if c)),
@@ -360,8 +358,11 @@ class ItemPublisher:
             features={str(k): float(v) for k, v in (body.get("features") or {}).items()},
             updated_at_ms=now,
         )
-        value = contract.encode_item(item)
-        topic = getattr(self.settings, "topic_items", "streamrec.items")
+        try:
+            value = encode_item(item)
+        except CatalogError as exc:
+            raise ApiError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        topic = self.settings.topic_items
         producer = self._connect(topic)
         errors: list[str] = []
 

@@ -151,6 +151,8 @@ def run(settings: Settings) -> int:
     """``streamrec serve``: uvicorn in the foreground until SIGTERM/SIGINT."""
     import uvicorn
 
+    if not settings.serve_bind:
+        raise ConfigError("serve_bind (STREAMREC_SERVE_BIND) is empty: give host:port")
     host, _, port = settings.serve_bind.rpartition(":")
     host = host.strip("[]")
     sock = _bind(host, int(port))  # a busy port: one line, exit 2, before any worker starts
@@ -165,9 +167,8 @@ def run(settings: Settings) -> int:
     os.environ["STREAMREC_SERVE_BIND"] = settings.serve_bind
     config = uvicorn.Config("streamrec.app.web.server:app_from_env", factory=True,
                             workers=settings.serve_workers, access_log=False,
-                            lifespan="off", fd=sock.fileno())  # fmt: skip
+                            lifespan="off")  # fmt: skip
     from uvicorn.supervisors import Multiprocess
 
-    server = uvicorn.Server(config)
-    Multiprocess(config, target=server.run, sockets=[sock]).run()
+    Multiprocess(config, sockets=[sock]).run()
     return 0

@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 #: How late, at most, the service sees a new model, a catalog change or a blocked item.
 REFRESH_S = 1.0
+#: Wait between two attempts at loading the catalog topic (missing, or Kafka down).
+CATALOG_RETRY_S = 5.0
 #: Longest a request may ask for.
 MAX_N = 200
 _ID_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f]")
@@ -140,8 +142,9 @@ class Service:
         self.redis = client if client is not None else redis_client(settings, timeout_s=2.0)
         self.extra_names = dict(names or {})
         self._follower: Any = None
+        self._stop = threading.Event()
         if catalog is None and follow_catalog:
-            catalog, self._follower = _follow_catalog(settings)
+            catalog, self._follower = _follow_catalog(settings, self._stop)
         self.catalog = catalog
         self._live: Live | None = None
         self._pointer: bytes | None = None
@@ -152,7 +155,6 @@ class Service:
         self.redis_ok = False
         self.last_error = "starting"
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.on_swap: list[Callable[[Live], None]] = []
         try:
@@ -268,7 +270,7 @@ class Service:
         if not self.redis_ok:
             return False, self.last_error or "Redis is not answering"
         follower = self._follower
-        if follower is not None and not getattr(follower, "ready", True):
+        if follower is not None and not follower.loaded:
             return False, "reading the catalog topic to its end"
         return True, "ok"
 
@@ -475,20 +477,26 @@ def _content_map(model: Model) -> Any:
         return None
 
 
-def _follow_catalog(settings: Settings) -> tuple[CatalogView | None, Any]:
-    """The catalog and its follower of ``settings.topic_items``; (None, None) where this
-    install has no catalog follower."""
-    try:
-        from streamrec.worker.catalog import Catalog, CatalogFollower  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        log.info("serve: no catalog follower in this install: model items only")
-        return None, None
-    catalog = Catalog()
-    follower = CatalogFollower(settings, catalog)
-    start = getattr(follower, "start", None)
-    if callable(start):
-        start()
-    return catalog, follower
+def _follow_catalog(settings: Settings, stop: threading.Event) -> tuple[CatalogView, Any]:
+    """The catalog of ``settings.topic_items`` and its follower, loading on a thread of its
+    own: the service answers (model items only) and ``/readyz`` says 503 until the topic has
+    been read to its end; a missing topic or a broker down is retried every few seconds."""
+    from streamrec.worker.catalog import CatalogFollower
+
+    follower = CatalogFollower(settings)
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                follower.follow()
+                return
+            except Exception as exc:
+                log.warning("serve: the catalog %s is not loaded yet (retrying in %g s): %s",
+                            settings.topic_items, CATALOG_RETRY_S, exc)  # fmt: skip
+                stop.wait(CATALOG_RETRY_S)
+
+    threading.Thread(target=load, name="catalog-load", daemon=True).start()
+    return follower.catalog, follower
 
 
 __all__ = ["MAX_N", "ApiError", "CatalogItem", "Filters", "Live", "Service", "dumps"]
