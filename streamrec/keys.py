@@ -495,12 +495,14 @@ def vec_values(
     return out
 
 
-def parse_vec(raw: bytes) -> UserVec:
+def parse_vec(raw: bytes | str | None) -> UserVec:
     """Parse a ``<p>:vec:<user_id>`` value; ValueError if malformed or of another format."""
     import struct
 
     import numpy as np
 
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise ValueError("not a streamrec vec value: not bytes")
     data = bytes(raw)
     try:
         if data[0] != VEC_FORMAT:
@@ -520,89 +522,6 @@ def parse_vec(raw: bytes) -> UserVec:
 
 @overload
 def parse_applied(raw: bytes | str | None) -> int | None: ...
-#: ``<p>:vec:<user_id>`` layout version (the value's first byte).
-VEC_FORMAT = 1
-
-
-@dataclass(frozen=True, slots=True)
-class UserVec:
-    """A ``<p>:vec:<user_id>`` value: the user's vector under ``model_version`` ((k,) float32;
-    None for a user given the popularity ranking) and ``seen``, the model rows of every item
-    in their history ((m,) int32: what the worker excluded from their list)."""
-
-    model_version: str
-    vector: npt.NDArray[np.float32] | None
-    seen: npt.NDArray[np.int32]
-
-
-def vec_values(
-    users: Sequence[str],
-    model_version: str,
-    vectors: npt.NDArray[np.float32],
-    warm: npt.NDArray[np.bool_],
-    seen_ptr: npt.NDArray[np.int64],
-    seen_idx: npt.NDArray[np.int64],
-) -> list[tuple[str, bytes]]:
-    """(user_id, ``<p>:vec:<user_id>`` value) for a batch.
-
-    Args:
-        users: (B,) user ids.
-        model_version: the version the vectors were folded under.
-        vectors: (B, k) float32 folded-in vectors.
-        warm: (B,) bool; False: the user got the popularity ranking (no vector stored).
-        seen_ptr: (B + 1,) int64 offsets into ``seen_idx`` per user.
-        seen_idx: (nnz,) int64 model rows of the users' history items.
-
-    Layout (little-endian): format byte (``VEC_FORMAT``), uint16 length + UTF-8 model version,
-    uint16 k (0: no vector), uint32 m, float32[k] vector, int32[m] seen rows. Binary, not
-    JSON: a 64-float vector is 256 bytes here and ~1.3 kB as JSON text, on every list write.
-    """
-    import struct
-
-    import numpy as np
-
-    version = model_version.encode()
-    head = bytes([VEC_FORMAT]) + struct.pack("<H", len(version)) + version
-    k = vectors.shape[1] if vectors.ndim == 2 else 0
-    vec = np.ascontiguousarray(vectors, dtype="<f4").tobytes()
-    rows = np.ascontiguousarray(seen_idx, dtype="<i4").tobytes()
-    ptr = seen_ptr.tolist()
-    step = 4 * k
-    out = []
-    pack = struct.pack
-    for b, (user, w) in enumerate(zip(users, warm.tolist(), strict=True)):
-        lo, hi = ptr[b], ptr[b + 1]
-        if w:
-            body = pack("<HI", k, hi - lo) + vec[b * step : (b + 1) * step]
-        else:
-            body = pack("<HI", 0, hi - lo)
-        out.append((user, head + body + rows[4 * lo : 4 * hi]))
-    return out
-
-
-def parse_vec(raw: bytes) -> UserVec:
-    """Parse a ``<p>:vec:<user_id>`` value; ValueError if malformed or of another format."""
-    import struct
-
-    import numpy as np
-
-    data = bytes(raw)
-    try:
-        if data[0] != VEC_FORMAT:
-            raise ValueError(f"vec format {data[0]}, expected {VEC_FORMAT}")
-        (n,) = struct.unpack_from("<H", data, 1)
-        version = data[3 : 3 + n].decode()
-        k, m = struct.unpack_from("<HI", data, 3 + n)
-        at = 3 + n + 6
-        if len(data) != at + 4 * k + 4 * m:
-            raise ValueError(f"vec value of {len(data)} bytes, expected {at + 4 * k + 4 * m}")
-        vector = np.frombuffer(data, dtype="<f4", count=k, offset=at) if k else None
-        seen = np.frombuffer(data, dtype="<i4", count=m, offset=at + 4 * k)
-    except (IndexError, struct.error, UnicodeDecodeError) as exc:
-        raise ValueError(f"not a streamrec vec value: {exc}") from None
-    return UserVec(version, vector, seen.astype(np.int32))
-
-
 @overload
 def parse_applied(raw: bytes | str | None, missing: int) -> int: ...
 def parse_applied(raw: bytes | str | None, missing: int | None = None) -> int | None:

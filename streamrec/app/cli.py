@@ -484,9 +484,14 @@ def _worker(p: _Parser) -> None:
 def _serve(p: _Parser) -> None:
     p.add_argument("--bind", metavar="HOST:PORT", help="listen here (STREAMREC_SERVE_BIND)")
     p.add_argument(
-        "--workers", type=_positive_int, metavar="N", help="uvicorn processes (STREAMREC_SERVE_WORKERS)"
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="uvicorn processes (STREAMREC_SERVE_WORKERS)",
     )
-    p.add_argument("--model", type=Path, metavar="DIR", help="model directory (default: the pointer's)")
+    p.add_argument(
+        "--model", type=Path, metavar="DIR", help="model directory (default: the pointer's)"
+    )
 
 
 @_command(

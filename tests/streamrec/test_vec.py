@@ -23,7 +23,7 @@ from tests.conftest import wait_for
 
 
 def test_vec_values_round_trip_per_user() -> None:
-    vectors = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+    vectors = (np.arange(12).reshape(3, 4) / 7).astype(np.float32)
     warm = np.array([True, False, True])
     ptr = np.array([0, 2, 2, 5], dtype=np.int64)
     idx = np.array([4, 9, 1, 2, 3], dtype=np.int64)

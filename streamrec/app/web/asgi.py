@@ -387,7 +387,7 @@ class ItemPublisher:
             from streamrec.connect import DURABLE_PRODUCER, ensure_topics
 
             ensure_topics(self.settings)  # the catalog topic among them (compacted)
-            self._producer = Producer({**self.settings.kafka_common(), **DURABLE_PRODUCER,
-                                       "linger.ms": 0,
-                                       "message.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000)})  # fmt: skip
+            conf = {**self.settings.kafka_common(), **DURABLE_PRODUCER, "linger.ms": 0}
+            conf["message.timeout.ms"] = int(DELIVERY_TIMEOUT_S * 1000)
+            self._producer = Producer(conf)
         return self._producer

@@ -245,10 +245,7 @@ class ServingIndex:
         if cosine:
             qn = float(np.linalg.norm(q)) or 1.0
             scores = np.where(np.isfinite(scores), scores / (self.norms[rows] * qn), scores)
-        if len(rows) > n:
-            top = np.argpartition(-scores, n - 1)[:n]
-        else:
-            top = np.arange(len(rows))
+        top = np.argpartition(-scores, n - 1)[:n] if len(rows) > n else np.arange(len(rows))
         # best first; ties (and the -inf tail) by row, so answers are repeatable
         order = top[np.lexsort((rows[top], -scores[top]))]
         return rows[order], scores[order].astype(np.float32)

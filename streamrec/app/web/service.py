@@ -401,8 +401,8 @@ class Service:
                     return {"item_id": item_id, **out}
         query = index.factor(row)
         if query is None:
-            raise ApiError(HTTPStatus.NOT_FOUND,
-                           f"item {item_id!r} has no factors yet (no content map covers it)")  # fmt: skip
+            why = f"item {item_id!r} has no factors yet (no content map covers it)"
+            raise ApiError(HTTPStatus.NOT_FOUND, why)
         drop = np.concatenate([live.blocked_rows, index.rows(excluded)])
         top, scores = index.score(query, f, n, drop, cosine=True)
         out = _answer(None, self._entries(live, top, scores), "scored",
