@@ -392,7 +392,7 @@ def model_value(summary: Mapping[str, Any]) -> bytes:
 
 def parse_list(raw: bytes | str) -> dict[str, Any]:
     """Parse a recs or popular value (for readers and tests); raises ValueError if malformed."""
-    obj = json.loads(raw)
+    obj = orjson.loads(raw)  # 3-4x faster than json.loads: the serving API reads one a request
     if not isinstance(obj, dict) or not isinstance(obj.get("items"), list):
         raise ValueError("not a streamrec list value")
     return obj

@@ -94,7 +94,9 @@ class ServingIndex:
         self.model_version = model_version
         self.catalog_version = catalog_version
         self.n_model = n = len(item_ids)
-        self.factors = factors
+        # A plain ndarray view of the memory map: np.memmap's own __getitem__ costs ~0.1 ms
+        # a request in Python; the view shares the same pages.
+        self.factors = np.asarray(factors)
         row_of = {item: r for r, item in enumerate(item_ids)}
         extra = [i for i in catalog if i not in row_of]
         ids = [*item_ids, *extra]
@@ -140,7 +142,8 @@ class ServingIndex:
         self.categories = {c: np.unique(np.asarray(rs, dtype=np.int64))
                            for c, rs in by_category.items()}  # fmt: skip
         self._all = np.arange(total, dtype=np.int64)
-        self._cache: OrderedDict[Filters, npt.NDArray[np.int64]] = OrderedDict()
+        self._cache: OrderedDict[Filters, tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]]
+        self._cache = OrderedDict()
         self._lock = threading.Lock()
 
     @property
@@ -154,6 +157,10 @@ class ServingIndex:
 
     def matching(self, f: Filters) -> npt.NDArray[np.int64]:
         """(m,) int64 sorted rows of every item that matches ``f`` (kept for reuse)."""
+        return self._matching(f)[0]
+
+    def _matching(self, f: Filters) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """``matching`` and the same as a (size,) bool mask, built once per filter."""
         with self._lock:
             hit = self._cache.get(f)
             if hit is not None:
@@ -175,40 +182,36 @@ class ServingIndex:
             keep &= self.year[rows] <= f.year_max
         out = rows if keep.all() else rows[keep]
         out.setflags(write=False)
+        mask = np.zeros(self.size, dtype=bool)
+        mask[out] = True
+        mask.setflags(write=False)
         with self._lock:
-            self._cache[f] = out
+            self._cache[f] = (out, mask)
             while len(self._cache) > CACHED_FILTERS:
                 self._cache.popitem(last=False)
-        return out
+        return out, mask
 
     def match_mask(self, rows: npt.NDArray[np.int64], f: Filters) -> npt.NDArray[np.bool_]:
         """(m,) bool: whether each of ``rows`` (-1: an item this index does not know, which
         matches only filters that narrow nothing) matches ``f``."""
+        mask = self._matching(f)[1]
         known = rows >= 0
-        safe = np.where(known, rows, 0)
-        ok = known.copy() if f.narrows else np.ones(len(rows), dtype=bool)
-        if f.available_only:
-            ok &= ~known | self.available[safe]
-        if f.year_min is not None:
-            ok &= self.year[safe] >= f.year_min
-        if f.year_max is not None:
-            ok &= self.year[safe] <= f.year_max
-        if f.categories:
-            cat = np.zeros(len(rows), dtype=bool)
-            for c in f.categories:
-                members = self.categories.get(c)
-                if members is not None and len(members):
-                    at = np.searchsorted(members, safe).clip(max=len(members) - 1)
-                    cat |= members[at] == safe
-            ok &= cat & known
+        ok = mask[np.where(known, rows, 0)] & known
+        if not f.narrows:
+            ok |= ~known
         return ok
 
     def _candidates(
         self, f: Filters, exclude: npt.NDArray[np.int64] | None
     ) -> npt.NDArray[np.int64]:
-        rows = self.matching(f)
+        rows, mask = self._matching(f)
         if exclude is not None and len(exclude):
-            rows = rows[~np.isin(rows, exclude, assume_unique=False)]
+            ex = exclude[(exclude >= 0) & (exclude < self.size)]
+            hit = ex[mask[ex]]  # the excluded rows that would be candidates
+            if len(hit):
+                drop = np.zeros(self.size, dtype=bool)
+                drop[hit] = True
+                rows = rows[~drop[rows]]
         return rows
 
     def score(
