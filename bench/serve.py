@@ -331,13 +331,16 @@ def measure(port: int, users: list[str], args: argparse.Namespace) -> dict[str, 
     if args.rate:
         paced = []
         for _ in range(args.runs):
-            lat, errors, elapsed = asyncio.run(load(port, variants["category"], args.seconds,
-                                                    max(8, args.concurrency), args.rate))  # fmt: skip
+            conc = max(8, args.concurrency)
+            lat, errors, elapsed = asyncio.run(
+                load(port, variants["category"], args.seconds, conc, args.rate)
+            )
             a = np.asarray(lat) * 1000
             paced.append({"rps": len(lat) / elapsed, "p50_ms": float(np.percentile(a, 50)),
                           "p99_ms": float(np.percentile(a, 99)), "errors": errors})  # fmt: skip
-            print(f"  paced {args.rate:g}/s category: {paced[-1]['rps']:,.0f} req/s  "
-                  f"p50 {paced[-1]['p50_ms']:.2f} ms  p99 {paced[-1]['p99_ms']:.2f} ms")  # fmt: skip
+            last = paced[-1]
+            print(f"  paced {args.rate:g}/s category: {last['rps']:,.0f} req/s  "
+                  f"p50 {last['p50_ms']:.2f} ms  p99 {last['p99_ms']:.2f} ms")  # fmt: skip
         out["category_paced"] = {
             "rate": args.rate,
             "p50_ms": [round(x["p50_ms"], 2) for x in paced],
