@@ -237,6 +237,7 @@ def _every_command() -> list[list[str]]:
         "replay": ["x.csv"],
         "model": ["list"],
         "produce": ["--user", "u", "--item", "i"],
+        "evaluate-cold": ["planted"],
     }
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     commands = [[name, *needs.get(name, [])] for name in sub.choices]
