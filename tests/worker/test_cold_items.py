@@ -13,6 +13,7 @@ import jsonschema
 import numpy as np
 import pytest
 import redis
+from prometheus_client.exposition import generate_latest
 
 from streamrec.artifact import ContentMap, load_model, write_model
 from streamrec.catalog import Item
@@ -61,8 +62,12 @@ def content_model(small_model: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def test_new_item_enters_lists_from_its_content_and_unavailable_items_leave_every_list(
-    stack: Callable[..., Settings], run_worker: Callable[..., Any], content_model: Path
+    stack: Callable[..., Settings],
+    run_worker: Callable[..., Any],
+    content_model: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr("streamrec.worker.loop.PURGE_CHUNK", 3)  # the 8 users in 3 slices
     s = stack(model_path=content_model)
     keys, client = Keys(s.redis_prefix), redis_client(s)
     model = load_model(content_model)
@@ -114,6 +119,10 @@ def test_new_item_enters_lists_from_its_content_and_unavailable_items_leave_ever
 
     wait_for(clean, 30)
     assert worker.stats.purged >= 2 and worker.models.cold == 0
+    exported = generate_latest(worker.metrics.registry).decode()
+    assert 'streamrec_catalog_items{state="unavailable"} 1.0' in exported
+    assert 'streamrec_catalog_items{state="content"} 0.0' in exported
+    assert f"streamrec_lists_purged_total {float(worker.stats.purged)}" in exported
     # Lists written from then on leave them out too, and are full.
     stamp = (_recs(client, keys, "u1") or {})["updated_at_ms"]
     with EventProducer(s) as p:
