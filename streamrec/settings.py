@@ -296,6 +296,33 @@ class Settings(BaseSettings):
         "and blocked items are dropped; an item left short is scored exactly",
     )
 
+    # --- New items from their content (README "New items from their content") ------------
+    content_regularization: float = Field(
+        10.0,
+        ge=0,
+        description="ridge λ of the nightly job's content->factor map (standardized features "
+        "and category columns -> item factors; the bias is not penalized)",
+    )
+    content_min_category_count: int = Field(
+        1,
+        ge=1,
+        description="categories carried by fewer of the model's items get no column in the "
+        "content map (they are ignored when an item is mapped)",
+    )
+    content_similar_min_interactions: int = Field(
+        5,
+        ge=0,
+        description="items with fewer users than this in the nightly job's data get similar "
+        "items from cosine over content blended with cosine over factors; 0 = never",
+    )
+    content_similar_weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="weight of the content cosine in those items' blend (1 - it: the factor "
+        "cosine); 0 = factors only",
+    )
+
     # --- Feedback (shared by worker and trainer) --------------------------------------------
     event_weights: dict[str, float] = Field(
         default_factory=lambda: dict(DEFAULT_WEIGHTS),
@@ -391,6 +418,18 @@ class Settings(BaseSettings):
     metrics_bind: str = Field(
         "127.0.0.1:9108", description="host:port of /metrics and /healthz; empty = off"
     )
+    serve_bind: str = Field(
+        "127.0.0.1:8080",
+        description="host:port `streamrec serve` listens on (0.0.0.0:8080 in containers)",
+    )
+    serve_workers: int = Field(
+        1, ge=1, le=64, description="uvicorn worker processes of `streamrec serve`"
+    )
+    serve_cors_origins: list[str] = Field(
+        default_factory=list,
+        description="origins allowed to call the serving API from a browser (CORS), JSON list, "
+        'e.g. ["https://shop.example"]; empty = no CORS headers',
+    )
     model_wait_s: float = Field(
         0.0,
         ge=0,
@@ -458,7 +497,7 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown event type(s) {sorted(unknown)}; known: {EVENT_TYPES}")
         return {**DEFAULT_WEIGHTS, **value}
 
-    @field_validator("metrics_bind")
+    @field_validator("metrics_bind", "serve_bind")
     @classmethod
     def _check_bind(cls, value: str) -> str:
         if value:

@@ -291,6 +291,14 @@ def _train(p: _Parser) -> None:
         "and write <prefix>:popular",
     )
     p.add_argument(
+        "--items",
+        type=Path,
+        metavar="CSV",
+        help="catalog CSV (an id column, name/title, categories/genres, year, numeric columns "
+        "as features): fit the content->factor map on the model's items it describes and "
+        "store it with the model",
+    )
+    p.add_argument(
         "--if-absent",
         action="store_true",
         help="do nothing (exit 0) when <prefix>:model already names a model directory that "
@@ -334,6 +342,40 @@ def _evaluate(p: _Parser) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="split and search seed (0)")
     p.add_argument("--out", type=Path, metavar="FILE", help="also write the report as JSON")
+
+
+@_command(
+    "evaluate-cold",
+    "measure new items' factors mapped from their content",
+    "Hold whole items out of training (a fraction of those with content), train ALS on the "
+    "rest, fit the content->factor map on the kept items, map the held-out ones, and report "
+    "recall and NDCG at 10 and 50 of ranking them for each user with the mapped factors, "
+    "random factors, popularity predicted from content and (not available at serve time) "
+    "their true popularity; mean and spread over several seeds.",
+)
+def _evaluate_cold(p: _Parser) -> None:
+    d = params.Params()
+    p.add_argument(
+        "dataset",
+        choices=("ml-latest-small", "lastfm-2k", "synthetic", "planted"),
+        help="ml-latest-small: genres and year; lastfm-2k: user tags (from every other "
+        "user); synthetic: the generated genres; planted: a small generated set with a "
+        "planted content->factor relation",
+    )
+    p.add_argument("--data-dir", type=Path, metavar="DIR", help="folder of the dataset files")
+    p.add_argument(
+        "--holdout", type=_positive_float, default=0.2, help="fraction of items held out (0.2)"
+    )
+    p.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1 (3)")
+    p.add_argument(
+        "--content-regularization",
+        type=_nonneg_float,
+        metavar="λ",
+        help="ridge λ of the map (default: STREAMREC_CONTENT_REGULARIZATION)",
+    )
+    _als_arguments(p, d, alpha=f"confidence scale ({d.alpha:g})")
+    p.add_argument("--out", type=Path, metavar="FILE", help="also write the report as JSON")
+    p.set_defaults(seed=0)  # the seeds are --seeds'
 
 
 @_command(
@@ -418,6 +460,13 @@ def _retrain(p: _Parser) -> None:
         "--seed", type=int, default=d.seed, help=f"split, search and fit seed ({d.seed})"
     )
     p.add_argument(
+        "--items",
+        type=Path,
+        metavar="CSV",
+        help="fit the content->factor map on this catalog CSV instead of the items topic "
+        "(STREAMREC_TOPIC_ITEMS)",
+    )
+    p.add_argument(
         "--at",
         type=_hhmm,
         metavar="HH:MM",
@@ -473,6 +522,25 @@ def _worker(p: _Parser) -> None:
         "--duration", type=_positive_float, metavar="SECONDS", help="stop after this long"
     )
     p.add_argument("--max-events", type=_positive_int, metavar="N", help="stop after N messages")
+
+
+@_command(
+    "serve",
+    "the serving API for front-ends (HTTP, FastAPI on uvicorn)",
+    "Serve lists with filters, similar and popular items and the catalog over HTTP "
+    "(README: The serving API); docs at /docs. Stops on SIGTERM/SIGINT.",
+)
+def _serve(p: _Parser) -> None:
+    p.add_argument("--bind", metavar="HOST:PORT", help="listen here (STREAMREC_SERVE_BIND)")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="uvicorn processes (STREAMREC_SERVE_WORKERS)",
+    )
+    p.add_argument(
+        "--model", type=Path, metavar="DIR", help="model directory (default: the pointer's)"
+    )
 
 
 @_command(

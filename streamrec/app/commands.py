@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
         "topics": cmd_topics,
         "train": cmd_train,
         "evaluate": cmd_evaluate,
+        "evaluate-cold": cmd_evaluate_cold,
         "recommend": cmd_recommend,
         "retrain": cmd_retrain,
         "model": cmd_model,
@@ -45,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         "replay": cmd_replay,
         "loadgen": cmd_loadgen,
         "demo": cmd_demo,
+        "serve": cmd_serve,
     }[args.command]
     return handler(args)
 
@@ -119,6 +122,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     data, source = _load_source(args)
     print(f"loaded {len(data)} rows from {source}")
     extra: dict[str, Any] = {"source": source}
+    catalog = None
+    if args.items is not None:
+        from streamrec.model.items import load_items_csv
+
+        catalog = load_items_csv(args.items)  # a bad file is a DataError (exit 4)
+        print(f"loaded {len(catalog)} catalog items from {args.items}")
+        extra["items"] = str(args.items)
     if args.tune is not None:
         from streamrec.model.split import split_interactions
         from streamrec.model.tune import tune
@@ -143,7 +153,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         } | {"trials": len(result.trials)}
     matrix = build_matrix(data, params.transform)
     with Progress("fitting ALS", params.iterations, "sweeps") as shown:
-        model = train(matrix, params, args.out, extra=extra, progress=shown)
+        model = train(matrix, params, args.out, extra=extra, progress=shown, settings=settings,
+                      catalog=catalog)  # fmt: skip
     print(f"model {model.version}: {model.n_items} items x {model.factors} factors -> {args.out}")
     if args.publish:
         _publish(model, settings)
@@ -190,7 +201,13 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         base, name = _load_source(args)
     elif args.no_kafka:
         raise ConfigError("--no-kafka needs --csv or --dataset")
+    catalog = None
+    if args.items is not None:
+        from streamrec.model.items import load_items_csv
+
+        catalog = load_items_csv(args.items)
     cfg = RetrainConfig(
+        catalog=catalog,
         models_dir=args.models_dir or settings.home / "models",
         since_days=args.since_days,
         base=base,
@@ -336,6 +353,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate_cold(args: argparse.Namespace) -> int:
+    import json
+
+    from streamrec.model.cold import ColdConfig, dataset_with_content, evaluate_cold
+
+    settings = load_settings()
+    if args.dataset in ("ml-latest-small", "lastfm-2k") and args.data_dir is None:
+        raise ConfigError(f"evaluate-cold {args.dataset} needs --data-dir DIR")
+    if not 0 < args.holdout < 1:
+        raise ConfigError(f"--holdout must be between 0 and 1, got {args.holdout:g}")
+    data, content, evaluated = dataset_with_content(args.dataset, args.data_dir)
+    print(f"loaded {len(data)} rows, {len(content)} items with content from {args.dataset}")
+    lam = args.content_regularization
+    cfg = ColdConfig(
+        params=_params(args),
+        holdout=args.holdout,
+        seeds=tuple(range(args.seeds)),
+        regularization=settings.content_regularization if lam is None else lam,
+        min_category_count=settings.content_min_category_count,
+    )
+    report = evaluate_cold(data, content, cfg, args.dataset, evaluated)
+    print(report.table())
+    if args.out is not None:
+        args.out.write_text(json.dumps(report.to_dict(), indent=2))
+        print(f"report: {args.out}")
+    return 0
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     import sys
 
@@ -397,6 +442,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "STREAMREC_REDIS_PASSWORD or the user and password in STREAMREC_REDIS_URL"
         ) from None
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from streamrec.app.web.server import run
+
+    given = {"serve_bind": args.bind, "serve_workers": args.workers, "model_path": args.model}
+    flags = {k: v for k, v in given.items() if v is not None}
+    # uvicorn's worker processes read the settings again: they get the flags as variables.
+    for name, value in flags.items():
+        os.environ[f"STREAMREC_{name.upper()}"] = str(value)
+    return run(load_settings(**flags))
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
