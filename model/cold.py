@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from streamrec.als.content import HasContent, fit_content_map
+from streamrec.als.content import HasContent, fit_content_map, match_norms
 from streamrec.als.foldin import FoldIn
 from streamrec.files import open_text
 from streamrec.model.data import Interactions, build_matrix, synthetic
@@ -255,6 +255,8 @@ class ColdRun:
     metrics: dict[str, dict[str, float]]  # model -> metric -> value
     mapped_norm_ratio: float  # mean norm of mapped factors / of trained factors
     seconds: float
+    #: model -> metric -> value, the held-out items ranked among every item (``_whole_catalog``)
+    whole_catalog: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -299,6 +301,14 @@ class ColdReport:
             cells = "".join(f"{f'{m:.4f} ± {s:.4f}':>18}" for m, s in
                             (metrics[n] for n in names))  # fmt: skip
             lines.append(f"{model:<22}{cells}")
+        for model in ("content map", "content map, norm-matched", "random"):
+            cells = []
+            for key in sorted(self.runs[0].whole_catalog.get(model, {})):
+                v = np.array([r.whole_catalog[model][key] for r in self.runs])
+                spread = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+                cells.append(f"{key} {v.mean():.4f} ± {spread:.4f}")
+            if cells:
+                lines.append(f"among every item, {model}: " + ", ".join(cells))
         ratio = np.mean([r.mapped_norm_ratio for r in self.runs])
         lines.append(
             f"popularity (oracle) uses the held-out items' true popularity: unknown at serve "
@@ -446,9 +456,49 @@ def _one_seed(
         "popularity (content)": metrics(same_for_all(pop_content)),
         "popularity (oracle)": metrics(same_for_all(pop_oracle)),
     }
+    whole = {
+        "content map": _whole_catalog(u, y, train[users], mapped, rel, cfg.ks),
+        "random": _whole_catalog(u, y, train[users], random, rel, cfg.ks),
+        "content map, norm-matched": _whole_catalog(
+            u, y, train[users], match_norms(mapped, y), rel, cfg.ks
+        ),
+    }
     trained_norm = float(np.linalg.norm(y[with_content], axis=1).mean())
     ratio = float(np.linalg.norm(mapped, axis=1).mean()) / max(trained_norm, 1e-12)
     log.info("cold seed %d: %d held-out items, %d users, map %s", seed, len(held), len(users),
              out["content map"])  # fmt: skip
     return ColdRun(seed, len(held), len(users), out, round(ratio, 4),
-                   round(time.perf_counter() - started, 2))  # fmt: skip
+                   round(time.perf_counter() - started, 2), whole)  # fmt: skip
+
+
+def _whole_catalog(
+    u: npt.NDArray[np.float64],
+    y: F32,
+    history: sp.csr_matrix,
+    new: npt.NDArray[np.floating[Any]],
+    relevant: sp.csr_matrix,
+    ks: Sequence[int],
+) -> dict[str, float]:
+    """The held-out items ranked among every item, as a user's list is made: the kept items
+    (minus the user's own history) and the held-out ones scored by the same user vector.
+    ``recall@K``: the share of each user's held-out positives in their top K (mean over
+    users); ``share@K``: the share of the top K slots that held-out items take."""
+    kmax = max(ks)
+    scores = np.hstack([u @ y.T.astype(np.float64), u @ np.asarray(new, np.float64).T])
+    h = history.tocoo()
+    scores[h.row, h.col] = -np.inf  # the user's own items never come back
+    top = rank(scores, kmax)
+    n_kept = y.shape[0]
+    is_new = top >= n_kept
+    out: dict[str, float] = {}
+    rel = relevant.tocsr()
+    n_rel = np.diff(rel.indptr)
+    for k in ks:
+        hits = np.zeros(len(top))
+        for b in range(len(top)):
+            cols = top[b, :k][is_new[b, :k]] - n_kept
+            wanted = rel.indices[rel.indptr[b] : rel.indptr[b + 1]]
+            hits[b] = np.isin(cols, wanted).sum()
+        out[f"recall@{k}"] = float(np.mean(hits / np.maximum(n_rel, 1)))
+        out[f"share@{k}"] = float(is_new[:, :k].mean())
+    return out
