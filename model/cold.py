@@ -302,13 +302,13 @@ class ColdReport:
                             (metrics[n] for n in names))  # fmt: skip
             lines.append(f"{model:<22}{cells}")
         for model in ("content map", "content map, norm-matched", "random"):
-            cells = []
+            parts: list[str] = []
             for key in sorted(self.runs[0].whole_catalog.get(model, {})):
                 v = np.array([r.whole_catalog[model][key] for r in self.runs])
                 spread = float(v.std(ddof=1)) if len(v) > 1 else 0.0
-                cells.append(f"{key} {v.mean():.4f} ± {spread:.4f}")
-            if cells:
-                lines.append(f"among every item, {model}: " + ", ".join(cells))
+                parts.append(f"{key} {v.mean():.4f} ± {spread:.4f}")
+            if parts:
+                lines.append(f"among every item, {model}: " + ", ".join(parts))
         ratio = np.mean([r.mapped_norm_ratio for r in self.runs])
         lines.append(
             f"popularity (oracle) uses the held-out items' true popularity: unknown at serve "
