@@ -549,6 +549,48 @@ def _produce(p: _Parser) -> None:
 
 
 @_command(
+    "catalog",
+    "publish the item catalog (contract 3)",
+    "Publish item records to the compacted items topic (key = item_id): 'load PATH' sends "
+    "every row of a catalog CSV (an id column, name/title, categories split on | or ;, a "
+    "year, every other numeric column as a feature; the mapping by flags), checked whole "
+    "before anything is sent; 'remove ID...' sends tombstones. Ends with a delivery report.",
+)
+def _catalog(p: _Parser) -> None:
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
+    load = sub.add_parser("load", help="publish every row of a catalog CSV (.gz allowed)")
+    load.add_argument("path", type=Path, metavar="PATH", help="the CSV (header row)")
+    load.add_argument(
+        "--id-col", metavar="COL", help="id column (default: item_id, id, movieId, ...)"
+    )
+    load.add_argument("--name-col", metavar="COL", help="name column (default: name, title)")
+    load.add_argument(
+        "--categories-col",
+        metavar="COL",
+        help="categories column, split on | or ; (default: categories, genres, ...)",
+    )
+    load.add_argument("--year-col", metavar="COL", help="year column (default: year)")
+    load.add_argument(
+        "--available-col",
+        metavar="COL",
+        help="true/false column (default: available; none = every item available)",
+    )
+    load.add_argument(
+        "--features",
+        metavar="A,B,C",
+        help="feature columns (default: every other all-numeric column)",
+    )
+    load.add_argument(
+        "--format",
+        choices=("avro", "json"),
+        default="avro",
+        help="wire encoding (avro single-object, default)",
+    )
+    remove = sub.add_parser("remove", help="tombstone items: they leave the catalog and every list")
+    remove.add_argument("ids", nargs="+", metavar="ID", help="item ids")
+
+
+@_command(
     "replay",
     "replay timestamped interactions in time order",
     "Publish every row of a file as an event, in timestamp order, keeping "

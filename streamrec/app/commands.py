@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         "model": cmd_model,
         "worker": cmd_worker,
         "produce": cmd_produce,
+        "catalog": cmd_catalog,
         "replay": cmd_replay,
         "loadgen": cmd_loadgen,
         "demo": cmd_demo,
@@ -465,6 +466,38 @@ def cmd_produce(args: argparse.Namespace) -> int:
             for event in events(rows):  # file order, first N rows
                 producer.send(event)
     print(f"delivered {producer.delivered} event(s) to {producer.topic}")
+    return 0
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from streamrec.connect import ensure_topics
+    from streamrec.producer.catalog import CatalogProducer, Columns, read_catalog_csv
+
+    settings = load_settings()
+    items = []
+    if args.action == "load":  # the whole file is checked before anything connects
+        feats = args.features
+        columns = Columns(
+            id=args.id_col,
+            name=args.name_col,
+            categories=args.categories_col,
+            year=args.year_col,
+            available=args.available_col,
+            features=tuple(f.strip() for f in feats.split(",") if f.strip()) if feats else None,
+        )
+        items = read_catalog_csv(args.path, columns)
+    ensure_topics(settings)
+    producer = CatalogProducer(settings, fmt=getattr(args, "format", "avro"))
+    try:
+        if args.action == "load":
+            for item in items:
+                producer.send(item)
+        else:
+            for item_id in args.ids:
+                producer.remove(item_id)
+        producer.flush()
+    finally:
+        print(f"done: {producer.report()} -> {producer.topic}")
     return 0
 
 
