@@ -380,8 +380,28 @@ def cmd_evaluate_cold(args: argparse.Namespace) -> int:
     )
     report = evaluate_cold(data, content, cfg, args.dataset, evaluated)
     print(report.table())
+    out = report.to_dict()
+    if args.similar:
+        from dataclasses import asdict
+
+        from streamrec.model.cold import evaluate_similar_blend
+
+        blend = evaluate_similar_blend(
+            data,
+            content,
+            cfg,
+            min_interactions=max(2, settings.content_similar_min_interactions),
+            source=args.dataset,
+            evaluated=evaluated,
+        )
+        print(blend.table())
+        out["similar_blend"] = {
+            k: v for k, v in asdict(blend).items() if k not in ("rare", "frequent")
+        }
+        out["similar_blend"]["rare"] = {str(w): m for w, m in blend.rare.items()}
+        out["similar_blend"]["frequent"] = {str(w): m for w, m in blend.frequent.items()}
     if args.out is not None:
-        args.out.write_text(json.dumps(report.to_dict(), indent=2))
+        args.out.write_text(json.dumps(out, indent=2))
         print(f"report: {args.out}")
     return 0
 

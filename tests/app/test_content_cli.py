@@ -38,7 +38,7 @@ def test_train_with_items_stores_the_map(
 def test_evaluate_cold_prints_its_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     report = tmp_path / "cold.json"
     argv = ["evaluate-cold", "planted", "--seeds", "1", "--factors", "8", "--iterations", "4",
-            "--out", str(report)]  # fmt: skip
+            "--similar", "--out", str(report)]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     for name in ("content map", "random", "popularity (content)", "popularity (oracle)"):
@@ -46,6 +46,8 @@ def test_evaluate_cold_prints_its_table(tmp_path: Path, capsys: pytest.CaptureFi
     data = json.loads(report.read_text())
     mapped = data["summary"]["content map"]["ndcg@10"]["mean"]
     assert mapped > data["summary"]["random"]["ndcg@10"]["mean"]
+    assert "similar items by blend weight" in printed
+    assert set(data["similar_blend"]["rare"]) == {"0.0", "0.25", "0.5", "0.75", "1.0"}
 
 
 def test_evaluate_cold_needs_its_data(capsys: pytest.CaptureFixture[str]) -> None:
