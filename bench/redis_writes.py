@@ -35,7 +35,7 @@ from _common import cpu_seconds, delete_redis_prefix, emit, machine_fields, mach
 
 from streamrec.connect import redis_client
 from streamrec.errors import InfraError
-from streamrec.keys import Keys, ListEncoder
+from streamrec.keys import Keys, ListEncoder, vec_values
 from streamrec.settings import load_settings
 from streamrec.sink import Sink
 
@@ -331,6 +331,31 @@ def main() -> None:
                     raise RuntimeError("the sink's transaction was refused")
 
         write("worker: ListEncoder + sink MULTI/EXEC", "w", worker_path)
+
+        # The same with each user's vector beside the list (<p>:vec:<user>, k=64 floats and a
+        # 30-item history's rows), as the worker writes it for the serving API's filters.
+        rng = np.random.default_rng(args.seed + 1)
+        vectors = rng.standard_normal((L, 64)).astype(np.float32)
+        seen_ptr = np.arange(0, 30 * (L + 1), 30, dtype=np.int64)
+        seen_idx = rng.integers(0, args.items, size=30 * L).astype(np.int64)
+        warm = np.ones(L, dtype=bool)
+        vsink = Sink(client, Keys(f"{prefix}:wv"), args.ttl, args.ttl)
+
+        def worker_vec_path() -> None:
+            for lo in range(0, L, b):
+                us = users[lo : lo + b]
+                hi = min(lo + b, L)
+                values = encoder.recs(us, rows[lo : lo + b], scores[lo : lo + b], version, now_ms)
+                ptr = seen_ptr[lo : hi + 1]
+                vecs = vec_values(us, version, vectors[lo:hi], warm[lo:hi], ptr - ptr[0],
+                                  seen_idx[ptr[0] : ptr[-1]])  # fmt: skip
+                vsink.watch_read([f"{prefix}:wv:applied"])
+                if not vsink.write(list(zip(us, values, strict=True)), vecs=vecs,
+                                   applied=[(f"{prefix}:wv:applied", lo)]):  # fmt: skip
+                    raise RuntimeError("the sink's transaction was refused")
+
+        write("worker + vectors (<p>:vec)", "wv", worker_vec_path)
+        vsink.close()
         sink.close()
     finally:
         delete_redis_prefix(client, prefix)
@@ -367,6 +392,7 @@ def main() -> None:
         "orjson_encode_raw_set_per_s": r("orjson encode + hand-packed SET EX"),
         "encode_list_encoder_per_s": r("encode ListEncoder (the worker's)"),
         "worker_encode_and_write_per_s": r("worker: ListEncoder + sink MULTI/EXEC"),
+        "worker_with_vectors_per_s": r("worker + vectors (<p>:vec)"),
         "bytes_per_list_json": round(mem["SET EX (pipeline)"]),
         "bytes_per_list_zset": round(mem["sorted set DEL+ZADD+EXPIRE"]),
         "redis_server_us_per_list": {k: round(v, 2) for k, v in server_us.items()},

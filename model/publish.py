@@ -185,14 +185,17 @@ def _write_lists(
                 jobs.append(partial(score_csr, m=m, part_rows=todo[lo : lo + CHUNK],
                                     user_ids=totals.user_ids, column_rows=column_rows))  # fmt: skip
 
-        def run(own: Scorer, job: Callable[[Scorer], Scored]) -> list[tuple[str, bytes]]:
-            return own.values(job(own), now)
+        def run(
+            own: Scorer, job: Callable[[Scorer], Scored]
+        ) -> tuple[list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+            scored = job(own)  # the lists, and the vectors the serving API's filters use
+            return own.values(scored, now), own.vecs(scored)
 
         # Chunks are scored and encoded on scoring.THREADS threads and written in order.
         total, tenths = (len(histories) if histories else 0) + len(todo), 0
         to_write = total + (model.n_items if similar_n else 0)  # lists, then similar items
-        for lists in scored_in_order(scorer, run, jobs):
-            sink.write(lists, transaction=False)
+        for lists, vecs in scored_in_order(scorer, run, jobs):
+            sink.write(lists, transaction=False, vecs=vecs)
             counts["lists"] += len(lists)
             if progress is not None:
                 progress(counts["lists"], to_write)

@@ -42,6 +42,10 @@ the events topic: README "Running on Redis Cluster")::
         complete: false while a rebuild after a loss of Redis is under way.
         Absent, with no applied offset, while the group has committed offsets: Redis lost the
         partition's state, and the worker rebuilds it from the events topic.
+    <p>:vec:<user_id>              STRING, binary: the user's folded-in factor vector and the
+                                   model rows of their history, under one model version,
+                                   written with the user's list (same TTL) for the serving
+                                   API's filters (``vec_values`` / ``parse_vec``: ``UserVec``)
     <p>:retrain:last               STRING, JSON: how the last nightly retrain ended (ops: the
                                    worker's /metrics exports it as streamrec_retrain_* gauges)
         {"outcome": "promoted" | "kept" | "failed", "version": str | null,
@@ -70,6 +74,8 @@ Each key is written and read in one place::
                            (StateGuard: at assignment, when a      (StateGuard; the rebuild
                            rebuild begins and ends)                bench and fault tests)
     <p>:retrain:last       model.retrain.record_outcome            worker.metrics.RetrainCollector
+    <p>:vec:<user_id>      vec_values (via Sink.write: worker,     parse_vec (the serving API,
+                           publisher)                              streamrec.app.web.service)
 
 Rules for changing this module: adding a field to a JSON value is compatible; renaming or
 removing a field, changing a type or a key's meaning is a breaking change and needs
@@ -147,6 +153,10 @@ class Keys:
 
     def origin(self, topic: str, partition: int) -> str:
         return f"{self.prefix}:{{{topic}:{partition}}}:origin"
+
+    def vec(self, user_id: str) -> str:
+        """Internal: ``user_id``'s folded-in vector and seen rows (``vec_values``)."""
+        return f"{self.prefix}:vec:{user_id}"
 
     @property
     def retrain_last(self) -> str:
@@ -396,7 +406,7 @@ def model_value(summary: Mapping[str, Any]) -> bytes:
 
 def parse_list(raw: bytes | str) -> dict[str, Any]:
     """Parse a recs or popular value (for readers and tests); raises ValueError if malformed."""
-    obj = json.loads(raw)
+    obj = orjson.loads(raw)  # 3-4x faster than json.loads: the serving API reads one a request
     if not isinstance(obj, dict) or not isinstance(obj.get("items"), list):
         raise ValueError("not a streamrec list value")
     return obj
@@ -437,6 +447,91 @@ def read_model_pointer(client: _Getter, keys: Keys) -> ModelPointer | None:
     except ValueError:
         log.error("ignoring malformed %s: %r", keys.model, raw[:200])
         return None
+
+
+#: ``<p>:vec:<user_id>`` layout version (the value's first byte).
+VEC_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class UserVec:
+    """A ``<p>:vec:<user_id>`` value: the user's vector under ``model_version`` ((k,) float32;
+    None for a user given the popularity ranking) and ``seen``, the model rows of every item
+    in their history ((m,) int32: what the worker excluded from their list)."""
+
+    model_version: str
+    vector: npt.NDArray[np.float32] | None
+    seen: npt.NDArray[np.int32]
+
+
+def vec_values(
+    users: Sequence[str],
+    model_version: str,
+    vectors: npt.NDArray[np.float32],
+    warm: npt.NDArray[np.bool_],
+    seen_ptr: npt.NDArray[np.int64],
+    seen_idx: npt.NDArray[np.int64],
+) -> list[tuple[str, bytes]]:
+    """(user_id, ``<p>:vec:<user_id>`` value) for a batch.
+
+    Args:
+        users: (B,) user ids.
+        model_version: the version the vectors were folded under.
+        vectors: (B, k) float32 folded-in vectors.
+        warm: (B,) bool; False: the user got the popularity ranking (no vector stored).
+        seen_ptr: (B + 1,) int64 offsets into ``seen_idx`` per user.
+        seen_idx: (nnz,) int64 model rows of the users' history items.
+
+    Layout (little-endian): format byte (``VEC_FORMAT``), uint16 length + UTF-8 model version,
+    uint16 k (0: no vector), uint32 m, float32[k] vector, int32[m] seen rows. Binary, not
+    JSON: a 64-float vector is 256 bytes here and ~1.3 kB as JSON text, on every list write.
+    """
+    import struct
+
+    import numpy as np
+
+    version = model_version.encode()
+    head = bytes([VEC_FORMAT]) + struct.pack("<H", len(version)) + version
+    k = vectors.shape[1] if vectors.ndim == 2 else 0
+    vec = np.ascontiguousarray(vectors, dtype="<f4").tobytes()
+    rows = np.ascontiguousarray(seen_idx, dtype="<i4").tobytes()
+    ptr = seen_ptr.tolist()
+    step = 4 * k
+    out = []
+    pack = struct.pack
+    for b, (user, w) in enumerate(zip(users, warm.tolist(), strict=True)):
+        lo, hi = ptr[b], ptr[b + 1]
+        if w:
+            body = pack("<HI", k, hi - lo) + vec[b * step : (b + 1) * step]
+        else:
+            body = pack("<HI", 0, hi - lo)
+        out.append((user, head + body + rows[4 * lo : 4 * hi]))
+    return out
+
+
+def parse_vec(raw: bytes | str | None) -> UserVec:
+    """Parse a ``<p>:vec:<user_id>`` value; ValueError if malformed or of another format."""
+    import struct
+
+    import numpy as np
+
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise ValueError("not a streamrec vec value: not bytes")
+    data = bytes(raw)
+    try:
+        if data[0] != VEC_FORMAT:
+            raise ValueError(f"vec format {data[0]}, expected {VEC_FORMAT}")
+        (n,) = struct.unpack_from("<H", data, 1)
+        version = data[3 : 3 + n].decode()
+        k, m = struct.unpack_from("<HI", data, 3 + n)
+        at = 3 + n + 6
+        if len(data) != at + 4 * k + 4 * m:
+            raise ValueError(f"vec value of {len(data)} bytes, expected {at + 4 * k + 4 * m}")
+        vector = np.frombuffer(data, dtype="<f4", count=k, offset=at) if k else None
+        seen = np.frombuffer(data, dtype="<i4", count=m, offset=at + 4 * k)
+    except (IndexError, struct.error, UnicodeDecodeError) as exc:
+        raise ValueError(f"not a streamrec vec value: {exc}") from None
+    return UserVec(version, vector, seen.astype(np.int32))
 
 
 @overload

@@ -418,6 +418,18 @@ class Settings(BaseSettings):
     metrics_bind: str = Field(
         "127.0.0.1:9108", description="host:port of /metrics and /healthz; empty = off"
     )
+    serve_bind: str = Field(
+        "127.0.0.1:8080",
+        description="host:port `streamrec serve` listens on (0.0.0.0:8080 in containers)",
+    )
+    serve_workers: int = Field(
+        1, ge=1, le=64, description="uvicorn worker processes of `streamrec serve`"
+    )
+    serve_cors_origins: list[str] = Field(
+        default_factory=list,
+        description="origins allowed to call the serving API from a browser (CORS), JSON list, "
+        'e.g. ["https://shop.example"]; empty = no CORS headers',
+    )
     model_wait_s: float = Field(
         0.0,
         ge=0,
@@ -485,7 +497,7 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown event type(s) {sorted(unknown)}; known: {EVENT_TYPES}")
         return {**DEFAULT_WEIGHTS, **value}
 
-    @field_validator("metrics_bind")
+    @field_validator("metrics_bind", "serve_bind")
     @classmethod
     def _check_bind(cls, value: str) -> str:
         if value:

@@ -5,7 +5,8 @@ A batch's reads and writes run on the sink's own Redis connections.
 Per batch, two round trips:
 
 1. ``WATCH`` the batch's keys (user histories, partitions' applied offsets) and ``MGET`` them;
-2. ``MULTI``, one ``SET`` per history, list and applied offset, ``EXEC``: all or nothing, and
+2. ``MULTI``, one ``SET`` per history, list (and the user's vector, ``<p>:vec:<user>``) and
+   applied offset, ``EXEC``: all or nothing, and
    nothing at all when another client changed a watched key in between (``write`` returns
    False and the batch is redone from step 1).
 
@@ -69,6 +70,7 @@ class Sink:
         self._refresh = False  # re-read the cluster's slots before the next use
         self._recs = keys.recs("").encode()  # key prefixes: a key is prefix + id
         self._home = keys.home("").encode()
+        self._vec = keys.vec("").encode()
         self._list_ttl = str(int(list_ttl_s)).encode()
         self._state_ttl = str(int(state_ttl_s)).encode()
 
@@ -114,6 +116,7 @@ class Sink:
         applied: Sequence[tuple[str, int]] = (),
         transaction: bool = True,
         homes: Sequence[tuple[str, bytes]] = (),
+        vecs: Sequence[tuple[str, bytes]] = (),
     ) -> bool:
         """Write a batch; False (and no list written) when a watched key changed.
 
@@ -124,17 +127,21 @@ class Sink:
             transaction: MULTI/EXEC (with the WATCH of ``watch_read``) or plain SETs.
             homes: (user_id, ``home_value``) per user, to ``<p>:home:<user_id>`` with the
                 history TTL (written with the lists).
+            vecs: (user_id, ``vec_values``) per user, to ``<p>:vec:<user_id>`` with the list
+                TTL (written with the lists: a derived value like them).
         """
         if self._cluster is not None:
-            return self._write_slots(lists, states, applied, transaction, homes)
-        if not (lists or states or applied or homes):
+            return self._write_slots(lists, states, applied, transaction, homes, vecs)
+        if not (lists or states or applied or homes or vecs):
             if transaction:
                 self.unwatch()
             return True
         recs, home, sttl, lttl = self._recs, self._home, self._state_ttl, self._list_ttl
+        vec = self._vec
         parts = [pack_set(k.encode(), v, sttl) for k, v in states]
         parts += [pack_set(recs + u.encode(), v, lttl) for u, v in lists]
         parts += [pack_set(home + u.encode(), v, sttl) for u, v in homes]
+        parts += [pack_set(vec + u.encode(), v, lttl) for u, v in vecs]
         parts += [pack_set(k.encode(), str(o).encode()) for k, o in applied]
         if transaction:
             parts = [_MULTI, *parts, _EXEC]
@@ -256,6 +263,7 @@ class Sink:
         applied: Sequence[tuple[str, int]],
         transaction: bool,
         homes: Sequence[tuple[str, bytes]],
+        vecs: Sequence[tuple[str, bytes]] = (),
     ) -> bool:
         sttl = self._state_ttl
         txs: dict[int, list[bytes]] = {}
@@ -283,6 +291,7 @@ class Sink:
         recs, home, lttl = self._recs, self._home, self._list_ttl
         derived = [(recs + u.encode(), v, lttl) for u, v in lists]
         derived += [(home + u.encode(), v, sttl) for u, v in homes]
+        derived += [(self._vec + u.encode(), v, lttl) for u, v in vecs]
         self._plain([(key, pack_set(key, v, ttl)) for key, v, ttl in derived])
         return True
 

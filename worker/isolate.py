@@ -14,6 +14,7 @@ and applies the rest of the batch.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import numpy.typing as npt
@@ -147,11 +148,7 @@ def _finite_only(
     for b in np.flatnonzero(bad).tolist():
         failed[scored.users[b]] = "fold-in/top-N: scores are not finite (a degenerate solve)"
         unknown -= int((rows[ptr[b] : ptr[b + 1]] < 0).sum())
-    keep = ~bad
-    users = [u for u, k in zip(scored.users, keep.tolist(), strict=True) if k]
-    return Scored(
-        users, scored.items[keep], scored.scores[keep], unknown, scored.cold, scored.short
-    )
+    return replace(scored.take(~bad), unknown=unknown)
 
 
 def _concat(parts: Sequence[Scored], scorer: Scorer) -> Scored:
@@ -165,4 +162,5 @@ def _concat(parts: Sequence[Scored], scorer: Scorer) -> Scored:
         sum(p.unknown for p in parts),
         sum(p.cold for p in parts),
         sum(p.short for p in parts),
+        *Scored.vec_parts(parts),  # type: ignore[arg-type]
     )

@@ -274,7 +274,7 @@ class Worker:
         scorer = self.scorer
         scored = scorer.score(histories)
         lists = scorer.values(scored, int(time.time() * 1000))
-        self._sink.write(lists, transaction=False)
+        self._sink.write(lists, transaction=False, vecs=scorer.vecs(scored))
         self.stats.refolded += len(lists)
         log.info("re-folded %d users with events after the snapshot %s", len(lists), ranges)
 
@@ -354,13 +354,14 @@ class Worker:
         states = {u: UserState.decode(r) for u, r in zip(users, raw, strict=True) if r}
         histories = {u: s.totals(self.rules.half_life_ms) for u, s in states.items()}
         scorer = self.scorer
-        lists = scorer.values(scorer.score(histories), int(time.time() * 1000))
+        scored = scorer.score(histories)
+        lists = scorer.values(scored, int(time.time() * 1000))
         homes = []
         for u, _ in lists:
             found = self.keys.parse_user(where[u])
             if found is not None:
                 homes.append((u, home_value(found[0], found[1])))
-        self._sink.write(lists, transaction=False, homes=homes)
+        self._sink.write(lists, transaction=False, homes=homes, vecs=scorer.vecs(scored))
         self.stats.refolded += len(lists)
         log.warning("Redis failed under this worker: wrote again the %d lists of the last "
                     "%.0f s (a failover may have lost them)", len(lists), REPAIR_S)  # fmt: skip
@@ -459,6 +460,7 @@ class Worker:
             key_of = dict(zip(users, batch.state_keys, strict=True))
             ok = self._sink.write(
                 lists=scorer.values(scored, int(time.time() * 1000)),
+                vecs=scorer.vecs(scored),
                 states=[(key_of[u], states[u].encode()) for u in scored.users],
                 applied=[
                     (key, max(batch.last[part], applied[part]))

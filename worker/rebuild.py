@@ -471,6 +471,7 @@ class StateGuard:
             faulty: Failed = {}
             states = read_states([u for u, _ in stored], [v for _, v in stored], faulty)
             lists: list[tuple[str, bytes]] = []
+            vecs: list[tuple[str, bytes]] = []
             if states:
                 users, counts, item_ids, totals = flatten_apart(
                     list(states), states, self._rules.half_life_ms, faulty
@@ -479,8 +480,9 @@ class StateGuard:
                 rows = scorer.rows_of(item_ids)
                 scored = score_apart(scorer, users, counts, rows, totals, faulty)
                 lists = scorer.values(scored, int(time.time() * 1000))
+                vecs = scorer.vecs(scored)
             home = home_value(*part)
-            if not self._sink.write(lists=lists, homes=[(u, home) for u, _ in lists]):
+            if not self._sink.write(lists=lists, homes=[(u, home) for u, _ in lists], vecs=vecs):
                 continue  # a history changed meanwhile: that chunk again
             del r.pending[-len(chunk) :]
             r.listed += len(lists)

@@ -82,9 +82,10 @@ class BatchSink(Protocol):
         applied: Sequence[tuple[str, int]] = (),
         transaction: bool = True,
         homes: Sequence[tuple[str, bytes]] = (),
+        vecs: Sequence[tuple[str, bytes]] = (),
     ) -> bool:
-        """Write lists, states (by key), applied offsets and the users' homes; False (nothing
-        written) when a watched key changed since ``watch_read``."""
+        """Write lists, states (by key), applied offsets, the users' homes and vectors; False
+        (nothing written) when a watched key changed since ``watch_read``."""
         ...
 
     def reset(self) -> None:

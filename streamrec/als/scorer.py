@@ -24,7 +24,7 @@ from streamrec.als.foldin import FoldIn
 from streamrec.als.topn import select_top_n, top_n
 from streamrec.artifact import Model
 from streamrec.feedback import confidence
-from streamrec.keys import ListEncoder, round_scores
+from streamrec.keys import ListEncoder, round_scores, vec_values
 from streamrec.settings import Settings
 
 Ranked = list[tuple[str, list[tuple[str, float]]]]
@@ -305,6 +305,15 @@ class Scorer:
         encoded = encoder.recs(scored.users, scored.items, scored.scores, self.version, now_ms)
         return list(zip(scored.users, encoded, strict=True))
 
+    def vecs(self, scored: Scored) -> list[tuple[str, bytes]]:
+        """(user_id, ``<p>:vec:<user_id>`` value) for every list of ``scored`` (its vectors and
+        history rows under this model's version); [] when ``scored`` kept none."""
+        if scored.vectors is None or scored.warm is None:
+            return []
+        assert scored.seen_ptr is not None and scored.seen_idx is not None
+        return vec_values(scored.users, self.version, scored.vectors, scored.warm,
+                          scored.seen_ptr, scored.seen_idx)  # fmt: skip
+
     def rows_of(self, item_ids: Sequence[str]) -> npt.NDArray[np.int64]:
         """(n,) int64 model row of each item id, -1 for ids the model does not know (a cold
         item's row is ``n_items + j``, ``ColdItems``)."""
@@ -380,7 +389,8 @@ class Scorer:
                 scores[b] = -np.inf
                 items[b, : len(picks)] = picks
                 scores[b, : len(picks)] = pop[picks]
-        return Scored(users, items, scores, unknown, len(cold), short)
+        return Scored(users, items, scores, unknown, len(cold), short,
+                      vectors, warm, excl_ptr, excl_idx)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -393,6 +403,44 @@ class Scored:
     unknown: int  # history entries naming items the model does not know
     cold: int  # users given the popularity ranking
     short: int = 0  # users the top-N index handed to exact scoring (``Scorer._top_n``)
+    # What ``<p>:vec:<user>`` holds (``streamrec.keys.vec_values``); None where not kept.
+    vectors: npt.NDArray[np.float32] | None = field(default=None, repr=False)  # (B, k)
+    warm: npt.NDArray[np.bool_] | None = field(default=None, repr=False)  # (B,) not popularity
+    seen_ptr: npt.NDArray[np.int64] | None = field(default=None, repr=False)  # (B + 1,)
+    seen_idx: npt.NDArray[np.int64] | None = field(default=None, repr=False)  # (nnz,) rows
+
+    def take(self, keep: npt.NDArray[np.bool_]) -> Scored:
+        """The rows where ``keep`` ((B,) bool) holds, counters as they are."""
+        users = [u for u, k in zip(self.users, keep.tolist(), strict=True) if k]
+        vec: tuple[object, ...] = (None, None, None, None)
+        if self.vectors is not None and self.seen_ptr is not None:
+            assert self.warm is not None and self.seen_idx is not None
+            lo, hi = self.seen_ptr[:-1][keep], self.seen_ptr[1:][keep]
+            idx = (np.concatenate([self.seen_idx[a:b] for a, b in zip(lo.tolist(), hi.tolist(),
+                                                                      strict=True)])
+                   if len(lo) else self.seen_idx[:0])  # fmt: skip
+            ptr = np.concatenate([[0], np.cumsum(hi - lo)]).astype(np.int64)
+            vec = (self.vectors[keep], self.warm[keep], ptr, idx)
+        return Scored(users, self.items[keep], self.scores[keep], self.unknown, self.cold,
+                      self.short, *vec)  # type: ignore[arg-type]  # fmt: skip
+
+    @staticmethod
+    def vec_parts(parts: Sequence[Scored]) -> tuple[object, ...]:
+        """The vector fields of ``parts`` joined, in order (all None unless every part has
+        them)."""
+        if not parts or any(p.vectors is None or p.seen_ptr is None for p in parts):
+            return (None, None, None, None)
+        ptrs, base = [np.zeros(1, np.int64)], 0
+        for p in parts:
+            assert p.seen_ptr is not None
+            ptrs.append(p.seen_ptr[1:] + base)
+            base += int(p.seen_ptr[-1])
+        return (
+            np.vstack([p.vectors for p in parts if p.vectors is not None]),
+            np.concatenate([p.warm for p in parts if p.warm is not None]),
+            np.concatenate(ptrs),
+            np.concatenate([p.seen_idx for p in parts if p.seen_idx is not None]),
+        )
 
     def lists(self, ids: npt.NDArray[np.object_]) -> Ranked:
         """(user, [(item_id, score), ...]) per user, scores rounded (``round_scores``)."""

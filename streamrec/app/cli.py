@@ -532,6 +532,25 @@ def _worker(p: _Parser) -> None:
 
 
 @_command(
+    "serve",
+    "the serving API for front-ends (HTTP, FastAPI on uvicorn)",
+    "Serve lists with filters, similar and popular items and the catalog over HTTP "
+    "(README: The serving API); docs at /docs. Stops on SIGTERM/SIGINT.",
+)
+def _serve(p: _Parser) -> None:
+    p.add_argument("--bind", metavar="HOST:PORT", help="listen here (STREAMREC_SERVE_BIND)")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="uvicorn processes (STREAMREC_SERVE_WORKERS)",
+    )
+    p.add_argument(
+        "--model", type=Path, metavar="DIR", help="model directory (default: the pointer's)"
+    )
+
+
+@_command(
     "produce",
     "publish one event, or replay a CSV",
     "Publish an interaction event from flags, or every row "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         "replay": cmd_replay,
         "loadgen": cmd_loadgen,
         "demo": cmd_demo,
+        "serve": cmd_serve,
     }[args.command]
     return handler(args)
 
@@ -467,6 +469,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
             "STREAMREC_REDIS_PASSWORD or the user and password in STREAMREC_REDIS_URL"
         ) from None
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from streamrec.app.web.server import run
+
+    given = {"serve_bind": args.bind, "serve_workers": args.workers, "model_path": args.model}
+    flags = {k: v for k, v in given.items() if v is not None}
+    # uvicorn's worker processes read the settings again: they get the flags as variables.
+    for name, value in flags.items():
+        os.environ[f"STREAMREC_{name.upper()}"] = str(value)
+    return run(load_settings(**flags))
 
 
 def cmd_produce(args: argparse.Namespace) -> int:

@@ -5,7 +5,8 @@
 3. start ``streamrec worker`` as its own process,
 4. publish play events: a few brand-new listeners, each hooked on one genre, and some
    existing users, and print their lists as read back from Redis, with how fresh they are,
-5. serve the demo page on http://127.0.0.1:8000 (``--port``; ``streamrec.app.web``): a person
+5. serve the demo page on http://127.0.0.1:8000 (``--port``; the serving API of
+   ``streamrec.app.web`` on uvicorn, with the page's endpoints): a person
    picks a user or starts as a new one, plays / likes / skips items (real events, through the
    server, to Kafka) and watches their list in Redis change,
 6. until Ctrl-C or ``--duration``; then stop the page and the worker (the services keep
@@ -31,9 +32,8 @@ import numpy as np
 
 from streamrec import infra
 from streamrec.app.signals import install_stop_handlers
-from streamrec.app.web.api import DemoApp
 from streamrec.app.web.names import load_names
-from streamrec.app.web.server import WebServer
+from streamrec.app.web.server import WebServer, demo_app
 from streamrec.connect import ensure_topics, redis_client
 from streamrec.errors import InfraError
 from streamrec.events import new_event
@@ -119,7 +119,8 @@ def _run(
         )
     try:
         if server is not None:
-            server.start(DemoApp(settings, names=names, on_event=_say))
+            app, closers = demo_app(settings, names, on_event=_say)
+            server.start(app, closers)
             _say(f"the demo page: {server.url}  (play, like or skip items; watch your list)")
             if open_browser:
                 _open_browser(server.url)

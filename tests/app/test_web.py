@@ -164,7 +164,8 @@ def test_bad_requests_get_a_message_never_a_trace(
         assert status == 400 and fragment in body["error"], (raw, body)
     assert call("/api/recs/" + "x" * 600)[0] == 404
     assert call("/api/recs/%0a")[0] == 404
-    assert call("/api/popular?n=zero") == (400, {"error": "n must be an integer, got 'zero'"})
+    status, body = call("/api/popular?n=zero")
+    assert status == 400 and body["error"].startswith("n: ") and "integer" in body["error"]
     status, body = call("/api/nothing-here")
     assert status == 404 and "no such endpoint" in body["error"]
     assert call("/api/popular", raw=b"{}")[0] == 405

@@ -292,12 +292,13 @@ class _FailingSink:
         applied: Sequence[tuple[str, int]] = (),
         transaction: bool = True,
         homes: Sequence[tuple[str, bytes]] = (),
+        vecs: Sequence[tuple[str, bytes]] = (),
     ) -> bool:
         self.calls.append("w")
         failing = self.calls.count("w") == self._nth
         if failing and not self._after:
             raise ConnectionError("injected: Redis gone before the write")
-        ok = self._sink.write(lists, states, applied, transaction, homes)
+        ok = self._sink.write(lists, states, applied, transaction, homes, vecs)
         if failing:
             raise ConnectionError("injected: connection lost after EXEC")
         return ok

@@ -31,6 +31,7 @@ import redis
 from streamrec.als.history import parse_history
 from streamrec.als.similar import closest, neighbours, unit_rows
 from streamrec.app.web.names import names_for_model, synthetic_label
+from streamrec.app.web.service import ApiError, Filters, Service
 from streamrec.errors import ArtifactError, EventError, InfraError
 from streamrec.events import MAX_ID_LENGTH, new_event
 from streamrec.keys import Keys, read_histories, read_model_pointer
@@ -46,15 +47,6 @@ POINTER_CHECK_S = 1.0
 DELIVERY_TIMEOUT_S = 10.0
 USERS_SCAN_S = 0.3  # most time one /api/users may spend scanning Redis
 _ID_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class ApiError(Exception):
-    """An answer other than 200, with a message for the client."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -119,6 +111,7 @@ class DemoApp:
         producer: EventProducer | None = None,
         names: Mapping[str, str] | None = None,
         on_event: Callable[[str], None] | None = None,
+        service: Service | None = None,
     ) -> None:
         from streamrec.connect import ensure_topics, redis_client
 
@@ -135,6 +128,8 @@ class DemoApp:
         self.producer = producer
         self.extra_names = dict(names or {})
         self.on_event = on_event
+        # The serving API's answers (filters, scored lists) when the page runs on it.
+        self.service = service
         self._send_lock = threading.Lock()
         self._page_users: list[str] = []  # users this page sent events for, latest last
         self._model_lock = threading.Lock()
@@ -186,7 +181,8 @@ class DemoApp:
     def _named(
         self, items: Iterable[Mapping[str, Any]], live: LiveModel | None
     ) -> list[dict[str, Any]]:
-        return [{**i, "name": self.name(str(i.get("item_id")), live)} for i in items]
+        return [{**i, "name": i.get("name") or self.name(str(i.get("item_id")), live)}
+                for i in items]  # fmt: skip
 
     def _get_json(self, key: str) -> dict[str, Any] | None:
         raw = self.redis.get(key)
@@ -219,7 +215,9 @@ class DemoApp:
             or any(synthetic_label(i) for i in live.model.item_ids[:1]),
         }
 
-    def popular(self, n: int = 20) -> dict[str, Any]:
+    def popular(self, n: int = 20, filters: Filters | None = None) -> dict[str, Any]:
+        if self.service is not None and filters is not None and filters.narrows:
+            return self.service.popular(filters, n)
         live = self.live_model()
         value = self._get_json(self.keys.popular)
         if value is None:
@@ -235,7 +233,15 @@ class DemoApp:
             }
         return {**value, "items": self._named(value["items"][:n], live)}
 
-    def recs(self, user_id: str, n: int = 20, session: Sequence[str] = ()) -> dict[str, Any]:
+    def recs(
+        self,
+        user_id: str,
+        n: int = 20,
+        session: Sequence[str] = (),
+        filters: Filters | None = None,
+    ) -> dict[str, Any]:
+        """The user's list (through the serving API when there is one: ``filters``), each item
+        with "because"; 404 while the user has no list yet."""
         user_id = _check_id(user_id, "user")
         value = self._get_json(self.keys.recs(user_id))
         if value is None:
@@ -248,6 +254,10 @@ class DemoApp:
         history = self._history(user_id)
         positive = [h["item_id"] for h in history if h["total"] > 0]
         items = value["items"][:n]
+        if self.service is not None:
+            served = self.service.recommend(user_id, filters or Filters(), n)
+            items = served["items"]
+            value = {**value, "source": served["source"], "filters": served["filters"]}
         because = (
             live.closest([str(i.get("item_id")) for i in items], [*session, *positive])
             if live is not None
@@ -255,7 +265,7 @@ class DemoApp:
         )
         out = []
         for i in self._named(items, live):
-            b = because.get(i["item_id"])
+            b = None if i.get("why") == "content" else because.get(i["item_id"])
             i["because"] = (
                 {"item_id": b[0], "name": self.name(b[0], live), "similarity": round(b[1], 4)}
                 if b is not None
