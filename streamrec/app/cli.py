@@ -374,8 +374,15 @@ def _evaluate_cold(p: _Parser) -> None:
         help="ridge λ of the map (default: STREAMREC_CONTENT_REGULARIZATION)",
     )
     _als_arguments(p, d, alpha=f"confidence scale ({d.alpha:g})")
+    p.add_argument(
+        "--similar",
+        action="store_true",
+        help="also measure similar items by blend weight (content cosine share, 0 to 1) for "
+        "items with fewer than STREAMREC_CONTENT_SIMILAR_MIN_INTERACTIONS training users, "
+        "against the items their held-out users also played",
+    )
     p.add_argument("--out", type=Path, metavar="FILE", help="also write the report as JSON")
-    p.set_defaults(seed=0)  # the seeds are --seeds'
+    p.set_defaults(seed=0)  # the seeds are --seeds
 
 
 @_command(

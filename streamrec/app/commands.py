@@ -23,7 +23,10 @@ from streamrec.exits import Exit
 from streamrec.settings import Settings, load_settings
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from streamrec.artifact import Model
+    from streamrec.catalog import Item
     from streamrec.model.data import Interactions
     from streamrec.model.params import Params
     from streamrec.producer.replay import Report
@@ -124,9 +127,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {"source": source}
     catalog = None
     if args.items is not None:
-        from streamrec.model.items import load_items_csv
-
-        catalog = load_items_csv(args.items)  # a bad file is a DataError (exit 4)
+        catalog = _items_csv(args.items)
         print(f"loaded {len(catalog)} catalog items from {args.items}")
         extra["items"] = str(args.items)
     if args.tune is not None:
@@ -159,6 +160,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.publish:
         _publish(model, settings)
     return 0
+
+
+def _items_csv(path: Path) -> dict[str, Item]:
+    """``--items CSV``: the catalog CSV read by the one reader of ``catalog load`` (its
+    default column mapping), item_id -> item; a bad file is an InputError (exit 4)."""
+    from streamrec.producer.catalog import read_catalog_csv
+
+    return {item.item_id: item for item in read_catalog_csv(path)}
 
 
 def _live_model_exists(settings: Settings) -> bool:
@@ -203,9 +212,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         raise ConfigError("--no-kafka needs --csv or --dataset")
     catalog = None
     if args.items is not None:
-        from streamrec.model.items import load_items_csv
-
-        catalog = load_items_csv(args.items)
+        catalog = _items_csv(args.items)
     cfg = RetrainConfig(
         catalog=catalog,
         models_dir=args.models_dir or settings.home / "models",
@@ -375,8 +382,28 @@ def cmd_evaluate_cold(args: argparse.Namespace) -> int:
     )
     report = evaluate_cold(data, content, cfg, args.dataset, evaluated)
     print(report.table())
+    out = report.to_dict()
+    if args.similar:
+        from dataclasses import asdict
+
+        from streamrec.model.cold import evaluate_similar_blend
+
+        blend = evaluate_similar_blend(
+            data,
+            content,
+            cfg,
+            min_interactions=max(2, settings.content_similar_min_interactions),
+            source=args.dataset,
+            evaluated=evaluated,
+        )
+        print(blend.table())
+        out["similar_blend"] = {
+            k: v for k, v in asdict(blend).items() if k not in ("rare", "frequent")
+        }
+        out["similar_blend"]["rare"] = {str(w): m for w, m in blend.rare.items()}
+        out["similar_blend"]["frequent"] = {str(w): m for w, m in blend.frequent.items()}
     if args.out is not None:
-        args.out.write_text(json.dumps(report.to_dict(), indent=2))
+        args.out.write_text(json.dumps(out, indent=2))
         print(f"report: {args.out}")
     return 0
 
