@@ -238,9 +238,10 @@ def create_app(
         return _json(service.item(item_id))
 
     @app.get("/v1/categories", response_class=Response)
-    def categories() -> Response:
-        """Every category of the catalog and how many items it holds."""
-        return _json({"categories": service.categories()})
+    async def categories() -> Response:
+        """The catalog's categories (with their sizes), its years' range and the features
+        the content map reads (what a form for new items asks for)."""
+        return _json(service.categories())
 
     @app.post("/v1/items", status_code=202, response_class=Response)
     def new_item(body: Annotated[NewItem, Body()]) -> Response:

@@ -470,10 +470,17 @@ class Service:
         }
         return out
 
-    def categories(self) -> dict[str, int]:
-        """Every category of the catalog with how many items it has (for pickers)."""
+    def categories(self) -> dict[str, Any]:
+        """Every category of the catalog with how many items it has, the range of the
+        catalog's years and the content map's features (for pickers, sliders, forms)."""
         live = self.live()
-        return {c: len(r) for c, r in sorted(live.index.categories.items())}
+        years = live.index.year[np.isfinite(live.index.year)]
+        content = self._content
+        return {
+            "categories": {c: len(r) for c, r in sorted(live.index.categories.items())},
+            "years": [int(years.min()), int(years.max())] if len(years) else None,
+            "features": list(getattr(content, "feature_names", ())),
+        }
 
 
 def _answer(
