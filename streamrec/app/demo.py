@@ -33,8 +33,8 @@ import numpy as np
 from streamrec import infra
 from streamrec.app.signals import install_stop_handlers
 from streamrec.app.web.names import SYNTHETIC_ID, load_names, synthetic_label
-from streamrec.catalog import Item
 from streamrec.app.web.server import WebServer, demo_app
+from streamrec.catalog import Item
 from streamrec.connect import ensure_topics, redis_client
 from streamrec.errors import InfraError
 from streamrec.events import new_event

@@ -389,5 +389,5 @@ class ItemPublisher:
             from streamrec.producer.catalog import CatalogProducer
 
             ensure_topics(self.settings)  # the items topic among them (compacted)
-            self._producer = CatalogProducer(self.settings, **{"linger.ms": 0})
+            self._producer = CatalogProducer(self.settings, "avro", **{"linger.ms": 0})
         return self._producer
