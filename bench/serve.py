@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -232,6 +233,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=GOAL_RPS, help="open-loop rate; 0 = skip")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    # SIGTERM as an exception: the server process, the keys and the topic are still cleaned up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     base = load_settings()
     rid = make_run_id("serve")
