@@ -112,6 +112,12 @@ class EventProducer:
         self._producer.poll(0)
         self._log_failures()
 
+    def poll(self, timeout_s: float = 0.0) -> int:
+        """Serve delivery reports for up to ``timeout_s``; the events still waiting for one
+        (neither acknowledged nor failed)."""
+        self._producer.poll(timeout_s)
+        return self.sent - self.delivered - len(self.failed)
+
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait for every queued event (by default a little past the delivery timeout, so an
         unacknowledged event has failed by then); raises DeliveryError, one line naming the

@@ -44,7 +44,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -53,6 +53,9 @@ from streamrec.errors import InfraError, InputError
 from streamrec.events import new_event
 from streamrec.keys import Keys, mget, parse_applied, parse_list, read_model_pointer
 from streamrec.settings import Settings
+
+if TYPE_CHECKING:
+    from streamrec.producer.producer import EventProducer
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +190,11 @@ class _WorkerThread:
 @dataclass
 class _Pacing:
     rounds: int = 0
-    waited: int = 0
-    wait_s: float = 0.0
-    timeouts: int = 0
+    waited: int = 0  # rounds whose first look found the worker behind
+    wait_s: float = 0.0  # waiting for the worker's applied offsets
+    timeouts: int = 0  # waits that gave up after catchup_s
+    send_s: float = 0.0  # handing a round to the producer
+    read_s: float = 0.0  # reading lists from Redis
 
 
 class _Replay:
@@ -292,21 +297,32 @@ class _Replay:
         raw = mget(self.client, self.applied_keys)
         return {p: parse_applied(v, missing=-1) for p, v in enumerate(raw)}
 
-    def catch_up(self, acked: dict[int, int], worker: _WorkerThread, bound_s: float) -> bool:
-        """Wait until the worker applied everything acknowledged; False after ``bound_s``."""
+    def catch_up(self, producer: EventProducer, worker: _WorkerThread, bound_s: float) -> bool:
+        """Wait until the broker acknowledged every event sent and the worker applied them
+        all (its applied offsets reach the acknowledged ones); False after ``bound_s``. The
+        round is not flushed first: the acknowledgements come while the worker consumes."""
         from streamrec.model.prequential import caught_up
 
+        def done() -> bool:
+            if producer.poll(0) > 0:
+                return False
+            if producer.failed:
+                raise InfraError(f"{len(producer.failed)} event(s) not delivered to "
+                                 f"{producer.topic}; first: {producer.failed[0]}")  # fmt: skip
+            return caught_up(self.applied(), producer.acked)
+
         started = time.monotonic()
-        if caught_up(self.applied(), acked):
+        if done():
             return True
         self.pacing.waited += 1
         try:
-            while not caught_up(self.applied(), acked):
+            while not done():
                 worker.check()
                 if time.monotonic() - started > bound_s:
                     self.pacing.timeouts += 1
                     log.warning("the worker did not catch up within %.0f s (applied %s, "
-                                "acknowledged %s)", bound_s, self.applied(), acked)  # fmt: skip
+                                "acknowledged %s)", bound_s, self.applied(),
+                                producer.acked)  # fmt: skip
                     return False
                 time.sleep(POLL_S)
             return True
@@ -386,7 +402,7 @@ def run_evaluation(
         timings["first_model_s"] = round(time.perf_counter() - t0, 2)
         worker = _WorkerThread(s)
         t1 = time.perf_counter()
-        if not run.catch_up(dict(producer.acked), worker, max(120.0, half / 200)):
+        if not run.catch_up(producer, worker, max(120.0, half / 200)):
             raise InfraError("the worker did not consume the first half in time")
         timings["worker_first_half_s"] = round(time.perf_counter() - t1, 2)
         run.pacing = _Pacing()  # the warm-up's wait is not the replay's
@@ -418,7 +434,9 @@ def run_evaluation(
                     break
                 users = [rows.users[test[j]] for j in idx]
                 if r == 0:
+                    q0 = time.perf_counter()
                     lists = dict(zip(users, run.read_lists(users), strict=True))
+                    run.pacing.read_s += time.perf_counter() - q0
                 for j, u in zip(idx, users, strict=True):
                     value = lists.get(u)
                     item = rows.items[test[j]]
@@ -433,13 +451,16 @@ def run_evaluation(
                         had_prev[j] = True
                         stale[j] = value is None or int(value["updated_at_ms"]) < prev
                     scored[j] = True
+                q0 = time.perf_counter()
                 for j in idx:
                     sent_ms[j] = time.time() * 1000
                     send(int(test[j]))
-                producer.flush()
                 run.pacing.rounds += 1
-                run.catch_up(dict(producer.acked), worker, cfg.catchup_s)
+                run.pacing.send_s += time.perf_counter() - q0
+                run.catch_up(producer, worker, cfg.catchup_s)
+                q0 = time.perf_counter()
                 got = run.read_lists(users)
+                run.pacing.read_s += time.perf_counter() - q0
                 lists = dict(zip(users, got, strict=True))
                 for j, u, value in zip(idx, users, got, strict=True):
                     last_sent[u] = sent_ms[j]
@@ -455,6 +476,7 @@ def run_evaluation(
                     )
                     next_line = time.monotonic() + PROGRESS_S
             replay_s += time.perf_counter() - p0
+        producer.flush()  # every event acknowledged (DeliveryError otherwise)
         timings["replay_s"] = round(replay_s, 2)
         timings["retrains_s"] = round(retrain_s, 2)
         timings["total_s"] = round(time.perf_counter() - t0, 2)
@@ -500,6 +522,8 @@ def run_evaluation(
         "pacing": {
             **asdict(run.pacing),
             "wait_s": round(run.pacing.wait_s, 2),
+            "send_s": round(run.pacing.send_s, 2),
+            "read_s": round(run.pacing.read_s, 2),
             "events_per_s": round(replayed / replay_s, 1) if replay_s > 0 else None,
             "events_per_round": (
                 round(replayed / run.pacing.rounds, 2) if run.pacing.rounds else None
