@@ -504,8 +504,9 @@ def _produce(p: _Parser) -> None:
     "replay timestamped interactions in time order",
     "Publish every row of a file as an event, in timestamp order, keeping "
     "the original timestamps and sleeping the gaps (scaled by --speed). Files: MovieLens "
-    "ratings.csv (userId,movieId,rating,timestamp -> rating events) or CSV "
-    "user_id,item_id[,type][,value][,timestamp]; .gz allowed.",
+    "ratings.csv (userId,movieId,rating,timestamp -> rating events), u.data, ratings.dat or "
+    "CSV user_id,item_id[,type][,value][,timestamp]; .gz allowed. --evaluate: the live "
+    "evaluation (README: Live evaluation).",
 )
 def _replay(p: _Parser) -> None:
     p.add_argument("path", type=Path, metavar="PATH", help="the file to replay")
