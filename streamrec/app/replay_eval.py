@@ -30,7 +30,6 @@ group, Redis prefix ``<prefix>-eval-<tag>``), deleted at the end; the report lan
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -139,10 +138,13 @@ def _drop_namespace(settings: Settings, client: Any) -> None:
 
     try:
         names = [settings.topic_events, settings.topic_dlq, settings.topic_models]
-        futures = AdminClient(kafka_config(settings)).delete_topics(names, operation_timeout=30)
-        for f in futures.values():
-            with contextlib.suppress(Exception):
+        admin = AdminClient(kafka_config(settings))  # kept alive until its futures resolve
+        futures = admin.delete_topics(names, operation_timeout=30, request_timeout=30)
+        for topic, f in futures.items():
+            try:
                 f.result(timeout=30)
+            except Exception as exc:  # one missing topic (never created) is no failure
+                log.debug("deleting %s: %s", topic, exc)
         batch: list[Any] = []
         for key in client.scan_iter(match=f"{settings.redis_prefix}:*", count=1000):
             batch.append(key)
@@ -355,6 +357,7 @@ def run_evaluation(
     if len(rows) < 4:
         raise InputError(f"{cfg.path}: {len(rows)} events are too few to evaluate")
     digest = file_sha256(cfg.path)
+    rev = revision()  # now: the code that runs, not what the checkout holds at the end
     ts = np.asarray(rows.timestamps, dtype=np.int64)
     half = len(rows) // 2
     end = len(rows) if cfg.test_limit is None else min(len(rows), half + cfg.test_limit)
@@ -570,7 +573,7 @@ def run_evaluation(
         "timings": timings,
         "worker": worker_stats,
         "interrupted": stop.is_set(),
-        "revision": revision(),
+        "revision": rev,
         "streamrec_version": __version__,
         "machine": {
             "python": platform.python_version(),

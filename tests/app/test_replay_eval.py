@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -98,8 +99,15 @@ def test_cli_on_a_movielens_slice(
             ]
         )  # fmt: skip
     finally:
-        made = set(admin.list_topics(timeout=30).topics) - before
-        left = sorted(t for t in made if t.startswith("eval-"))
+
+        def left_over() -> list[str]:
+            made = set(admin.list_topics(timeout=30).topics) - before
+            return sorted(t for t in made if t.startswith("eval-"))
+
+        # a deletion reaches the metadata shortly after it is accepted: bounded poll
+        deadline = time.monotonic() + 30
+        while (left := left_over()) and time.monotonic() < deadline:
+            time.sleep(0.5)
         drop_topics(infra, left)
     assert code == 0
     assert not left, f"the evaluation left its topics behind: {left}"
