@@ -226,6 +226,7 @@ def run_names(rid: str, work: Path, kafka: str, redis: str) -> dict[str, str]:
         "topic_events": f"{rid}.events",
         "topic_dlq": f"{rid}.dlq",
         "topic_models": f"{rid}.models",
+        "topic_items": f"{rid}.items",
         "consumer_group": rid,
         "redis_prefix": rid,
         "model_path": str(work / "model"),

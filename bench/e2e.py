@@ -590,10 +590,15 @@ def main() -> None:
             gone = delete_redis_prefix(client, rid)
             delete_topics(
                 args.kafka,
-                [names["topic_events"], names["topic_dlq"], names["topic_models"]],
+                [
+                    names["topic_events"],
+                    names["topic_dlq"],
+                    names["topic_models"],
+                    names["topic_items"],
+                ],
                 group=rid,
             )
-            print(f"cleanup: {gone} Redis keys, 3 topics and group {rid} deleted")
+            print(f"cleanup: {gone} Redis keys, 4 topics and group {rid} deleted")
     if args.profile is not None:
         first = (
             args.profile if args.workers == 1 else args.profile.with_name(args.profile.name + ".1")

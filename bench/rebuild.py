@@ -322,7 +322,12 @@ def main() -> None:
         "batch_max": settings.batch_max,
     }
     workers: Workers | None = None
-    topics = [names["topic_events"], names["topic_dlq"], names["topic_models"]]
+    topics = [
+        names["topic_events"],
+        names["topic_dlq"],
+        names["topic_models"],
+        names["topic_items"],
+    ]
     try:
         item_ids, _pop = make_model(work / "model", args.items, args.factors, args.seed)
         rng = np.random.default_rng(args.seed)

@@ -25,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
+import numpy.typing as npt
 import redis
 import scipy.sparse as sp
 from confluent_kafka import Producer
@@ -33,7 +35,7 @@ from streamrec.als.ann import load_for, wanted
 from streamrec.als.history import UserState
 from streamrec.als.scorer import Scored, Scorer
 from streamrec.als.scoring import score_csr, scored_in_order
-from streamrec.als.similar import similar_items, unit_index
+from streamrec.als.similar import blend_rows, neighbours, similar_items, unit_index, unit_rows
 from streamrec.artifact import Model
 from streamrec.connect import DURABLE_PRODUCER, blocked_items, ensure_topics, kafka_metadata
 from streamrec.errors import InfraError
@@ -64,6 +66,25 @@ class Totals:
     matrix: sp.csr_matrix
 
 
+@dataclass(frozen=True)
+class ContentSimilar:
+    """What blends content into the similar items of items with few interactions (README "New
+    items from their content"): ``vectors`` (n_items, d) float32 unit content rows in the
+    model's item order (``streamrec.als.content.content_vectors``; zeros where an item has no
+    content), ``interactions`` (n_items,) int64 users with a positive interaction per item,
+    and the settings: items with fewer than ``min_interactions`` get the blend with
+    ``weight`` on the content cosine."""
+
+    vectors: npt.NDArray[np.float32]
+    interactions: npt.NDArray[np.int64]
+    min_interactions: int
+    weight: float
+
+    def few(self, rows: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """Which of ``rows`` get the blend."""
+        return np.asarray(self.interactions[rows] < self.min_interactions) & (self.weight > 0)
+
+
 def publish(
     model: Model,
     settings: Settings,
@@ -73,11 +94,13 @@ def publish(
     announce: bool = True,
     totals: Totals | None = None,
     progress: Callable[[float, float], None] | None = None,
+    content: ContentSimilar | None = None,
 ) -> dict[str, int]:
     """Bulk-write lists for ``histories`` (user -> item -> total) and the users of ``totals``
     (those not in ``histories``), popular and similar items under ``model``'s version, then
     move the pointer and announce. Returns counts written. ``progress(values written, values
-    to write)`` is called after each chunk (the application draws it)."""
+    to write)`` is called after each chunk (the application draws it). ``content``: blend
+    content cosine into the similar items of items with few interactions."""
     keys = Keys(settings.redis_prefix)
     # The announcement's topic check and broker connection are network waits (~0.1 s): made
     # in the background while the lists are computed, used only after the pointer moves.
@@ -87,7 +110,7 @@ def publish(
     now = int(time.time() * 1000)
     try:
         counts = _write_lists(model, settings, client, keys, blocked, now, histories, similar_n,
-                              totals, progress)  # fmt: skip
+                              totals, progress, content)  # fmt: skip
     finally:
         # Not waited for here: a slow or absent broker must not hold the pointer back (workers
         # also poll it); the announcement waits for it below.
@@ -128,10 +151,13 @@ def _write_lists(
     similar_n: int,
     totals: Totals | None,
     progress: Callable[[float, float], None] | None = None,
+    content: ContentSimilar | None = None,
 ) -> dict[str, int]:
     """Every user's list and every item's similar items, under ``model``'s version
     (``blocked`` item ids left out; ``now`` epoch ms)."""
     counts = {"lists": 0, "similar": 0}
+    if content is not None:
+        counts["similar_content"] = 0  # similar-item lists blended with content
     # A big catalogue is served from the model's stored index (built with it by the nightly
     # job), its similar items from one built here over the unit rows.
     scorer = Scorer.create(
@@ -181,7 +207,20 @@ def _write_lists(
             similar = similar_items(
                 model.item_factors, similar_n, rows, index=index, overfetch=settings.ann_overfetch
             )
+            blend = None
+            if content is not None and content.few(np.arange(model.n_items)).any():
+                if content.vectors.shape[0] != model.n_items:
+                    raise ValueError(
+                        f"content rows {content.vectors.shape} do not fit {model.n_items} items"
+                    )
+                blend = blend_rows(unit_rows(model.item_factors), content.vectors, content.weight)
             for item_rows, items, scores in similar:
+                if blend is not None:
+                    assert content is not None
+                    few = content.few(item_rows)
+                    if few.any():  # these items' factors say little; their content more
+                        items[few], scores[few] = neighbours(blend, item_rows[few], similar_n, rows)
+                        counts["similar_content"] += int(few.sum())
                 query = [ids[i] for i in item_rows.tolist()]
                 values = scorer.encoder.similar(query, items, scores, model.version, now)
                 batch += [(keys.similar(i), v) for i, v in zip(query, values, strict=True)]
@@ -195,8 +234,12 @@ def _write_lists(
             counts["similar"] += len(batch)
             if progress is not None:
                 progress(counts["lists"] + counts["similar"], to_write)
-            log.info("publish %s: %d similar-item lists written", model.version,
-                     counts["similar"])  # fmt: skip
+            log.info(
+                "publish %s: %d similar-item lists written (%d blended with content)",
+                model.version,
+                counts["similar"],
+                counts.get("similar_content", 0),
+            )
     finally:
         sink.close()
     return counts

@@ -22,7 +22,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,12 +32,14 @@ import numpy as np
 import redis
 
 from streamrec.als.ann import build_for, wanted
+from streamrec.als.content import HasContent
 from streamrec.artifact import Model, load_model
 from streamrec.exits import Exit
 from streamrec.keys import Keys, read_model_pointer
 from streamrec.model.data import Interactions, interactions_from_columns
 from streamrec.model.errors import ModelError
 from streamrec.model.evaluate import EvalReport, als_fit, evaluate
+from streamrec.model.items import fit_for_model, read_catalog, similar_content
 from streamrec.model.params import Params
 from streamrec.model.publish import Totals, live_histories, publish
 from streamrec.model.snapshot import Snapshot, read_window
@@ -76,6 +78,10 @@ class RetrainConfig:
     #: step (the search, the final fit, the publish); the command draws it
     #: (``streamrec.app.progress``). None: no progress is reported.
     progress: ProgressSteps | None = None
+    #: Item content to fit the content->factor map on (item_id -> item, e.g. a catalog CSV's
+    #: ``streamrec.model.items.load_items_csv``). None: read ``settings.topic_items`` (when
+    #: ``read_kafka``); a model with no item content there gets no map.
+    catalog: Mapping[str, HasContent] | None = None
 
 
 #: A callback of one step's progress: ``(done, total)``.
@@ -179,6 +185,16 @@ def _run(
         echo(f"  {snap.decoded} events ({snap.undecodable} undecodable), snapshot {snap.offsets}")
     events = interactions_from_columns(snap.columns, settings.event_weights, settings.half_life_ms)
     data = concat(cfg.base, events)
+    catalog = cfg.catalog
+    catalog_offsets: dict[int, int] | None = None
+    if catalog is None and cfg.read_kafka:
+        got = read_catalog(settings)
+        if got is None:
+            echo(f"  no {settings.topic_items} topic: the model gets no content map")
+        else:
+            catalog, catalog_offsets = got.items, got.offsets
+            echo(f"  {len(got.items)} catalog items from {settings.topic_items} "
+                 f"({got.bad} bad records skipped)")  # fmt: skip
     lap("read")
 
     pointed = read_model_pointer(client, keys)
@@ -257,6 +273,19 @@ def _run(
         index = build_for(factors, settings)
         lap("index")
     popularity = np.asarray(matrix.confidence.maximum(0).sum(axis=0), dtype=np.float32).ravel()
+    content = None
+    if catalog:
+        content = fit_for_model(matrix.item_ids, factors, catalog,
+                                settings.content_regularization,
+                                settings.content_min_category_count)  # fmt: skip
+        if catalog_offsets is not None:
+            content.info["topic"] = settings.topic_items
+            content.info["offsets"] = {str(p): o for p, o in catalog_offsets.items()}
+        if content.cmap is not None:
+            echo(f"content map: {content.info['items']} items with content, "
+                 f"{content.info['features']} features, {content.info['categories']} "
+                 f"categories")  # fmt: skip
+        lap("content")
     model = write_version(
         cfg.models_dir,
         matrix.item_ids,
@@ -278,17 +307,30 @@ def _run(
                 "warm_start": cfg.final_iterations > 0,
                 "iterations": cfg.final_iterations or params.iterations,
             },
+            **({"content_fit": content.info} if content is not None else {}),
         },
         index=index,
+        content=content.cmap if content is not None else None,
     )
     lap("write")
     echo(f"publishing {model.version}: lists for every known user, popular, similar items ...")
     # Every user's list: from the worker's live history where it has one, else the data's.
     live_hist = live_histories(client, keys, list(split.user_ids), settings.half_life_ms)
     totals = Totals(split.user_ids, split.item_ids, split.all_totals())
+    blend = None
+    if content is not None and content.cmap is not None and catalog:
+        # Users with a positive total per item, in the model's item order (= the matrix's).
+        users_per_item = np.asarray((matrix.confidence > 0).sum(axis=0)).ravel()
+        blend = similar_content(matrix.item_ids, content.cmap, catalog, users_per_item, settings)
     with _step(cfg, f"publishing {model.version}", "values") as shown:
         counts = publish(
-            model, settings, client, histories=live_hist, totals=totals, progress=shown
+            model,
+            settings,
+            client,
+            histories=live_hist,
+            totals=totals,
+            progress=shown,
+            content=blend,
         )
     lap("publish")
     pruned = prune(cfg.models_dir, cfg.keep, protect=[model.path])

@@ -7,10 +7,11 @@ model is live. Undecodable messages are counted and skipped (the worker dead-let
 Each message is decoded by the one decoder of contract 1 (``streamrec.registry.event_decoder``:
 the worker's bounds, schema versions and registry framing) and goes straight into
 :class:`EventColumns`: interned user and item codes, type codes, values and timestamps in
-``array`` buffers (about 25 bytes an event, against ~600 for a kept ``Event`` with its own
-strings), so the window never lives as a list of Python objects. The decoder's ``fields``
-reads the common message (Avro single-object v1, no context) with a hand-written reader of
-v1's layout, tested against the general decoder for the same verdict and fields.
+``array`` buffers (about 33 bytes an event, the event id's hash included, against ~600 for a
+kept ``Event`` with its own strings), so the window never lives as a list of Python objects.
+The decoder's ``fields`` reads the common message (Avro single-object v1, no context) with a
+hand-written reader of v1's layout, tested against the general decoder for the same verdict
+and fields.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import uuid
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -58,15 +59,25 @@ class EventColumns:
     (n,) float64, NaN where the event has no value (a decoded value is always finite);
     ``timestamps``: (n,) int64 epoch ms. ``decoded`` counts every decodable event,
     ``duplicates`` the repeats dropped.
+
+    Repeats are found by the 64-bit ``hash`` of each event id (this process's, kept in an
+    int64 buffer: 8 bytes an event, where a set of the ids took ~110 and was most of the read's
+    memory), all at once when the columns are next read (``np.unique``'s first occurrence).
+    Two distinct ids of one window collide with probability about n² / 2⁶⁵ (30M events:
+    2e-5), and the later of the two would be dropped; the worker's history remembers ids by an
+    8-byte digest too (``streamrec.als.history.digest``).
     """
 
-    __slots__ = ("_items", "_seen", "_users", "decoded", "duplicates", "item_names",
-                 "items", "timestamps", "types", "user_names", "users", "values")  # fmt: skip
+    __slots__ = ("_dropped", "_hashes", "_items", "_pending", "_users", "decoded",
+                 "item_names", "items", "timestamps", "types", "user_names", "users",
+                 "values")  # fmt: skip
 
     def __init__(self, events: Iterable[Event] = ()) -> None:
         self._users: dict[str, int] = {}
         self._items: dict[str, int] = {}
-        self._seen: set[str] = set()
+        self._hashes = array("q")
+        self._pending = False  # appended since the last dedup
+        self._dropped = 0
         self.user_names: list[str] = []
         self.item_names: list[str] = []
         self.users = array("i")
@@ -75,7 +86,6 @@ class EventColumns:
         self.values = array("d")
         self.timestamps = array("q")
         self.decoded = 0
-        self.duplicates = 0
         for e in events:
             self.append(e)
 
@@ -88,10 +98,8 @@ class EventColumns:
     ) -> None:
         """Add one decoded (valid) event's fields (``EventDecoder.fields``' tuple)."""
         self.decoded += 1
-        if event_id in self._seen:
-            self.duplicates += 1
-            return
-        self._seen.add(event_id)
+        self._pending = True
+        self._hashes.append(hash(event_id))
         u = self._users.get(user_id)
         if u is None:
             u = self._users[user_id] = len(self.user_names)
@@ -106,7 +114,37 @@ class EventColumns:
         self.values.append(_NAN if value is None else value)
         self.timestamps.append(ts)
 
+    @property
+    def duplicates(self) -> int:
+        """Repeated event ids dropped so far."""
+        self._dedup()
+        return self._dropped
+
+    def _dedup(self) -> None:
+        """Drop every event whose id hash an earlier one has, and the names only they used."""
+        if not self._pending:
+            return
+        self._pending = False
+        h = np.frombuffer(self._hashes, dtype=np.int64)
+        if len(h) == 0:
+            return
+        _, first = np.unique(h, return_index=True)
+        if len(first) == len(h):
+            return
+        keep = np.sort(first)
+        self._dropped += len(h) - len(keep)
+        self._hashes = _taken(self._hashes, keep)
+        for name in ("types", "values", "timestamps"):
+            setattr(self, name, _taken(getattr(self, name), keep))
+        self.users, self.user_names, self._users = _recoded(
+            _taken(self.users, keep), self.user_names
+        )
+        self.items, self.item_names, self._items = _recoded(
+            _taken(self.items, keep), self.item_names
+        )
+
     def __len__(self) -> int:
+        self._dedup()
         return len(self.users)
 
     def arrays(
@@ -119,6 +157,7 @@ class EventColumns:
         npt.NDArray[np.int64],
     ]:
         """(users, items, types, values, timestamps) as numpy views of the buffers (no copy)."""
+        self._dedup()
         return (
             np.frombuffer(self.users, dtype=np.int32) if len(self) else np.zeros(0, np.int32),
             np.frombuffer(self.items, dtype=np.int32) if len(self) else np.zeros(0, np.int32),
@@ -130,6 +169,7 @@ class EventColumns:
     def rows(self) -> list[EventRow]:
         """The kept events as tuples, in read order: for inspection and tests (the training
         path reads the arrays)."""
+        self._dedup()
         return [
             EventRow(
                 self.user_names[u],
@@ -142,6 +182,30 @@ class EventColumns:
                 self.users, self.items, self.types, self.values, self.timestamps, strict=True
             )
         ]
+
+
+def _taken(buf: array[Any], keep: npt.NDArray[np.intp]) -> array[Any]:
+    """A new ``array`` of ``buf``'s entries at the (sorted) positions ``keep``."""
+    out = array(buf.typecode)
+    out.frombytes(np.frombuffer(buf, dtype=_DTYPES[buf.typecode])[keep].tobytes())
+    return out
+
+
+def _recoded(codes: array[Any], names: list[str]) -> tuple[array[Any], list[str], dict[str, int]]:
+    """Codes and names without the names no code uses (first-seen order kept)."""
+    c = np.frombuffer(codes, dtype=np.int32)
+    used = np.zeros(len(names), dtype=bool)
+    used[c] = True
+    if used.all():
+        return codes, names, {n: k for k, n in enumerate(names)}
+    new_code = np.cumsum(used, dtype=np.int32) - 1
+    kept = [n for n, u in zip(names, used.tolist(), strict=True) if u]
+    out = array("i")
+    out.frombytes(new_code[c].astype(np.int32).tobytes())
+    return out, kept, {n: k for k, n in enumerate(kept)}
+
+
+_DTYPES = {"i": np.int32, "b": np.int8, "d": np.float64, "q": np.int64}
 
 
 @dataclass

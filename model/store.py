@@ -23,7 +23,15 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from streamrec.artifact import IndexFile, Model, fsync_path, load_model, read_manifest, write_model
+from streamrec.artifact import (
+    ContentMap,
+    IndexFile,
+    Model,
+    fsync_path,
+    load_model,
+    read_manifest,
+    write_model,
+)
 from streamrec.errors import ArtifactError
 
 log = logging.getLogger(__name__)
@@ -37,14 +45,16 @@ def write_version(
     params: Mapping[str, Any],
     extra: Mapping[str, Any] | None = None,
     index: IndexFile | None = None,
+    content: ContentMap | None = None,
 ) -> Model:
     """Write a new model as ``<root>/<version>`` and return it, loaded and verified;
-    ``index``: its approximate top-N index (``streamrec.als.ann.build_for``), stored with it."""
+    ``index``: its approximate top-N index (``streamrec.als.ann.build_for``), stored with it;
+    ``content``: its content->factor map (``streamrec.als.content``), likewise."""
     root.mkdir(parents=True, exist_ok=True)
     sweep(root)  # a killed run's leftovers are a whole model's worth of disk each
     incoming = root / f".incoming-{os.getpid()}-{time.monotonic_ns()}"
     log.info("writing the model to %s", incoming)
-    write_model(incoming, item_ids, item_factors, item_popularity, params, extra, index)
+    write_model(incoming, item_ids, item_factors, item_popularity, params, extra, index, content)
     version = str(read_manifest(incoming)["version"])
     final = root / version
     if final.exists():  # same second, same factors: the same model; keep the first copy

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -14,10 +14,13 @@ import numpy.typing as npt
 from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
+from streamrec.als.ann import build_for, wanted
+from streamrec.als.content import HasContent
 from streamrec.artifact import Model, load_model, write_model
 from streamrec.model.data import Matrix
 from streamrec.model.errors import ModelError
 from streamrec.model.params import Params
+from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +108,14 @@ def train(
     out: Path,
     extra: dict[str, Any] | None = None,
     progress: Progress | None = None,
+    settings: Settings | None = None,
+    catalog: Mapping[str, HasContent] | None = None,
 ) -> Model:
     """Fit and write a verified model directory at ``out``; returns the loaded model
-    (``progress``: as ``fit``'s)."""
+    (``progress``: as ``fit``'s). With ``settings``, a catalogue of at least
+    ``ann_min_items`` items gets its top-N index stored too, as the nightly job stores it.
+    ``catalog`` (item_id -> content): the content->factor map is fitted on the model's items
+    it describes and stored too (``settings``' ``content_*``, else their defaults)."""
     started = time.perf_counter()
     als = fit(matrix, params, progress=progress)
     fit_s = time.perf_counter() - started
@@ -115,6 +123,20 @@ def train(
     if factors.shape != (len(matrix.item_ids), params.factors):
         raise ModelError(f"unexpected item factor shape {factors.shape}")
     popularity = np.asarray(matrix.confidence.maximum(0).sum(axis=0), dtype=np.float32).ravel()
+    index = build_for(factors, settings) if settings and wanted(len(factors), settings) else None
+    content = None
+    if catalog:
+        from streamrec.model.items import fit_for_model
+
+        fields = Settings.model_fields
+        lam = (
+            settings.content_regularization
+            if settings
+            else fields["content_regularization"].default
+        )
+        min_count = (settings.content_min_category_count if settings
+                     else fields["content_min_category_count"].default)  # fmt: skip
+        content = fit_for_model(matrix.item_ids, factors, catalog, lam, min_count)
     write_model(
         out,
         item_ids=matrix.item_ids,
@@ -125,8 +147,11 @@ def train(
             "n_users": len(matrix.user_ids),
             "n_entries": int(matrix.confidence.nnz),
             "fit_seconds": round(fit_s, 3),
+            **({"content_fit": content.info} if content is not None else {}),
             **(extra or {}),
         },
+        index=index,
+        content=content.cmap if content is not None else None,
     )
     model = load_model(out)
     log.info(

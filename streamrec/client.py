@@ -45,10 +45,13 @@ class Getter(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One entry of a list: the item and its score (scores compare within one list only)."""
+    """One entry of a list: the item and its score (scores compare within one list only);
+    ``why``: the entry's optional explanation (``"content"``: a new catalog item placed from
+    its content before the model learned it), None when it has none."""
 
     item_id: str
     score: float
+    why: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +70,10 @@ class Recommendations:
 def _recommendations(
     value: dict[str, Any], source: Literal["user", "popular", "similar"], n: int | None
 ) -> Recommendations:
-    items = tuple(Item(str(i["item_id"]), float(i["score"])) for i in value["items"][:n])
+    items = tuple(
+        Item(str(i["item_id"]), float(i["score"]), str(i["why"]) if "why" in i else None)
+        for i in value["items"][:n]
+    )
     owner = value.get("user_id") if source == "user" else value.get("item_id")
     return Recommendations(
         user_id=None if owner is None else str(owner),

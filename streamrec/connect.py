@@ -281,6 +281,7 @@ def topic_specs(settings: Settings) -> dict[str, int]:
         settings.topic_events: settings.topic_events_partitions,
         settings.topic_dlq: 1,
         settings.topic_models: 1,
+        settings.topic_items: 1,
     }
 
 
@@ -330,6 +331,9 @@ def topic_configs(settings: Settings, replication: int = 1) -> dict[str, dict[st
         },
         settings.topic_dlq: dict(isr),
         settings.topic_models: dict(isr),
+        # The catalog: the latest record per item is its state, kept for ever (compaction);
+        # one partition keeps every item's records in order for every reader.
+        settings.topic_items: {**isr, "cleanup.policy": "compact"},
     }
 
 

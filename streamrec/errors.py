@@ -5,7 +5,9 @@ Tree::
     StreamrecError                 base of everything raised on purpose
     ├── ConfigError                a bad setting or CLI argument (one line, exit 2)
     ├── EventError                 an event that can't be decoded or is invalid
-    │                              (keeps the raw bytes; the worker dead-letters it)
+    │   │                          (keeps the raw bytes; the worker dead-letters it)
+    │   └── CatalogError           a catalog record (contract 3) that can't be decoded or
+    │                              is invalid (the same: raw bytes kept, dead-lettered)
     ├── ArtifactError              a model directory that is missing, corrupt or inconsistent
     │                              (refused before it replaces a good model)
     ├── InputError                 an input file (data, events, names) missing or unreadable
@@ -40,6 +42,11 @@ class EventError(StreamrecError):
         super().__init__(reason)
         self.reason = reason
         self.raw = raw
+
+
+class CatalogError(EventError):
+    """A catalog record (``streamrec.catalog``) could not be decoded or failed validation;
+    ``raw`` keeps the original bytes, as for events."""
 
 
 class ArtifactError(StreamrecError):

@@ -265,6 +265,20 @@ class ListEncoder:
             [b'},{"item_id":' + orjson.dumps(i) + b',"score":' for i in item_ids], dtype=np.object_
         )
 
+    def extended(self, item_ids: Sequence[str], why: str) -> ListEncoder:
+        """This encoder with ``item_ids`` appended (rows ``len(self) + j``), their entries
+        carrying ``"why": why`` (contract 2's optional explanation, e.g. ``"content"``)."""
+        import numpy as np
+
+        out = ListEncoder(())
+        mark = b',"why":' + orjson.dumps(why)
+        more = [b'},{"item_id":' + orjson.dumps(i) + mark + b',"score":' for i in item_ids]
+        out._frags = np.concatenate([self._frags, np.array(more, dtype=np.object_)])
+        return out
+
+    def __len__(self) -> int:
+        return len(self._frags)
+
     def items_json(
         self,
         heads: Sequence[bytes],

@@ -198,6 +198,11 @@ class Settings(BaseSettings):
     topic_events_partitions: int = Field(6, ge=1, description="partitions when creating events")
     topic_dlq: str = Field("streamrec.events.dlq", description="undecodable events + reason header")
     topic_models: str = Field("streamrec.models", description="model announcements")
+    topic_items: str = Field(
+        "streamrec.items",
+        description="the item catalog (contract 3; key = item_id, compacted: the latest record "
+        "of each item is kept, a tombstone removes it)",
+    )
     # --- A Kafka cluster (README "Running on a multi-broker Kafka") ------------------------
     kafka_brokers: int = Field(
         1,
@@ -289,6 +294,33 @@ class Settings(BaseSettings):
         ge=0,
         description="similar-item candidates fetched beyond the list length, from which the item "
         "and blocked items are dropped; an item left short is scored exactly",
+    )
+
+    # --- New items from their content (README "New items from their content") ------------
+    content_regularization: float = Field(
+        10.0,
+        ge=0,
+        description="ridge λ of the nightly job's content->factor map (standardized features "
+        "and category columns -> item factors; the bias is not penalized)",
+    )
+    content_min_category_count: int = Field(
+        1,
+        ge=1,
+        description="categories carried by fewer of the model's items get no column in the "
+        "content map (they are ignored when an item is mapped)",
+    )
+    content_similar_min_interactions: int = Field(
+        5,
+        ge=0,
+        description="items with fewer users than this in the nightly job's data get similar "
+        "items from cosine over content blended with cosine over factors; 0 = never",
+    )
+    content_similar_weight: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="weight of the content cosine in those items' blend (1 - it: the factor "
+        "cosine); 0 = factors only",
     )
 
     # --- Feedback (shared by worker and trainer) --------------------------------------------

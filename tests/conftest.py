@@ -57,7 +57,7 @@ def forget_kafka_run(settings: Settings) -> None:
 # the hex epoch second it was made (``fresh_tag``). Teardown deletes them; ones a killed session
 # left behind are swept at the next session's start once older than ``STALE_TOPIC_S``: a broker
 # holding thousands of dead test partitions takes minutes to restart.
-_TEST_TOPIC = re.compile(r"^[tc]-([0-9a-f]{10}|[0-9a-f]{14})\.(?:events|events\.dlq|models)$")
+_TEST_TOPIC = re.compile(r"^[tc]-([0-9a-f]{10}|[0-9a-f]{14})\.(?:events|events\.dlq|models|items)$")
 STALE_TOPIC_S = 6 * 3600
 
 
@@ -131,11 +131,12 @@ def stack(infra: Settings) -> Iterator[Callable[..., Settings]]:
     def make(**overrides: Any) -> Settings:
         tag = fresh_tag()
         prefixes.append(f"test-{tag}")
-        topics.extend(f"t-{tag}.{role}" for role in ("events", "events.dlq", "models"))
+        topics.extend(f"t-{tag}.{role}" for role in ("events", "events.dlq", "models", "items"))
         values: dict[str, Any] = {
             "topic_events": f"t-{tag}.events",
             "topic_dlq": f"t-{tag}.events.dlq",
             "topic_models": f"t-{tag}.models",
+            "topic_items": f"t-{tag}.items",
             "topic_events_partitions": 3,
             "consumer_group": f"g-{tag}",
             "redis_prefix": f"test-{tag}",

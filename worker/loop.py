@@ -33,9 +33,10 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
+import orjson
 from confluent_kafka import Message
 
 from streamrec.als.history import Rules, UserState
@@ -46,6 +47,7 @@ from streamrec.registry import event_decoder
 from streamrec.settings import Settings
 from streamrec.sink import Sink
 from streamrec.worker.batch import Batch
+from streamrec.worker.catalog import Catalog, CatalogFollower
 from streamrec.worker.decode import DeadLetters, Decoded, decode_batch
 from streamrec.worker.errors import WorkerError
 from streamrec.worker.isolate import (
@@ -72,6 +74,9 @@ MAX_ATTEMPTS = 5
 #: gone from the promoted one, and a list lives in another slot than its user's history, so
 #: nothing else would bring it back (replication lag on a healthy cluster: milliseconds).
 REPAIR_S = 5.0
+#: Users whose lists the purge of unavailable items reads per loop turn (``Worker._purge``):
+#: it runs between batches, a slice at a time, so events are not held up behind it.
+PURGE_CHUNK = 2000
 
 
 def _freeze_heap() -> None:
@@ -137,6 +142,12 @@ class Worker:
         # Every known schema version, and the registry when one is set (ConfigError at start).
         self._decoder = event_decoder(settings)
         self.assigned: set[tuple[str, int]] = set()  # the partitions this worker owns now
+        # The item catalog (contract 3), read to its end in ``run`` and followed between
+        # batches; the purge of items that left it: ids and the history keys still to read.
+        self.catalog = Catalog()
+        self._follower: CatalogFollower | None = None
+        self._purge_ids: set[str] = set()
+        self._purge_keys: Iterator[str] | None = None
         self.outages = Outages(settings, self.metrics, self.stop)  # Redis or Kafka down
 
     @property
@@ -159,6 +170,10 @@ class Worker:
             self._dead = DeadLetters(s)
         source, dead = self._source, self._dead
         self.state.attach(source if isinstance(source, Positions) else None, dead)
+        if self._follower is None:
+            self._follower = CatalogFollower(s, self.catalog, dead_letters=dead)
+            self._follower.start()  # the whole catalog before the first batch (bounded)
+            self.models.use_catalog(self.catalog)
         self.assigned = source.assigned
         server = self.server
         started = time.monotonic()
@@ -185,6 +200,7 @@ class Worker:
                     _freeze_heap()
                     outages.call(self._refold)
                 outages.call(self.state.tick)
+                outages.call(self._follow_catalog)
                 if now >= next_report:
                     lag = source.lag()
                     self.metrics.lag.set(lag)
@@ -226,6 +242,8 @@ class Worker:
             source.commit_all()  # synchronous: the group resumes exactly here
             dead.close()
             self.models.close()
+            if self._follower is not None:
+                self._follower.close()
         finally:
             source.close()
 
@@ -259,6 +277,72 @@ class Worker:
         self._sink.write(lists, transaction=False)
         self.stats.refolded += len(lists)
         log.info("re-folded %d users with events after the snapshot %s", len(lists), ranges)
+
+    def _follow_catalog(self) -> None:
+        """Apply what arrived on the items topic, and go on with the purge of lists that
+        hold an item that left the catalog (or became unavailable)."""
+        follower = self._follower
+        if follower is None:
+            return
+        if follower.poll():
+            self.models.catalog_changed()
+            log.info("catalog: %d items, %d unavailable, %d mapped from their content "
+                     "(version %d)", len(self.catalog), len(self.catalog.unavailable()),
+                     self.models.cold, self.catalog.version)  # fmt: skip
+        # Not before this worker owns partitions: a purge goes over their users.
+        ids = self.models.take_purge() if self.assigned else set()
+        if ids:
+            # Start again over every owned user: those already read this round may hold a
+            # new id too, and an unfinished round's ids are kept.
+            self._purge_ids |= ids
+            self._purge_keys = self._owned_history_keys()
+        if self._purge_keys is not None:
+            self._purge()
+
+    def _owned_history_keys(self) -> Iterator[str]:
+        """The history key of every user of the partitions this worker owns now."""
+        topics = {self.settings.topic_events}
+        for topic, part in sorted(self.assigned):
+            if topic not in topics:
+                continue
+            pattern = _glob_escape(self.keys.users(topic, part)) + "*"
+            for key in self._redis.scan_iter(match=pattern, count=1000):
+                yield key.decode() if isinstance(key, bytes) else key
+
+    def _purge(self) -> None:
+        """One slice of the purge: of up to ``PURGE_CHUNK`` owned users, re-fold those whose
+        stored list holds an id of ``_purge_ids`` (their new list leaves it out: the scorer
+        blocks them), so such a list is rewritten within one round over the owned users."""
+        assert self._purge_keys is not None
+        keys: list[str] = []
+        for key in self._purge_keys:
+            keys.append(key)
+            if len(keys) >= PURGE_CHUNK:
+                break
+        else:
+            self._purge_keys = None  # the round ends with this slice
+        users: dict[str, str] = {}
+        for key in keys:
+            found = self.keys.parse_user(key)
+            if found is not None:
+                users[found[2]] = key
+        names = list(users)
+        marks = [b'"item_id":' + orjson.dumps(i) for i in self._purge_ids]
+        hit = [u for u, raw in zip(names, mget(self._redis, [self.keys.recs(u) for u in names]),
+                                   strict=True)
+               if raw is not None and any(m in bytes(raw) for m in marks)]  # fmt: skip
+        if hit:
+            raw_states = mget(self._redis, [users[u] for u in hit])
+            states = {u: UserState.decode(r) for u, r in zip(hit, raw_states, strict=True) if r}
+            histories = {u: st.totals(self.rules.half_life_ms) for u, st in states.items()}
+            scorer = self.scorer
+            lists = scorer.values(scorer.score(histories), int(time.time() * 1000))
+            self._sink.write(lists, transaction=False)
+            self.stats.purged += len(lists)
+            log.info("rewrote %d lists that held an unavailable item", len(lists))
+        if self._purge_keys is None:
+            log.info("purge of %d unavailable items done", len(self._purge_ids))
+            self._purge_ids = set()
 
     def _repair(self) -> None:
         """After a failure of Redis (a Redis Cluster failing over): write again, from the
@@ -405,6 +489,11 @@ class Worker:
             st.users_failed += len(faulty)
             _log_failed(faulty, fresh)
         return True
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally by a Redis SCAN pattern."""
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
 
 
 def _log_failed(failed: Failed, fresh: Sequence[Decoded]) -> None:

@@ -70,6 +70,7 @@ class Stats:
     rebuilds: int = 0  # partition rebuilds begun: their state in Redis was lost (rebuild.py)
     replayed: int = 0  # messages applied by rebuilds (re-read from the topic)
     relisted: int = 0  # lists written again at the end of a rebuild
+    purged: int = 0  # lists written again without items the catalog made unavailable
 
 
 #: The Prometheus counters exported from ``Stats``: name, help, the fields summed into it.
@@ -83,7 +84,11 @@ COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         ("redelivered",),
     ),
     ("streamrec_events_duplicate", "events dropped as duplicate event_id", ("duplicates",)),
-    ("streamrec_users_updated", "lists written", ("users_updated", "refolded", "relisted")),
+    (
+        "streamrec_users_updated",
+        "lists written",
+        ("users_updated", "refolded", "relisted", "purged"),
+    ),
     (
         "streamrec_unknown_items",
         "history entries skipped in the solve: item unknown to the model",

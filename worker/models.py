@@ -1,10 +1,17 @@
-"""Which model serves, and which items are blocked: checked between batches.
+"""Which model serves, which items are blocked, and which catalog items it scores from their
+content: checked between batches.
 
 A new model is noticed two ways: an announcement on ``settings.topic_models`` (at once) or the
 ``<p>:model`` pointer moving (polled every ``CHECK_S``). Either way the pointer is the truth:
 the worker loads the directory it names, verifies it (checksums, shapes, dtypes) and only then
 swaps one reference. A model that fails verification is refused, logged and remembered, and the
 current one keeps serving.
+
+The serving ``Scorer`` is the model's own (``plain``) composed with what is never recommended
+(``<p>:blocked`` and the catalog's unavailable items, contract 3) and the cold items: catalog
+items the model has no factors for, given factors by the model's content map
+(``streamrec.artifact.ContentMap``, stored with it) when it has one. A swap maps them again
+with the new model's map; an item the new model knows then uses its trained factors.
 """
 
 from __future__ import annotations
@@ -20,12 +27,14 @@ import redis
 from confluent_kafka import Consumer
 
 from streamrec.als.ann import load_for
-from streamrec.als.scorer import Scorer
-from streamrec.artifact import Model, load_model
+from streamrec.als.scorer import ColdItems, Scorer
+from streamrec.artifact import ContentMap, Model, load_content_map, load_model
+from streamrec.catalog import Item
 from streamrec.connect import blocked_items
 from streamrec.errors import ArtifactError, InfraError
 from streamrec.keys import Keys, ModelPointer, read_model_pointer
 from streamrec.settings import Settings
+from streamrec.worker.catalog import Catalog
 from streamrec.worker.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -60,7 +69,18 @@ class ModelWatcher:
         self._metrics = metrics
         self.refused: set[str] = set()
         self._pinned = settings.model_path is not None
-        self.scorer = self._initial()
+        self._catalog: Catalog | None = None
+        self._content: ContentMap | None = None
+        self._loaded_content: ContentMap | None = None  # the map of the model ``_scorer`` loaded
+        # Cold items' mapped factors under the serving model: item_id -> (record, factors).
+        self._mapped: dict[str, tuple[Item, npt.NDArray[np.float32]]] = {}
+        self._unavailable: frozenset[str] = frozenset()
+        #: Ids that left every list since the caller last took them (``take_purge``): the
+        #: catalog's newly unavailable items, and all of them after a swap (the publisher
+        #: wrote the new model's lists without the catalog).
+        self.purge: set[str] = set()
+        self._plain = self._initial()  # the model's own scorer, without blocked or cold rows
+        self.scorer = self._plain
         self._blocked_ids: set[str] = set()
         self._next_check = 0.0
         self._unreported_swap = False
@@ -87,9 +107,76 @@ class ModelWatcher:
         s = self._settings
         # A big catalogue's stored index is opened (memory-mapped) and checked with the model:
         # one that does not open makes load fail, and the model is refused like a bad one.
-        return Scorer.create(model, n=s.top_n, history_max=s.history_max, ann=load_for(model, s))
+        # So is its content map (checksummed, shapes): refused with the model when bad.
+        scorer = Scorer.create(model, n=s.top_n, history_max=s.history_max,
+                               ann=load_for(model, s))  # fmt: skip
+        self._loaded_content = load_content_map(model.path)
+        return scorer
+
+    # --- the catalog (contract 3) --------------------------------------------------------------
+
+    def use_catalog(self, catalog: Catalog) -> None:
+        """Serve with ``catalog``'s unavailable items left out and its cold items mapped;
+        call ``catalog_changed`` after each change of it."""
+        self._catalog = catalog
+        self.catalog_changed()
+
+    def catalog_changed(self) -> None:
+        """Compose the serving scorer again from the catalog as it is now; the ids that
+        became unavailable are added to ``purge``."""
+        if self._catalog is None:
+            return
+        now = self._catalog.unavailable()
+        self.purge |= now - self._unavailable
+        self._unavailable = now
+        self._compose()
+
+    def take_purge(self) -> set[str]:
+        """The ids of ``purge``, emptied."""
+        ids, self.purge = self.purge, set()
+        return ids
+
+    @property
+    def cold(self) -> int:
+        """How many cold items the serving scorer maps from their content."""
+        return len(self.scorer.cold) if self.scorer.cold is not None else 0
+
+    def _compose(self) -> None:
+        plain = self._plain
+        never = self._blocked_ids | self._unavailable
+        self.scorer = plain.with_(blocked=plain.blocked_rows(never), cold=self._cold_items(never))
+
+    def _cold_items(self, never: set[str] | frozenset[str]) -> ColdItems | None:
+        """The catalog's available items the model has no factors for, each with factors
+        from the model's content map (None without a catalog, a map or such items)."""
+        if self._catalog is None or self._content is None:
+            return None
+        index, cmap = self._plain.index, self._content
+        fresh = sorted(
+            (i for i in self._catalog.items().values()
+             if i.available and i.item_id not in index and i.item_id not in never),
+            key=lambda i: i.item_id,
+        )  # fmt: skip
+        if not fresh:
+            self._mapped = {}
+            return None
+        known = self._mapped
+        todo = [i for i in fresh if (known.get(i.item_id) or (None,))[0] != i]
+        if todo:
+            for item, row in zip(todo, cmap.predict(todo), strict=True):
+                known[item.item_id] = (item, row)
+            log.info("mapped %d new catalog items from their content (model %s)",
+                     len(todo), self._plain.version)  # fmt: skip
+        self._mapped = {i.item_id: known[i.item_id] for i in fresh}
+        factors = np.stack([self._mapped[i.item_id][1] for i in fresh])
+        return ColdItems.create(self._plain.encoder, [i.item_id for i in fresh], factors)
 
     def _initial(self) -> Scorer:
+        scorer = self._initial_scorer()
+        self._content = self._loaded_content
+        return scorer
+
+    def _initial_scorer(self) -> Scorer:
         if self._settings.model_path is not None:
             return self._scorer(load_model(self._settings.model_path))
         pointed = read_model_pointer(self._redis, self._keys)
@@ -160,7 +247,7 @@ class ModelWatcher:
         pointed = read_model_pointer(self._redis, self._keys)
         if (
             pointed is None
-            or pointed.version == self.scorer.version
+            or pointed.version == self._plain.version
             or pointed.version in self.refused
         ):
             return False
@@ -173,9 +260,13 @@ class ModelWatcher:
             log.error("refusing model %s: %s; still serving %s", version, exc, self.scorer.version)
             return False
         log.info("model swap %s -> %s", self.scorer.version, scorer.version)
-        self.scorer = scorer
-        # Re-map the blocked ids onto the new model's rows on the reload just below.
+        self._plain = self.scorer = scorer
+        self._content, self._mapped = self._loaded_content, {}
+        # Re-map the blocked ids and the catalog onto the new model's rows just below, and
+        # purge the unavailable items from the lists the publisher wrote.
         self._blocked_ids = set()
+        self._compose()
+        self.purge |= self._unavailable
         self._metrics.model_loaded(scorer.version)
         return True
 
@@ -183,7 +274,7 @@ class ModelWatcher:
         ids = blocked_items(self._redis, self._keys)
         if ids != self._blocked_ids:
             self._blocked_ids = ids
-            self.scorer = self.scorer.with_(blocked=self.scorer.blocked_rows(ids))
+            self._compose()
             log.info("blocked items: %d (%d known to the model)", len(ids), len(self.blocked))
 
     def close(self) -> None:

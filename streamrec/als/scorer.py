@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from streamrec.als.ann import TopNIndex
 from streamrec.als.foldin import FoldIn
-from streamrec.als.topn import top_n
+from streamrec.als.topn import select_top_n, top_n
 from streamrec.artifact import Model
 from streamrec.feedback import confidence
 from streamrec.keys import ListEncoder, round_scores
@@ -46,6 +46,38 @@ def _no_rows() -> npt.NDArray[np.int64]:
 
 
 @dataclass(frozen=True)
+class ColdItems:
+    """Items the model has no trained factors for, scored beside its own: row ``n_items + j``
+    of a ``Scorer`` with them is ``ids[j]``, whose factors are ``factors[j]`` (given from
+    elsewhere: the worker maps them from the items' content, ``streamrec.als.content``).
+
+    ``factors``: (c, k) float32, C-contiguous; ``encoder``: the model's ``ListEncoder``
+    extended by these ids, each entry marked ``"why": "content"`` (contract 2).
+    """
+
+    ids: tuple[str, ...]
+    factors: npt.NDArray[np.float32] = field(repr=False)
+    index: Mapping[str, int] = field(repr=False)
+    encoder: ListEncoder = field(repr=False)
+
+    @classmethod
+    def create(
+        cls, base: ListEncoder, ids: Sequence[str], factors: npt.ArrayLike, why: str = "content"
+    ) -> ColdItems:
+        """Cold items ``ids`` with ``factors`` ((c, k)), appended to the encoder ``base``."""
+        y = np.ascontiguousarray(factors, dtype=np.float32)
+        if y.ndim != 2 or y.shape[0] != len(ids):
+            raise ValueError(f"{len(ids)} cold items but factors of shape {y.shape}")
+        if not np.isfinite(y).all():
+            raise ValueError("cold item factors hold NaN or infinity")
+        ids = tuple(ids)
+        return cls(ids, y, {item: j for j, item in enumerate(ids)}, base.extended(ids, why))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
 class Scorer:
     """One model, ready to score, and the knobs every call uses:
 
@@ -67,6 +99,10 @@ class Scorer:
     history_max: int = HISTORY_MAX
     blocked: npt.NDArray[np.int64] = field(default_factory=_no_rows, repr=False)
     ann: TopNIndex | None = field(default=None, repr=False)
+    #: Items without trained factors, scored after the model's own and merged into each list
+    #: (``ColdItems``); None = the model's items alone. They never enter a fold-in: the solve
+    #: is over the trained factors only, so each user's vector is what it is without them.
+    cold: ColdItems | None = field(default=None, repr=False)
     # Scratch reused across batches (one worker thread uses a Scorer at a time); copies made
     # by ``with_`` share it, so a copy per call allocates nothing.
     buffers: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict, repr=False)
@@ -102,8 +138,10 @@ class Scorer:
         n: int | None = None,
         history_max: int | None = None,
         blocked: npt.ArrayLike | None = None,
+        cold: ColdItems | bool | None = True,
     ) -> Scorer:
-        """A copy with other knobs (None keeps this one's; ``blocked=[]`` clears them). Cheap:
+        """A copy with other knobs (None keeps this one's; ``blocked=[]`` clears them;
+        ``cold``: True keeps this one's cold items, None drops them). Cheap:
         it shares the model, its index and the score buffer with this one, so use the two
         from one thread at a time (``dataclasses.replace(sc, buffers={})`` for another)."""
         return replace(
@@ -111,6 +149,7 @@ class Scorer:
             n=self.n if n is None else n,
             history_max=self.history_max if history_max is None else history_max,
             blocked=self.blocked if blocked is None else np.asarray(blocked, dtype=np.int64),
+            cold=self.cold if cold is True else (cold or None),
         )
 
     @property
@@ -177,9 +216,58 @@ class Scorer:
             )
         return np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
 
+    def _merge_cold(
+        self,
+        vectors: npt.NDArray[np.float32],
+        items: npt.NDArray[np.int64],
+        scores: npt.NDArray[np.float32],
+        owner: npt.NDArray[np.int64],
+        rows: npt.NDArray[np.int64],
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """The model's top-N lists ((B, m) ``items``/``scores``) merged with the cold items'
+        scores: (B, min(n, n_items + c)). ``owner``/``rows``: (h,) int64 user and cold row of
+        each cold item in a history (excluded from that user's list).
+
+        A cold item enters a list only by beating its last entry: the merge is a stable sort
+        of the model's list (already best first) followed by the cold candidates, so a list no
+        cold item enters is the model's own, bit for bit."""
+        cold = self.cold
+        assert cold is not None
+        n_items, c = self.model.n_items, len(cold)
+        # In slices of ``score_rows`` rows, zero-padded, as ``_exact`` does: a user's scores
+        # are then bit-identical whichever batch they come in (see ``top_n``).
+        rows_per = self.score_rows
+        b = len(vectors)
+        padded = np.zeros((-(-b // rows_per) * rows_per, vectors.shape[1]), dtype=np.float32)
+        padded[:b] = vectors
+        ext = np.empty((len(padded), c), dtype=np.float32)
+        for lo in range(0, len(padded), rows_per):
+            np.matmul(padded[lo : lo + rows_per], cold.factors.T, out=ext[lo : lo + rows_per])
+        ext = ext[:b]  # (B, c)
+        if len(owner):
+            ext[owner, rows] = -np.inf
+        ci, cs = select_top_n(ext, min(self.n, c))
+        ci = np.where(ci >= 0, ci + n_items, -1)
+        both_items = np.hstack([items, ci])
+        both_scores = np.hstack([scores, cs])
+        width = min(self.n, n_items + c)
+        # NaN (a broken solve) sorts last; its row stays all NaN, as the model's would be.
+        order = np.argsort(-both_scores, axis=1, kind="stable")[:, :width]
+        return (
+            np.take_along_axis(both_items, order, axis=1),
+            np.take_along_axis(both_scores, order, axis=1),
+        )
+
     @property
     def version(self) -> str:
         return self.model.version
+
+    @property
+    def all_ids(self) -> npt.NDArray[np.object_]:
+        """(n_items + c,) object: the id of every row a list may hold (cold items last)."""
+        if self.cold is None or not len(self.cold):
+            return self.ids_array
+        return np.concatenate([self.ids_array, np.asarray(self.cold.ids, dtype=np.object_)])
 
     def blocked_rows(self, item_ids: Iterable[str]) -> npt.NDArray[np.int64]:
         """Row indices of the given item ids that the model knows."""
@@ -192,7 +280,7 @@ class Scorer:
         many users got the popularity ranking.
         """
         scored = self.score(histories)
-        return scored.lists(self.ids_array), scored.unknown, scored.cold
+        return scored.lists(self.all_ids), scored.unknown, scored.cold
 
     def score(self, histories: Mapping[str, Mapping[str, float]]) -> Scored:
         """Top-``n`` item rows and scores for every user in ``histories`` (item -> total).
@@ -213,13 +301,23 @@ class Scorer:
     def values(self, scored: Scored, now_ms: int) -> list[tuple[str, bytes]]:
         """(user_id, ``<p>:recs:<user_id>`` JSON) for every list of ``scored``, under this
         model's version (what ``streamrec.sink.Sink.write`` takes)."""
-        encoded = self.encoder.recs(scored.users, scored.items, scored.scores, self.version, now_ms)
+        encoder = self.cold.encoder if self.cold is not None else self.encoder
+        encoded = encoder.recs(scored.users, scored.items, scored.scores, self.version, now_ms)
         return list(zip(scored.users, encoded, strict=True))
 
     def rows_of(self, item_ids: Sequence[str]) -> npt.NDArray[np.int64]:
-        """(n,) int64 model row of each item id, -1 for ids the model does not know."""
+        """(n,) int64 model row of each item id, -1 for ids the model does not know (a cold
+        item's row is ``n_items + j``, ``ColdItems``)."""
         get = self.index.get
-        return np.fromiter((get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        rows = np.fromiter((get(i, -1) for i in item_ids), dtype=np.int64, count=len(item_ids))
+        cold = self.cold
+        if cold is not None and len(cold) and (rows < 0).any():
+            n_items, cget = self.model.n_items, cold.index.get
+            for at in np.flatnonzero(rows < 0).tolist():
+                j = cget(item_ids[at])
+                if j is not None:
+                    rows[at] = n_items + j
+        return rows
 
     def score_flat(
         self,
@@ -230,7 +328,8 @@ class Scorer:
     ) -> Scored:
         """``score`` with the histories flattened: user ``b`` owns the next ``counts[b]``
         entries of ``all_rows`` ((nnz,) int64 model rows, ``rows_of``; -1 = unknown item) and
-        ``all_totals`` ((nnz,) float64 feedback totals).
+        ``all_totals`` ((nnz,) float64 feedback totals). Cold items (rows past the model's)
+        are kept out of the user's list and out of the solve.
 
         A warm user whose vector is not finite gets NaN scores and no items (-1)."""
         n, history_max = self.n, self.history_max
@@ -240,6 +339,12 @@ class Scorer:
         owner = np.repeat(np.arange(len(users)), counts)
         known = all_rows >= 0
         unknown = int(total - known.sum())
+        cold_owner = cold_rows = _no_rows()
+        if self.cold is not None and len(self.cold):
+            n_items = self.model.n_items
+            in_cold = all_rows >= n_items
+            cold_owner, cold_rows = owner[in_cold], all_rows[in_cold] - n_items
+            known &= ~in_cold
         excl_idx, owner, totals = all_rows[known], owner[known], all_totals[known]
         per_user = np.bincount(owner, minlength=len(users))
         excl_ptr = np.concatenate([[0], np.cumsum(per_user)]).astype(np.int64)
@@ -261,6 +366,8 @@ class Scorer:
             # NaN makes every score of the row NaN, which callers can test (worker/isolate.py).
             vectors[~np.isfinite(vectors).all(axis=1)] = np.nan
         items, scores, short = self._top_n(vectors, excl_ptr, excl_idx)
+        if self.cold is not None and len(self.cold):
+            items, scores = self._merge_cold(vectors, items, scores, cold_owner, cold_rows)
         cold = np.flatnonzero(~warm).tolist()
         if cold:
             never = set(self.blocked.tolist())

@@ -111,3 +111,34 @@ def closest(unit: F32, rows: I64, candidates: I64) -> tuple[I64, F32]:
     sims = unit[rows] @ unit[candidates].T
     best = sims.argmax(axis=1).astype(np.int64)
     return best, sims[np.arange(len(rows)), best]
+
+
+def blend_rows(unit: F32, content: F32, weight: float) -> F32:
+    """(n_items, k + d) float32 rows whose dot products are the blended similarity
+    ``(1 - weight) * cos(factors) + weight * cos(content)``: ``[√(1-w)·unit, √w·content]``.
+
+    ``unit``: ``unit_rows`` of the factors (n_items, k); ``content``: unit-length content rows
+    of the same items (n_items, d) float32 (``streamrec.als.content.content_vectors``; zeros
+    for an item without content, whose content cosine is then 0); ``weight`` in [0, 1]. Rows
+    of items with both stay unit length, so ``neighbours`` over them ranks by the blend."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must be in [0, 1], got {weight}")
+    u, c = np.asarray(unit, np.float32), np.asarray(content, np.float32)
+    if u.ndim != 2 or c.ndim != 2 or len(u) != len(c):
+        raise ValueError(f"factor rows {u.shape} and content rows {c.shape} do not match")
+    return np.hstack([np.sqrt(1.0 - weight) * u, np.sqrt(weight) * c]).astype(np.float32)
+
+
+def blended_neighbours(
+    unit: F32,
+    content: F32,
+    rows: I64,
+    n: int,
+    weight: float,
+    blocked: I64 | None = None,
+) -> tuple[I64, F32]:
+    """``neighbours`` of ``rows`` ((c,) int64) by the blend of factor and content cosine
+    (``blend_rows``): ``(items, scores)``, each (c, min(n, n_items)), the item itself and
+    ``blocked`` excluded, padded with -1 / -inf as ``top_n`` pads. For items with few
+    interactions, whose factors say little and whose content says more."""
+    return neighbours(blend_rows(unit, content, weight), rows, n, blocked)

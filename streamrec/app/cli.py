@@ -291,6 +291,14 @@ def _train(p: _Parser) -> None:
         "and write <prefix>:popular",
     )
     p.add_argument(
+        "--items",
+        type=Path,
+        metavar="CSV",
+        help="catalog CSV (an id column, name/title, categories/genres, year, numeric columns "
+        "as features): fit the content->factor map on the model's items it describes and "
+        "store it with the model",
+    )
+    p.add_argument(
         "--if-absent",
         action="store_true",
         help="do nothing (exit 0) when <prefix>:model already names a model directory that "
@@ -334,6 +342,40 @@ def _evaluate(p: _Parser) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="split and search seed (0)")
     p.add_argument("--out", type=Path, metavar="FILE", help="also write the report as JSON")
+
+
+@_command(
+    "evaluate-cold",
+    "measure new items' factors mapped from their content",
+    "Hold whole items out of training (a fraction of those with content), train ALS on the "
+    "rest, fit the content->factor map on the kept items, map the held-out ones, and report "
+    "recall and NDCG at 10 and 50 of ranking them for each user with the mapped factors, "
+    "random factors, popularity predicted from content and (not available at serve time) "
+    "their true popularity; mean and spread over several seeds.",
+)
+def _evaluate_cold(p: _Parser) -> None:
+    d = params.Params()
+    p.add_argument(
+        "dataset",
+        choices=("ml-latest-small", "lastfm-2k", "synthetic", "planted"),
+        help="ml-latest-small: genres and year; lastfm-2k: user tags (from every other "
+        "user); synthetic: the generated genres; planted: a small generated set with a "
+        "planted content->factor relation",
+    )
+    p.add_argument("--data-dir", type=Path, metavar="DIR", help="folder of the dataset files")
+    p.add_argument(
+        "--holdout", type=_positive_float, default=0.2, help="fraction of items held out (0.2)"
+    )
+    p.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1 (3)")
+    p.add_argument(
+        "--content-regularization",
+        type=_nonneg_float,
+        metavar="λ",
+        help="ridge λ of the map (default: STREAMREC_CONTENT_REGULARIZATION)",
+    )
+    _als_arguments(p, d, alpha=f"confidence scale ({d.alpha:g})")
+    p.add_argument("--out", type=Path, metavar="FILE", help="also write the report as JSON")
+    p.set_defaults(seed=0)  # the seeds are --seeds'
 
 
 @_command(
@@ -418,6 +460,13 @@ def _retrain(p: _Parser) -> None:
         "--seed", type=int, default=d.seed, help=f"split, search and fit seed ({d.seed})"
     )
     p.add_argument(
+        "--items",
+        type=Path,
+        metavar="CSV",
+        help="fit the content->factor map on this catalog CSV instead of the items topic "
+        "(STREAMREC_TOPIC_ITEMS)",
+    )
+    p.add_argument(
         "--at",
         type=_hhmm,
         metavar="HH:MM",
@@ -497,6 +546,48 @@ def _produce(p: _Parser) -> None:
         help="wire encoding (avro single-object, default)",
     )
     p.add_argument("--limit", type=_positive_int, metavar="N", help="CSV: first N rows")
+
+
+@_command(
+    "catalog",
+    "publish the item catalog (contract 3)",
+    "Publish item records to the compacted items topic (key = item_id): 'load PATH' sends "
+    "every row of a catalog CSV (an id column, name/title, categories split on | or ;, a "
+    "year, every other numeric column as a feature; the mapping by flags), checked whole "
+    "before anything is sent; 'remove ID...' sends tombstones. Ends with a delivery report.",
+)
+def _catalog(p: _Parser) -> None:
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=_Parser)
+    load = sub.add_parser("load", help="publish every row of a catalog CSV (.gz allowed)")
+    load.add_argument("path", type=Path, metavar="PATH", help="the CSV (header row)")
+    load.add_argument(
+        "--id-col", metavar="COL", help="id column (default: item_id, id, movieId, ...)"
+    )
+    load.add_argument("--name-col", metavar="COL", help="name column (default: name, title)")
+    load.add_argument(
+        "--categories-col",
+        metavar="COL",
+        help="categories column, split on | or ; (default: categories, genres, ...)",
+    )
+    load.add_argument("--year-col", metavar="COL", help="year column (default: year)")
+    load.add_argument(
+        "--available-col",
+        metavar="COL",
+        help="true/false column (default: available; none = every item available)",
+    )
+    load.add_argument(
+        "--features",
+        metavar="A,B,C",
+        help="feature columns (default: every other all-numeric column)",
+    )
+    load.add_argument(
+        "--format",
+        choices=("avro", "json"),
+        default="avro",
+        help="wire encoding (avro single-object, default)",
+    )
+    remove = sub.add_parser("remove", help="tombstone items: they leave the catalog and every list")
+    remove.add_argument("ids", nargs="+", metavar="ID", help="item ids")
 
 
 @_command(

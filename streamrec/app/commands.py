@@ -36,11 +36,13 @@ def run(args: argparse.Namespace) -> int:
         "topics": cmd_topics,
         "train": cmd_train,
         "evaluate": cmd_evaluate,
+        "evaluate-cold": cmd_evaluate_cold,
         "recommend": cmd_recommend,
         "retrain": cmd_retrain,
         "model": cmd_model,
         "worker": cmd_worker,
         "produce": cmd_produce,
+        "catalog": cmd_catalog,
         "replay": cmd_replay,
         "loadgen": cmd_loadgen,
         "demo": cmd_demo,
@@ -118,6 +120,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     data, source = _load_source(args)
     print(f"loaded {len(data)} rows from {source}")
     extra: dict[str, Any] = {"source": source}
+    catalog = None
+    if args.items is not None:
+        from streamrec.model.items import load_items_csv
+
+        catalog = load_items_csv(args.items)  # a bad file is a DataError (exit 4)
+        print(f"loaded {len(catalog)} catalog items from {args.items}")
+        extra["items"] = str(args.items)
     if args.tune is not None:
         from streamrec.model.split import split_interactions
         from streamrec.model.tune import tune
@@ -142,7 +151,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         } | {"trials": len(result.trials)}
     matrix = build_matrix(data, params.transform)
     with Progress("fitting ALS", params.iterations, "sweeps") as shown:
-        model = train(matrix, params, args.out, extra=extra, progress=shown)
+        model = train(matrix, params, args.out, extra=extra, progress=shown, settings=settings,
+                      catalog=catalog)  # fmt: skip
     print(f"model {model.version}: {model.n_items} items x {model.factors} factors -> {args.out}")
     if args.publish:
         _publish(model, settings)
@@ -189,7 +199,13 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         base, name = _load_source(args)
     elif args.no_kafka:
         raise ConfigError("--no-kafka needs --csv or --dataset")
+    catalog = None
+    if args.items is not None:
+        from streamrec.model.items import load_items_csv
+
+        catalog = load_items_csv(args.items)
     cfg = RetrainConfig(
+        catalog=catalog,
         models_dir=args.models_dir or settings.home / "models",
         since_days=args.since_days,
         base=base,
@@ -335,6 +351,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate_cold(args: argparse.Namespace) -> int:
+    import json
+
+    from streamrec.model.cold import ColdConfig, dataset_with_content, evaluate_cold
+
+    settings = load_settings()
+    if args.dataset in ("ml-latest-small", "lastfm-2k") and args.data_dir is None:
+        raise ConfigError(f"evaluate-cold {args.dataset} needs --data-dir DIR")
+    if not 0 < args.holdout < 1:
+        raise ConfigError(f"--holdout must be between 0 and 1, got {args.holdout:g}")
+    data, content, evaluated = dataset_with_content(args.dataset, args.data_dir)
+    print(f"loaded {len(data)} rows, {len(content)} items with content from {args.dataset}")
+    lam = args.content_regularization
+    cfg = ColdConfig(
+        params=_params(args),
+        holdout=args.holdout,
+        seeds=tuple(range(args.seeds)),
+        regularization=settings.content_regularization if lam is None else lam,
+        min_category_count=settings.content_min_category_count,
+    )
+    report = evaluate_cold(data, content, cfg, args.dataset, evaluated)
+    print(report.table())
+    if args.out is not None:
+        args.out.write_text(json.dumps(report.to_dict(), indent=2))
+        print(f"report: {args.out}")
+    return 0
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     import sys
 
@@ -422,6 +466,38 @@ def cmd_produce(args: argparse.Namespace) -> int:
             for event in events(rows):  # file order, first N rows
                 producer.send(event)
     print(f"delivered {producer.delivered} event(s) to {producer.topic}")
+    return 0
+
+
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from streamrec.connect import ensure_topics
+    from streamrec.producer.catalog import CatalogProducer, Columns, read_catalog_csv
+
+    settings = load_settings()
+    items = []
+    if args.action == "load":  # the whole file is checked before anything connects
+        feats = args.features
+        columns = Columns(
+            id=args.id_col,
+            name=args.name_col,
+            categories=args.categories_col,
+            year=args.year_col,
+            available=args.available_col,
+            features=tuple(f.strip() for f in feats.split(",") if f.strip()) if feats else None,
+        )
+        items = read_catalog_csv(args.path, columns)
+    ensure_topics(settings)
+    producer = CatalogProducer(settings, fmt=getattr(args, "format", "avro"))
+    try:
+        if args.action == "load":
+            for item in items:
+                producer.send(item)
+        else:
+            for item_id in args.ids:
+                producer.remove(item_id)
+        producer.flush()
+    finally:
+        print(f"done: {producer.report()} -> {producer.topic}")
     return 0
 
 

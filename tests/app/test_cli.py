@@ -237,6 +237,7 @@ def _every_command() -> list[list[str]]:
         "replay": ["x.csv"],
         "model": ["list"],
         "produce": ["--user", "u", "--item", "i"],
+        "evaluate-cold": ["planted"],
     }
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     commands = [[name, *needs.get(name, [])] for name in sub.choices]
@@ -382,8 +383,8 @@ def locked_redis(tmp_path: Path) -> Iterator[int]:
 
 def _cli_env(s: Settings, home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
-    for name in ("topic_events", "topic_dlq", "topic_models", "consumer_group", "redis_prefix",
-                 "topic_events_partitions", "kafka_bootstrap"):  # fmt: skip
+    for name in ("topic_events", "topic_dlq", "topic_models", "topic_items", "consumer_group",
+                 "redis_prefix", "topic_events_partitions", "kafka_bootstrap"):  # fmt: skip
         env[f"STREAMREC_{name.upper()}"] = str(getattr(s, name))
     return {**env, "STREAMREC_HOME": str(home), "STREAMREC_METRICS_BIND": "", **extra}
 

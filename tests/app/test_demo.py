@@ -172,7 +172,7 @@ def test_the_whole_demo(
 ) -> None:
     s = stack()
     # The demo's worker is a child process that reads its settings from the environment.
-    for field in ("topic_events", "topic_dlq", "topic_models", "consumer_group",
+    for field in ("topic_events", "topic_dlq", "topic_models", "topic_items", "consumer_group",
                   "topic_events_partitions", "poll_timeout_s", "metrics_bind"):  # fmt: skip
         monkeypatch.setenv(f"STREAMREC_{field.upper()}", str(getattr(s, field)))
     seen: dict[str, Any] = {}

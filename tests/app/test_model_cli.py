@@ -47,8 +47,8 @@ def _versions(root: Path) -> tuple[Model, Model]:
 
 def _use(monkeypatch: pytest.MonkeyPatch, s: Settings, home: Path) -> None:
     """The CLI reads its settings from the environment: point it at this test's stack."""
-    for name in ("topic_events", "topic_dlq", "topic_models", "consumer_group", "redis_prefix",
-                 "topic_events_partitions", "metrics_bind"):  # fmt: skip
+    for name in ("topic_events", "topic_dlq", "topic_models", "topic_items", "consumer_group",
+                 "redis_prefix", "topic_events_partitions", "metrics_bind"):  # fmt: skip
         monkeypatch.setenv(f"STREAMREC_{name.upper()}", str(getattr(s, name)))
     monkeypatch.setenv("STREAMREC_HOME", str(home))
 

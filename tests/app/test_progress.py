@@ -116,8 +116,8 @@ def test_publish_replay_and_loadgen_draw_bars_on_a_terminal(
 ) -> None:
     s = stack()
     env = _env(tmp_path)
-    for name in ("topic_events", "topic_dlq", "topic_models", "consumer_group", "redis_prefix",
-                 "topic_events_partitions"):  # fmt: skip
+    for name in ("topic_events", "topic_dlq", "topic_models", "topic_items", "consumer_group",
+                 "redis_prefix", "topic_events_partitions"):  # fmt: skip
         env[f"STREAMREC_{name.upper()}"] = str(getattr(s, name))
     code, out = _on_terminal(
         ["train", "--dataset", "synthetic", "--out", str(tmp_path / "m"), "--factors", "4",

@@ -71,11 +71,12 @@ def cluster_stack(cluster: Settings) -> Iterator[Callable[..., Settings]]:
     def make(**overrides: Any) -> Settings:
         tag = fresh_tag()
         prefixes.append(f"ctest-{tag}")
-        topics.extend(f"c-{tag}.{role}" for role in ("events", "events.dlq", "models"))
+        topics.extend(f"c-{tag}.{role}" for role in ("events", "events.dlq", "models", "items"))
         values: dict[str, Any] = {
             "topic_events": f"c-{tag}.events",
             "topic_dlq": f"c-{tag}.events.dlq",
             "topic_models": f"c-{tag}.models",
+            "topic_items": f"c-{tag}.items",
             "topic_events_partitions": 3,
             "consumer_group": f"cg-{tag}",
             "redis_prefix": f"ctest-{tag}",

@@ -58,6 +58,7 @@ class OwnServices:
             "topic_events": f"f-{tag}.events",
             "topic_dlq": f"f-{tag}.events.dlq",
             "topic_models": f"f-{tag}.models",
+            "topic_items": f"f-{tag}.items",
             "topic_events_partitions": 3,
             "consumer_group": f"fg-{tag}",
             "redis_prefix": f"fault-{tag}",

@@ -129,7 +129,7 @@ def _events(s: Settings, data: Data, n: int = 120) -> int:
 def _env(s: Settings, home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
     for name in ("kafka_bootstrap", "redis_url", "redis_prefix", "topic_events", "topic_dlq",
-                 "topic_models", "consumer_group"):  # fmt: skip
+                 "topic_models", "topic_items", "consumer_group"):  # fmt: skip
         env[f"STREAMREC_{name.upper()}"] = str(getattr(s, name))
     return {**env, "STREAMREC_HOME": str(home), "STREAMREC_METRICS_BIND": ""}
 

@@ -64,6 +64,7 @@ class KCluster:
             "topic_events": f"kc-{tag}.events",
             "topic_dlq": f"kc-{tag}.events.dlq",
             "topic_models": f"kc-{tag}.models",
+            "topic_items": f"kc-{tag}.items",
             "topic_events_partitions": 3,
             "consumer_group": f"kcg-{tag}",
             "redis_prefix": f"kc-{tag}",

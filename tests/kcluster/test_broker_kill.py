@@ -137,7 +137,7 @@ def test_a_broker_sigkilled_mid_stream_loses_nothing_and_stalls_no_one(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     s = kcluster.stack(model_path=small_model, batch_max=50)
-    assert ensure_topics(s) == [s.topic_events, s.topic_dlq, s.topic_models]
+    assert ensure_topics(s) == [s.topic_events, s.topic_dlq, s.topic_models, s.topic_items]
     keys, client = Keys(s.redis_prefix), redis_client(s)
     worker = run_worker(s)
     wait_for(lambda: len(worker.assigned) == s.topic_events_partitions, 60)

@@ -32,7 +32,7 @@ def test_min_insync_is_2_from_3_replicas_up() -> None:
 def test_topic_configs_carry_min_insync_on_every_topic() -> None:
     s = Settings.model_construct().model_copy(update={"topic_events_retention_s": 60})
     configs = topic_configs(s, 3)
-    assert set(configs) == {s.topic_events, s.topic_dlq, s.topic_models}
+    assert set(configs) == {s.topic_events, s.topic_dlq, s.topic_models, s.topic_items}
     assert all(c["min.insync.replicas"] == "2" for c in configs.values())
     assert configs[s.topic_events]["retention.ms"] == "60000"
     assert topic_configs(s)[s.topic_events]["min.insync.replicas"] == "1"

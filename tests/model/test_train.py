@@ -100,3 +100,22 @@ def test_fit_refuses_warm_start_factors_of_another_shape() -> None:
     bad = (np.zeros((3, 8), np.float32), np.zeros((len(matrix.item_ids), 8), np.float32))
     with pytest.raises(ModelError, match="warm start"):
         fit(matrix, params, init=bad)
+
+
+def test_train_stores_the_top_n_index_of_a_big_catalogue(tmp_path: Path) -> None:
+    """`streamrec train` gives a catalogue of at least ann_min_items items the norm-ordered
+    index the nightly job stores, so the worker serves it from the index either way."""
+    from streamrec.als.ann import load_for
+    from streamrec.settings import Settings
+
+    matrix = build_matrix(synthetic(120, 90, seed=6))
+    params = Params(factors=8, iterations=2)
+    small = Settings.model_construct().model_copy(update={"ann_min_items": 91})
+    big = small.model_copy(update={"ann_min_items": 90})
+    assert train(matrix, params, tmp_path / "a", settings=small).index_path is None
+    model = train(matrix, params, tmp_path / "b", settings=big)
+    assert model.index_path is not None
+    index = load_for(model, big)
+    assert index is not None
+    norms = np.linalg.norm(np.asarray(model.item_factors), axis=1)
+    assert np.all(np.diff(norms[index.order]) <= 1e-6)  # rows by decreasing norm

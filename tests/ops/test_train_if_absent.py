@@ -25,7 +25,7 @@ def test_train_if_absent_never_replaces_a_published_model(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     s = stack()
-    for field in ("redis_prefix", "topic_models", "topic_events"):
+    for field in ("redis_prefix", "topic_models", "topic_items", "topic_events"):
         monkeypatch.setenv(f"STREAMREC_{field.upper()}", str(getattr(s, field)))
     client, keys = redis_client(s), Keys(s.redis_prefix)
     first = tmp_path / "current"

@@ -172,6 +172,7 @@ def test_refused_worker_exits_7_with_one_line_and_no_secret(
         "topic_events": s.topic_events,
         "topic_dlq": s.topic_dlq,
         "topic_models": s.topic_models,
+        "topic_items": s.topic_items,
         "redis_url": s.redis_url,
         "redis_prefix": s.redis_prefix,
         "metrics_bind": "127.0.0.1:0",

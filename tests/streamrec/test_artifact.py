@@ -8,7 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamrec.artifact import FACTORS, ITEM_IDS, MANIFEST, POPULARITY, load_model, write_model
+from streamrec.artifact import (
+    CONTENT,
+    FACTORS,
+    ITEM_IDS,
+    MANIFEST,
+    POPULARITY,
+    ContentMap,
+    load_content_map,
+    load_model,
+    write_model,
+)
 from streamrec.errors import ArtifactError
 
 PARAMS = {"regularization": 1.0, "alpha": 2.0, "transform": "log"}
@@ -99,4 +109,87 @@ def test_inconsistent_inputs_never_written(
 ) -> None:
     with pytest.raises(ArtifactError, match=message):
         write_model(tmp_path / "m", ids, factors, np.ones(len(ids), np.float32), PARAMS)
+    assert not (tmp_path / "m").exists()
+
+
+def _content_map(k: int = 4) -> ContentMap:
+    rng = np.random.default_rng(1)
+    return ContentMap(
+        ("energy", "tempo"),
+        ("jazz", "pop", "rock"),
+        np.array([0.5, 120.0], np.float32),
+        np.array([0.2, 30.0], np.float32),
+        rng.standard_normal((2 + 3 + 1, k)).astype(np.float32),
+    )
+
+
+def _write_with_map(path: Path, cmap: ContentMap) -> Path:
+    rng = np.random.default_rng(0)
+    return write_model(
+        path,
+        [f"i{j}" for j in range(20)],
+        rng.standard_normal((20, 4)).astype(np.float32),
+        rng.random(20).astype(np.float32),
+        PARAMS,
+        content=cmap,
+    )
+
+
+def test_content_map_round_trip(tmp_path: Path) -> None:
+    cmap = _content_map()
+    out = _write_with_map(tmp_path / "m", cmap)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert set(manifest["files"]) == {FACTORS, ITEM_IDS, POPULARITY, CONTENT}
+    assert manifest["content"] == {
+        "feature_names": ["energy", "tempo"],
+        "categories": ["jazz", "pop", "rock"],
+        "factors": 4,
+        "file": CONTENT,
+    }
+    model = load_model(out)
+    assert model.content_path == out / CONTENT
+    back = load_content_map(out)
+    assert back is not None
+    assert back.feature_names == cmap.feature_names and back.categories == cmap.categories
+    for name in ("mean", "scale", "weights"):
+        assert getattr(back, name).dtype == np.float32
+        np.testing.assert_array_equal(getattr(back, name), getattr(cmap, name))
+    # no pickle inside: every member loads with allow_pickle=False as float32
+    with np.load(out / CONTENT, allow_pickle=False) as z:
+        assert sorted(z.files) == ["mean", "scale", "weights"]
+    # a model without a map has none
+    plain = _write(tmp_path / "plain")
+    assert load_content_map(plain) is None and load_model(plain).content_path is None
+
+
+def test_corrupted_content_map_refused(tmp_path: Path) -> None:
+    out = _write_with_map(tmp_path / "m", _content_map())
+    data = bytearray((out / CONTENT).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (out / CONTENT).write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="checksum"):
+        load_model(out)
+    with pytest.raises(ArtifactError, match="checksum"):
+        load_content_map(out)
+    (out / CONTENT).unlink()
+    with pytest.raises(ArtifactError, match="missing"):
+        load_model(out)
+    with pytest.raises(ArtifactError, match="missing"):
+        load_content_map(out)
+
+
+def test_content_map_names_must_fit_its_arrays(tmp_path: Path) -> None:
+    out = _write_with_map(tmp_path / "m", _content_map())
+    manifest = json.loads((out / MANIFEST).read_text())
+    manifest["content"]["categories"] = ["jazz", "pop"]  # one name short of the weights' rows
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="weights"):
+        load_model(out)
+    with pytest.raises(ArtifactError, match="weights"):
+        load_content_map(out)
+
+
+def test_content_map_of_other_factors_never_written(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="factors"):
+        _write_with_map(tmp_path / "m", _content_map(k=3))
     assert not (tmp_path / "m").exists()

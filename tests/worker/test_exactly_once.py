@@ -104,6 +104,7 @@ def _env(s: Settings, **extra: str) -> dict[str, str]:
         "topic_events",
         "topic_dlq",
         "topic_models",
+        "topic_items",
         "consumer_group",
         "redis_prefix",
         "model_path",

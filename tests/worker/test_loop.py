@@ -179,7 +179,8 @@ def test_topics_are_created_with_configured_partitions(stack: Callable[..., Sett
 
     s = stack(topic_events_partitions=4)
     created = ensure_topics(s)
-    assert set(created) == {s.topic_events, s.topic_dlq, s.topic_models}
+    assert set(created) == {s.topic_events, s.topic_dlq, s.topic_models, s.topic_items}
     meta = AdminClient(s.kafka_common()).list_topics(timeout=10)
     assert len(meta.topics[s.topic_events].partitions) == 4
+    assert len(meta.topics[s.topic_items].partitions) == 1
     assert ensure_topics(s) == []  # idempotent

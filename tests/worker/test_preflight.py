@@ -141,7 +141,7 @@ def test_noeviction_runs_and_an_accepted_evicting_policy_runs_with_a_warning(
 def _env(s: Settings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}
     for name in ("kafka_bootstrap", "redis_url", "redis_prefix", "topic_events", "topic_dlq",
-                 "topic_models", "consumer_group", "model_path"):  # fmt: skip
+                 "topic_models", "topic_items", "consumer_group", "model_path"):  # fmt: skip
         env[f"STREAMREC_{name.upper()}"] = str(getattr(s, name))
     return {**env, "STREAMREC_METRICS_BIND": "", **extra}
 

@@ -1,0 +1,255 @@
+"""The nightly job's catalog (contract 3, ``streamrec.catalog``): item content to fit the
+content->factor map on.
+
+* ``read_catalog``: the compacted items topic read from its beginning to the end it has now,
+  the worker's rules (a tombstone removes its key's item; a record that does not decode, has no
+  key or whose key is not its ``item_id`` is skipped and counted: the worker dead-letters it).
+* ``load_items_csv``: a catalog CSV (``streamrec train --items``): an id column, ``name`` or
+  ``title``, a categories column, ``year``, ``available``, and every other column whose values
+  are all numbers as a feature.
+* ``fit_for_model``: the content->factor map (``streamrec.als.content``) of a model's factors,
+  fitted on its items that have content; ``similar_content``: what the publisher needs to
+  blend content into the similar items of items with few interactions.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from confluent_kafka import Consumer, TopicPartition
+
+from streamrec.als.content import (
+    ContentMap,
+    HasContent,
+    content_vectors,
+    fit_content_map,
+    item_features,
+)
+from streamrec.catalog import Item, decode_item, item_from_json, now_ms
+from streamrec.connect import kafka_metadata, read_ranges
+from streamrec.errors import CatalogError
+from streamrec.files import open_text
+from streamrec.model.errors import DataError
+from streamrec.model.publish import ContentSimilar
+from streamrec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Header names read as each field (lower case), the first present wins.
+ID_COLUMNS = ("item_id", "itemid", "id", "movieid", "artistid", "track_id")
+NAME_COLUMNS = ("name", "title", "song")
+CATEGORY_COLUMNS = ("categories", "genres", "genre", "tags")
+_SPLIT = re.compile(r"[|;,]")
+
+
+@dataclass
+class CatalogRead:
+    """The catalog as of the topic's end offsets when reading began."""
+
+    items: dict[str, Item] = field(default_factory=dict)
+    offsets: dict[int, int] = field(default_factory=dict)
+    records: int = 0
+    bad: int = 0
+
+
+def read_catalog(settings: Settings, timeout_s: float = 120.0) -> CatalogRead | None:
+    """``settings.topic_items`` from its beginning to its end now; None when the topic does
+    not exist (no catalog has been loaded yet). ``InfraError`` when Kafka does not answer."""
+    topic = settings.topic_items
+    consumer = Consumer({**settings.kafka_common(), "group.id": "streamrec-retrain-items"})
+    try:
+        meta = kafka_metadata(consumer, settings, topic)
+        if topic not in meta.topics or meta.topics[topic].error is not None:
+            return None
+        parts = sorted(meta.topics[topic].partitions)
+        marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+                 for p in parts}  # fmt: skip
+    finally:
+        consumer.close()
+    out = CatalogRead(offsets={p: hi for p, (_lo, hi) in marks.items()})
+    group = f"streamrec-retrain-items-{uuid.uuid4().hex[:12]}"  # reads, never commits
+    for msg in read_ranges(settings, topic, marks, group, timeout_s):
+        out.records += 1
+        key, value = msg.key(), msg.value()
+        try:
+            item_id = key.decode("utf-8") if key else None
+        except UnicodeDecodeError:
+            item_id = None
+        if item_id is None:
+            out.bad += 1
+            continue
+        if value is None:
+            out.items.pop(item_id, None)
+            continue
+        try:
+            item = decode_item(value)
+        except CatalogError:
+            out.bad += 1
+            continue
+        if item.item_id != item_id:
+            out.bad += 1
+            continue
+        out.items[item_id] = item
+    log.info("catalog: %d items from %d records of %s (%d bad, skipped), up to %s",
+             len(out.items), out.records, topic, out.bad, out.offsets)  # fmt: skip
+    return out
+
+
+def load_items_csv(path: Path) -> dict[str, Item]:
+    """Items from a catalog CSV: the id from the first of ``ID_COLUMNS`` in the header, the
+    name from ``NAME_COLUMNS``, categories from ``CATEGORY_COLUMNS`` (split on ``|``, ``;`` or
+    ``,``), ``year`` (an integer, empty = none), ``available`` (true/false/1/0, default
+    true), and as features every other column whose non-empty values are all numbers.
+    ``DataError`` naming the file and line when a row is not a valid item."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    with open_text(path) as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise DataError(f"{path}: empty")
+    header = [h.strip() for h in rows[0]]
+    lower = [h.lower() for h in header]
+
+    def column(names: tuple[str, ...]) -> int | None:
+        return next((lower.index(n) for n in names if n in lower), None)
+
+    id_col = column(ID_COLUMNS)
+    if id_col is None:
+        raise DataError(f"{path}: no id column (one of {', '.join(ID_COLUMNS)})")
+    name_col, cat_col = column(NAME_COLUMNS), column(CATEGORY_COLUMNS)
+    year_col, avail_col = column(("year",)), column(("available",))
+    taken = {c for c in (id_col, name_col, cat_col, year_col, avail_col) if c is not None}
+    body = [r for r in rows[1:] if any(x.strip() for x in r)]
+    numeric = [j for j in range(len(header)) if j not in taken and _numeric(body, j)]
+    stamp = now_ms()
+    items: dict[str, Item] = {}
+    for line, r in enumerate(body, start=2):
+
+        def cell(j: int | None, r: list[str] = r) -> str:
+            return r[j].strip() if j is not None and j < len(r) else ""
+
+        year = cell(year_col)
+        try:
+            record = {
+                "item_id": cell(id_col),
+                "name": cell(name_col),
+                "categories": [c.strip() for c in _SPLIT.split(cell(cat_col)) if c.strip()],
+                "year": int(year) if year else None,
+                "available": cell(avail_col).lower() not in ("false", "0", "no"),
+                "features": {header[j]: float(cell(j)) for j in numeric if cell(j)},
+            }
+            item = item_from_json(record, default_updated_at_ms=stamp)
+        except (CatalogError, ValueError) as exc:
+            raise DataError(f"{path}:{line}: {exc}") from None
+        items[item.item_id] = item
+    log.info("catalog: %d items from %s (features %s)", len(items), path,
+             [header[j] for j in numeric])  # fmt: skip
+    return items
+
+
+def _numeric(rows: list[list[str]], j: int) -> bool:
+    seen = False
+    for r in rows:
+        v = r[j].strip() if j < len(r) else ""
+        if not v:
+            continue
+        try:
+            float(v)
+        except ValueError:
+            return False
+        seen = True
+    return seen
+
+
+#: Fewer items with content than this: no map (a ridge fit on a handful of items would map
+#: every new item to noise).
+MIN_CONTENT_ITEMS = 10
+
+
+@dataclass(frozen=True)
+class ContentFit:
+    """The map fitted for a model, or None, and what the manifest records about it."""
+
+    cmap: ContentMap | None
+    info: dict[str, Any]
+
+
+def has_content(item: HasContent) -> bool:
+    """Whether the map can read anything of ``item`` (a feature, a year or a category)."""
+    return bool(item_features(item)) or bool(item.categories)
+
+
+def fit_for_model(
+    item_ids: Sequence[str],
+    factors: npt.NDArray[np.float32],
+    catalog: Mapping[str, HasContent],
+    regularization: float,
+    min_category_count: int = 1,
+) -> ContentFit:
+    """The content->factor map of a model's ``factors`` ((n_items, k) float32, row i the
+    factors of ``item_ids[i]``), fitted on the items that have content in ``catalog``; no map
+    (``cmap`` None, the reason in ``info``) when fewer than ``MIN_CONTENT_ITEMS`` do."""
+    rows = [r for r, i in enumerate(item_ids) if i in catalog and has_content(catalog[i])]
+    info: dict[str, Any] = {
+        "catalog_items": len(catalog),
+        "items": len(rows),
+        "regularization": regularization,
+        "min_category_count": min_category_count,
+    }
+    if len(rows) < MIN_CONTENT_ITEMS:
+        info["skipped"] = f"{len(rows)} of the model's items have content (< {MIN_CONTENT_ITEMS})"
+        log.info("no content map: %s", info["skipped"])
+        return ContentFit(None, info)
+    items = [catalog[item_ids[r]] for r in rows]
+    y = np.asarray(factors, dtype=np.float32)[rows]
+    cmap = fit_content_map(items, y, regularization, min_category_count=min_category_count)
+    # How much of the factors the content explains on the items it was fitted on (R², of the
+    # centred factors): a number to watch between nights, not a promise for new items.
+    resid = float(((cmap.predict(items) - y) ** 2).sum())
+    total = float(((y - y.mean(axis=0)) ** 2).sum())
+    info.update(
+        features=len(cmap.feature_names),
+        categories=len(cmap.categories),
+        train_r2=round(1.0 - resid / total, 4) if total > 0 else None,
+    )
+    log.info("content map: %d items, %d features, %d categories, train R² %s", len(rows),
+             len(cmap.feature_names), len(cmap.categories), info["train_r2"])  # fmt: skip
+    return ContentFit(cmap, info)
+
+
+def similar_content(
+    item_ids: Sequence[str],
+    cmap: ContentMap,
+    catalog: Mapping[str, HasContent],
+    interactions: npt.NDArray[np.int64],
+    settings: Settings,
+) -> ContentSimilar | None:
+    """What the publisher blends into the similar items of the model's items with fewer than
+    ``settings.content_similar_min_interactions`` users (``interactions``: (n_items,) int64);
+    None when the settings turn it off."""
+    if settings.content_similar_min_interactions <= 0 or settings.content_similar_weight <= 0:
+        return None
+    empty = _NoContent()
+    vectors = content_vectors(cmap, [catalog.get(i, empty) for i in item_ids])
+    return ContentSimilar(
+        vectors,
+        np.asarray(interactions, dtype=np.int64),
+        settings.content_similar_min_interactions,
+        settings.content_similar_weight,
+    )
+
+
+@dataclass(frozen=True)
+class _NoContent:
+    features: Mapping[str, float] = field(default_factory=dict)
+    categories: tuple[str, ...] = ()
