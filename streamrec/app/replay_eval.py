@@ -123,6 +123,7 @@ def namespace(settings: Settings) -> Settings:
             "topic_events": f"eval-{tag}.events",
             "topic_dlq": f"eval-{tag}.events.dlq",
             "topic_models": f"eval-{tag}.models",
+            "topic_items": f"eval-{tag}.items",
             "consumer_group": f"eval-{tag}",
             "redis_prefix": f"{settings.redis_prefix}-eval-{tag}",
             "metrics_bind": "",
@@ -134,10 +135,10 @@ def _drop_namespace(settings: Settings, client: Any) -> None:
     """Delete the run's topics and Redis keys (best effort: logged, never raised)."""
     from confluent_kafka.admin import AdminClient
 
-    from streamrec.connect import kafka_config
+    from streamrec.connect import kafka_config, topic_specs
 
     try:
-        names = [settings.topic_events, settings.topic_dlq, settings.topic_models]
+        names = list(topic_specs(settings))
         admin = AdminClient(kafka_config(settings))  # kept alive until its futures resolve
         futures = admin.delete_topics(names, operation_timeout=30, request_timeout=30)
         for topic, f in futures.items():
@@ -384,6 +385,7 @@ def run_evaluation(
     fresh_ms = np.full(n, math.nan)
     had_prev = np.zeros(n, dtype=np.bool_)
     stale = np.zeros(n, dtype=np.bool_)
+    first_round = np.zeros(n, dtype=np.bool_)  # sent in the first round after a retrain
     timings: dict[str, float] = {}
     try:
         producer = EventProducer(s, fmt=cfg.fmt, **{"linger.ms": 0})  # type: ignore[arg-type]
@@ -454,6 +456,7 @@ def run_evaluation(
                         had_prev[j] = True
                         stale[j] = value is None or int(value["updated_at_ms"]) < prev
                     scored[j] = True
+                    first_round[j] = r == 0 and k > 0
                 q0 = time.perf_counter()
                 for j in idx:
                     sent_ms[j] = time.time() * 1000
@@ -512,6 +515,9 @@ def run_evaluation(
         "freshness_ms": {
             **fresh,
             "unreflected": int(np.sum(keep & ~np.isfinite(fresh_ms))),
+            # a period's first round follows a retrain and a model swap: told apart
+            "first_round_after_retrain": pq.percentiles(fresh_ms[keep & first_round]),
+            "other_rounds": pq.percentiles(fresh_ms[keep & ~first_round]),
             "what": "per event: the updated_at_ms of the user's list read after the event's "
             "round was applied, minus the wall time just before the event was sent",
         },
