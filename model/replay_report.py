@@ -70,6 +70,13 @@ def lines(title: str, xs: Sequence[int], series: Mapping[str, Sequence[float]]) 
     return "".join(out)
 
 
+def _times(entry: Mapping[str, Any] | None) -> str:
+    """A ratio with its interval (``{"value", "ci"}``), or a dash when it has no value."""
+    if not entry or _num(entry.get("value")) == "&ndash;":
+        return "&ndash;"
+    return f"{_num(entry['value'], 3)}&times;{_ci({'ci': {'x': entry.get('ci')}}, 'x')}"
+
+
 def _policy_table(report: Mapping[str, Any]) -> str:
     pol = report.get("policies", {})
     head = "".join(f"<th>{LABELS[m]} [95% CI]</th>" for m in METRICS)
@@ -81,12 +88,7 @@ def _policy_table(report: Mapping[str, Any]) -> str:
         cells = "".join(f"<td>{_num(b.get(m))}{_ci(b, m)}</td>" for m in METRICS)
         rows.append(f"<tr><th>{p}</th>{cells}<td>{b.get('events', '')}</td></tr>")
     for key, lift in report.get("lift", {}).items():
-        cells = "".join(
-            f"<td>{_num(lift[m]['value'], 3)}&times;{_ci({'ci': {m: lift[m].get('ci')}}, m)}</td>"
-            if m in lift
-            else "<td></td>"
-            for m in METRICS
-        )
+        cells = "".join(f"<td>{_times(lift.get(m))}</td>" for m in METRICS)
         rows.append(f"<tr><th>{_esc(key.replace('_', ' '))}</th>{cells}<td></td></tr>")
     return f"<table><tr><th>policy</th>{head}<th>events</th></tr>{''.join(rows)}</table>"
 
@@ -105,12 +107,7 @@ def _segment_table(report: Mapping[str, Any]) -> str:
             n = b.get("events", 0)
             cells.append(f"<td>{_num(b.get('hr10'))}{_ci(b, 'hr10')}</td>")
         lift = report.get("lift", {}).get("live_over_static", {}).get("segments", {}).get(seg, {})
-        hr = lift.get("hr10", {})
-        gain = (
-            f"{_num(hr.get('value'), 3)}&times;{_ci({'ci': {'x': hr.get('ci')}}, 'x')}"
-            if hr
-            else "&ndash;"
-        )
+        gain = _times(lift.get("hr10"))
         rows.append(f"<tr><th>{seg.replace('_', ' ')}</th><td>{n}</td>{''.join(cells)}"
                     f"<td>{gain}</td></tr>")  # fmt: skip
     head = "".join(f"<th>{p} HR@10</th>" for p in POLICIES)
