@@ -30,6 +30,7 @@ group, Redis prefix ``<prefix>-eval-<tag>``), deleted at the end; the report lan
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -87,6 +88,11 @@ class EvalConfig:
     tolerance: float = 0.02
     min_lift: float = 0.10
     extra: dict[str, Any] = field(default_factory=dict)
+    #: move the replay's own long-lived objects (the file's rows, the retrain's leftovers) out
+    #: of the collector's sight after each retrain: the worker thread shares this process's
+    #: heap, and full collections walking them would stall it (a worker process has no such
+    #: heap; it freezes its own model the same way)
+    freeze_heap: bool = True
 
 
 def file_sha256(path: Path) -> str:
@@ -345,7 +351,25 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """Run the evaluation of the module doc and write its report; returns ``report.json``'s
     content. Raises InputError (exit 4) for a file without timestamps or too few events,
-    InfraError (exit 3) when a service or the worker fails."""
+    InfraError (exit 3) when a service or the worker fails.
+
+    One BLAS thread for the whole run, as ``streamrec worker`` runs (``cmd_worker``): the
+    worker's small products gain nothing from a second OpenBLAS thread, which spins; measured
+    here, the worker on its thread spent 33 ms per one-user batch in fold-in and top-N
+    without the limit on a loaded machine. (The nightly job's fit limits itself the same way.)
+    """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, "blas"):
+        return _evaluate(settings, cfg, echo, stop)
+
+
+def _evaluate(
+    settings: Settings,
+    cfg: EvalConfig,
+    echo: Callable[[str], None],
+    stop: threading.Event | None,
+) -> dict[str, Any]:
     from streamrec.connect import ensure_topics
     from streamrec.model import prequential as pq
     from streamrec.producer.producer import EventProducer
@@ -412,6 +436,7 @@ def run_evaluation(
         timings["worker_first_half_s"] = round(time.perf_counter() - t1, 2)
         run.pacing = _Pacing()  # the warm-up's wait is not the replay's
         run.snapshot()
+        _freeze(cfg)
         echo(
             f"worker caught up with the first half in {timings['worker_first_half_s']:.1f} s; "
             f"serving {run.serving} ({len(run.model_items)} items, {len(run.static)} users)"
@@ -431,6 +456,7 @@ def run_evaluation(
                     version = run.retrains[-1]["version"]
                     run.wait_swap(worker, version)
                     run.snapshot()
+                _freeze(cfg)
                 retrain_s += time.perf_counter() - r0
             p0 = time.perf_counter()
             lists: dict[str, dict[str, Any] | None] = {}
@@ -487,6 +513,7 @@ def run_evaluation(
         timings["retrains_s"] = round(retrain_s, 2)
         timings["total_s"] = round(time.perf_counter() - t0, 2)
         worker_stats = asdict(worker.worker.stats)
+        worker_stats["stage_seconds"] = _stage_seconds(worker.worker)
     finally:
         if worker is not None:
             worker.close()
@@ -563,6 +590,7 @@ def run_evaluation(
             "bootstrap": cfg.n_boot,
             "seed": cfg.seed,
             "catchup_s": cfg.catchup_s,
+            "freeze_heap": cfg.freeze_heap,
             "tolerance": cfg.tolerance,
             "min_lift": cfg.min_lift,
             "format": cfg.fmt,
@@ -590,6 +618,26 @@ def run_evaluation(
     }
     write_reports(cfg.report_dir, report)
     return report
+
+
+def _stage_seconds(worker: Any) -> dict[str, dict[str, float]]:
+    """The worker's time per stage over the run (``streamrec_stage_seconds``): sum, batches."""
+    out: dict[str, dict[str, float]] = {}
+    for family in worker.metrics.registry.collect():
+        if family.name != "streamrec_stage_seconds":
+            continue
+        for sample in family.samples:
+            stage = sample.labels.get("stage")
+            if stage is not None and sample.name.endswith(("_sum", "_count")):
+                key = "seconds" if sample.name.endswith("_sum") else "batches"
+                out.setdefault(stage, {})[key] = round(float(sample.value), 3)
+    return out
+
+
+def _freeze(cfg: EvalConfig) -> None:
+    if cfg.freeze_heap:
+        gc.collect()
+        gc.freeze()
 
 
 def _cpus() -> int | None:
