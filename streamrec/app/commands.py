@@ -547,6 +547,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from streamrec.producer.producer import EventProducer
     from streamrec.producer.replay import read_rows, replay
 
+    if args.evaluate:
+        return cmd_replay_evaluate(args)
     settings = load_settings()
     rows = read_rows(args.path, args.limit)  # bad file: fail before connecting
     span = ""
@@ -581,6 +583,45 @@ def cmd_replay(args: argparse.Namespace) -> int:
             progress=shown if shown.drawing else None,
         )
     return _report(report, producer.topic, interrupted=stop.is_set())
+
+
+def cmd_replay_evaluate(args: argparse.Namespace) -> int:
+    """``replay PATH --evaluate --report DIR`` (``streamrec.app.replay_eval``)."""
+    from streamrec.app.replay_eval import EvalConfig, run_evaluation
+    from streamrec.app.signals import install_stop_handlers
+
+    if args.report is None:
+        raise ConfigError("replay --evaluate needs --report DIR")
+    if args.speed is not None or args.max_gap is not None:
+        raise ConfigError("replay --evaluate paces itself: drop --speed and --max-gap")
+    settings = load_settings()
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    cfg = EvalConfig(
+        path=args.path,
+        report_dir=args.report,
+        retrain_every_ms=args.retrain_every,
+        params=_params(args),
+        limit=args.limit,
+        test_limit=args.test_limit,
+        n_boot=args.bootstrap,
+        seed=args.seed,
+        fmt=args.format,
+        tolerance=args.tolerance,
+        min_lift=args.min_lift,
+    )
+    report = run_evaluation(settings, cfg, stop=stop)
+    pol, lift, fresh = report["policies"], report["lift"], report["freshness_ms"]
+    for name, b in pol.items():
+        print(f"{name:<11} HR@10 {b['hr10']:.4f}  HR@50 {b['hr50']:.4f}  NDCG@10 {b['ndcg10']:.4f}")
+    ls = lift.get("live_over_static", {}).get("hr10", {})
+    if ls:
+        ci = ls.get("ci") or [float("nan")] * 2
+        print(f"live / static HR@10: {ls['value']:.3f}x (95% CI {ci[0]:.3f}-{ci[1]:.3f})")
+    print(f"freshness p50 {fresh['p50']:.1f} ms, p99 {fresh['p99']:.1f} ms; "
+          f"{report['pacing']['events_per_s']} events/s replayed")  # fmt: skip
+    print(f"report: {args.report / 'report.html'}")
+    return Exit.INTERRUPTED if stop.is_set() else Exit.OK
 
 
 def cmd_loadgen(args: argparse.Namespace) -> int:
