@@ -656,9 +656,9 @@ def spotify_genre_agreement(data_dir: Path, ks: Sequence[int] = (10,)) -> dict[s
     with open_text(path) as f:
         for row in csv.DictReader(f):
             key = (row["artist"], row["song"])
-            genres = frozenset(g.strip() for g in row["genre"].split(",") if g.strip())
+            tags = frozenset(g.strip() for g in row["genre"].split(",") if g.strip())
             feats = {n: float(row[n]) for n in SPOTIFY_FEATURES if row.get(n, "").strip()}
-            songs.setdefault(key, (ContentItem(f"{key[0]} - {key[1]}", feats), genres))
+            songs.setdefault(key, (ContentItem(f"{key[0]} - {key[1]}", feats), tags))
     items = [c for c, _ in songs.values()]
     genres = [g for _, g in songs.values()]
     # A map fitted to nothing: only its standardization (and vocabulary) is used here.
