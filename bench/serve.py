@@ -20,7 +20,9 @@ Variants, each ``--runs`` times, alternating (one run of each, then the next rou
 - ``category+year``: ``...&category=<c>&year_min=1990&year_max=2010``;
 - ``no-vector``: an unknown user with a category: the filtered popular list.
 
-Closed loop: throughput at ``--concurrency`` connections, latency of every request. Then,
+Closed loop: throughput at ``--concurrency`` connections, latency of every request, and the
+requests per CPU-second of the server process (its utime + stime over the run): the capacity
+of one core, which the machine's other load inflates less than throughput or latency. Then,
 for ``category``, an open loop at ``--rate`` requests/s (latency at the goal's rate).
 Goal (issue 13): p99 < 20 ms and >= 1,000 requests/s per core at 20k items with a category
 filter. Ends with one JSON line.
@@ -32,6 +34,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -41,7 +44,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import delete_redis_prefix, delete_topics, emit, machine_fields, machine_line
+from _common import (
+    cpu_seconds,
+    delete_redis_prefix,
+    delete_topics,
+    emit,
+    machine_fields,
+    machine_line,
+)
 from _common import run_id as make_run_id
 
 from streamrec.als.scorer import Scorer
@@ -232,6 +242,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=GOAL_RPS, help="open-loop rate; 0 = skip")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    # SIGTERM as an exception: the server process, the keys and the topic are still cleaned up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     base = load_settings()
     rid = make_run_id("serve")
@@ -268,7 +280,7 @@ def main() -> None:
             if pinned:
                 pin_self(1)
             try:
-                results[str(items)] = measure(port, list(histories), args)
+                results[str(items)] = measure(port, list(histories), args, server.pid)
             finally:
                 server.terminate()
                 try:
@@ -285,12 +297,14 @@ def main() -> None:
     met = bool(small) and small["rps_median"] >= GOAL_RPS and small["p99_ms_median"] < GOAL_P99_MS
     print(f"goal at 20k items with a category filter (>= {GOAL_RPS} req/s, p99 < "
           f"{GOAL_P99_MS:g} ms): {'met' if met else 'not met'}")  # fmt: skip
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     emit({"bench": "serve", **machine_fields(), "users": args.users, "k": K,
+          "load_end": [round(x, 2) for x in os.getloadavg()],
           "concurrency": args.concurrency, "pinned": pinned, "results": results,
           "goal_met": met})  # fmt: skip
 
 
-def measure(port: int, users: list[str], args: argparse.Namespace) -> dict[str, Any]:
+def measure(port: int, users: list[str], args: argparse.Namespace, pid: int) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed + 7)
     picks = [users[int(i)] for i in rng.integers(0, len(users), 5000)]
     cats = [f"c{int(c):02d}" for c in rng.integers(0, CATEGORIES, 5000)]
@@ -309,21 +323,25 @@ def measure(port: int, users: list[str], args: argparse.Namespace) -> dict[str, 
     runs: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     for r in range(args.runs):
         for name, paths in variants.items():
+            cpu0 = cpu_seconds(pid)
             lat, errors, elapsed = asyncio.run(load(port, paths, args.seconds,
                                                     args.concurrency, None))  # fmt: skip
+            cpu = cpu_seconds(pid) - cpu0
             a = np.asarray(lat) * 1000
             one_run = {"rps": len(lat) / elapsed, "p50_ms": float(np.percentile(a, 50)),
-                       "p99_ms": float(np.percentile(a, 99)), "errors": errors}  # fmt: skip
+                       "p99_ms": float(np.percentile(a, 99)), "errors": errors,
+                       "per_cpu_s": len(lat) / cpu if cpu > 0 else 0.0}  # fmt: skip
             runs[name].append(one_run)
             print(f"  run {r + 1} {name:<14} {one_run['rps']:>8,.0f} req/s  "
                   f"p50 {one_run['p50_ms']:6.2f} ms  p99 {one_run['p99_ms']:6.2f} ms  "
-                  f"errors {errors}")  # fmt: skip
+                  f"{one_run['per_cpu_s']:>7,.0f} req/CPU-s  errors {errors}")  # fmt: skip
     out: dict[str, Any] = {}
     for name, rs in runs.items():
         out[name] = {
             "rps": [round(x["rps"]) for x in rs],
             "p50_ms": [round(x["p50_ms"], 2) for x in rs],
             "p99_ms": [round(x["p99_ms"], 2) for x in rs],
+            "per_cpu_s": [round(x["per_cpu_s"]) for x in rs],
             "errors": sum(int(x["errors"]) for x in rs),
             "rps_median": round(float(np.median([x["rps"] for x in rs]))),
             "p99_ms_median": round(float(np.median([x["p99_ms"] for x in rs])), 2),

@@ -32,8 +32,9 @@ import numpy as np
 
 from streamrec import infra
 from streamrec.app.signals import install_stop_handlers
-from streamrec.app.web.names import load_names
+from streamrec.app.web.names import SYNTHETIC_ID, load_names, synthetic_label
 from streamrec.app.web.server import WebServer, demo_app
+from streamrec.catalog import Item
 from streamrec.connect import ensure_topics, redis_client
 from streamrec.errors import InfraError
 from streamrec.events import new_event
@@ -42,6 +43,7 @@ from streamrec.model.data import build_matrix, synthetic
 from streamrec.model.params import Params
 from streamrec.model.publish import publish
 from streamrec.model.train import train
+from streamrec.producer.catalog import CatalogProducer
 from streamrec.producer.producer import EventProducer
 from streamrec.settings import Settings
 
@@ -96,7 +98,16 @@ def _run(
     _say("2/4 training ALS on the generated listening log (2,000 users, 1,500 tracks) ...")
     data = synthetic()
     matrix = build_matrix(data)
-    model = train(matrix, Params(), home / "model", extra={"source": "synthetic"})
+    catalog = demo_catalog(matrix.item_ids)
+    with CatalogProducer(settings) as items:
+        for item in catalog.values():
+            items.send(item)
+        items.flush()
+    _say(f"    catalog: {len(catalog)} tracks (genre, year, 3 audio features) published to "
+         f"{settings.topic_items}")  # fmt: skip
+    # The catalog's content fits the content map too: tracks added on the page get factors.
+    model = train(matrix, Params(), home / "model", extra={"source": "synthetic"},
+                  settings=settings, catalog=catalog)  # fmt: skip
     keys = Keys(settings.redis_prefix)
     client = redis_client(settings)
     publish(model, settings, client)
@@ -139,6 +150,35 @@ def _run(
             "'streamrec infra down' stops them"
         )
     return 0
+
+
+#: The demo catalog's audio features (what the page's "add an item" sliders set), 0..1.
+FEATURES = ("energy", "danceability", "acousticness")
+
+
+def demo_catalog(item_ids: tuple[str, ...]) -> dict[str, Item]:
+    """A catalog record for each generated track: its genre as category, a release year and
+    three audio features, each genre with its own typical sound (so content predicts taste)."""
+    out = {}
+    for item in item_ids:
+        label = synthetic_label(item)
+        m = SYNTHETIC_ID.match(item)
+        if label is None or m is None:
+            continue
+        g, t = int(m.group(1)), int(m.group(2))
+        rng = np.random.default_rng(g * 10_000 + t)
+        base = np.array([(g * 5 % 12) / 11, (g * 7 % 12) / 11, 1 - (g * 5 % 12) / 11])
+        feats = np.clip(base + rng.normal(0, 0.08, 3), 0, 1)
+        out[item] = Item(
+            item_id=item,
+            name=label,
+            categories=(label.rpartition(" · ")[2],),
+            year=1960 + (t * 37 + g * 11) % 66,
+            available=True,
+            features={k: round(float(v), 3) for k, v in zip(FEATURES, feats, strict=True)},
+            updated_at_ms=int(time.time() * 1000),
+        )
+    return out
 
 
 def _open_browser(url: str) -> None:

@@ -347,6 +347,14 @@ def test_a_new_item_posted_is_followed_from_the_topic_and_served_from_its_conten
     status, body = call("/v1/recommend/ann?n=5&category=new")
     assert body["source"] == "scored"
     assert [(i["item_id"], i.get("why")) for i in body["items"]] == [(new, "content")]
+    # no filter: ann's stored list (written before the item existed) has it merged in by its
+    # score against her vector, where it beats the list's last entry
+    status, body = call("/v1/recommend/ann?n=50&available_only=false")
+    assert body["source"] == "list"
+    merged = {i["item_id"]: i for i in body["items"]}
+    assert merged[new]["why"] == "content"
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)
     status, body = call(f"/v1/similar/{like}?n=3&category=new")
     assert [i["item_id"] for i in body["items"]] == [new]
     # unavailable: gone from every answer at once

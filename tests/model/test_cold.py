@@ -99,3 +99,15 @@ def test_movielens_content_of_the_real_file() -> None:
     assert got["1"].categories == ("Adventure", "Animation", "Children", "Comedy", "Fantasy")
     assert got["1"].features == {"year": 1995.0}
     assert sum("year" in c.features for c in got.values()) > 9700
+
+
+def test_similar_blend_helps_items_with_few_users_on_a_planted_relation() -> None:
+    from streamrec.model.cold import evaluate_similar_blend
+
+    data, content = planted(n_users=200, n_items=300, k=6, seed=3)
+    cfg = ColdConfig(params=Params(factors=8, iterations=6), seeds=(0, 1), regularization=1.0)
+    report = evaluate_similar_blend(data, content, cfg, min_interactions=8, weights=(0.0, 0.5))
+    rare, frequent = report.items
+    assert rare > 20 and frequent > 20
+    assert report.rare[0.5]["ndcg@10"][0] > report.rare[0.0]["ndcg@10"][0] + 0.02
+    assert set(report.frequent) == {0.0, 0.5} and "few users, 0.5" in report.table()

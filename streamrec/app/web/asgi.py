@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -48,7 +49,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from streamrec.app.web.service import MAX_N, ApiError, Filters, Service, check_id, dumps
-from streamrec.catalog import Item, encode_item
+from streamrec.catalog import Item
 from streamrec.errors import CatalogError
 
 if TYPE_CHECKING:
@@ -237,9 +238,10 @@ def create_app(
         return _json(service.item(item_id))
 
     @app.get("/v1/categories", response_class=Response)
-    def categories() -> Response:
-        """Every category of the catalog and how many items it holds."""
-        return _json({"categories": service.categories()})
+    async def categories() -> Response:
+        """The catalog's categories (with their sizes), its years' range and the features
+        the content map reads (what a form for new items asks for)."""
+        return _json(service.categories())
 
     @app.post("/v1/items", status_code=202, response_class=Response)
     def new_item(body: Annotated[NewItem, Body()]) -> Response:
@@ -343,15 +345,18 @@ def _demo_routes(app: FastAPI, demo: DemoApp) -> None:
 
 
 class ItemPublisher:
-    """Publishes new items to the catalog topic (``streamrec.catalog``'s record, key =
-    item_id), one at a time, acknowledged before the answer; the producer is made on first
-    use (a service that is never sent an item never connects to Kafka)."""
+    """Publishes new items to the catalog topic (``streamrec.producer.catalog``'s producer,
+    key = item_id), one at a time, acknowledged before the answer; the producer is made on
+    first use (a service that is never sent an item never connects to Kafka)."""
 
     def __init__(self, service: Service) -> None:
         self.settings = service.settings
         self._producer: Any = None
+        self._lock = threading.Lock()
 
     def __call__(self, body: dict[str, Any]) -> dict[str, Any]:
+        from streamrec.errors import InfraError
+
         item_id = body.get("item_id") or f"new-{uuid.uuid4().hex[:10]}"
         check_id(item_id, "item")
         now = int(time.time() * 1000)
@@ -364,36 +369,25 @@ class ItemPublisher:
             features={str(k): float(v) for k, v in (body.get("features") or {}).items()},
             updated_at_ms=now,
         )
-        try:
-            value = encode_item(item)
-        except CatalogError as exc:
-            raise ApiError(HTTPStatus.BAD_REQUEST, str(exc)) from None
-        topic = self.settings.topic_items
-        producer = self._connect(topic)
-        errors: list[str] = []
+        with self._lock:  # one at a time: the flush then tells about this record alone
+            try:
+                producer = self._connect()
+                producer.send(item)
+                producer.flush(DELIVERY_TIMEOUT_S)
+            except CatalogError as exc:
+                raise ApiError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+            except InfraError as exc:
+                self._producer = None  # a fresh connection next time
+                raise ApiError(HTTPStatus.SERVICE_UNAVAILABLE, str(exc)) from None
+        log.info("serve: published item %r to %s", item_id, self.settings.topic_items)
+        return {"item_id": item_id, "topic": self.settings.topic_items, "updated_at_ms": now,
+                "delivered": True}  # fmt: skip
 
-        def done(err: Any, _msg: Any) -> None:
-            if err is not None:
-                errors.append(str(err))
-
-        producer.produce(topic, key=item_id.encode(), value=value, on_delivery=done)
-        left = producer.flush(DELIVERY_TIMEOUT_S)
-        if left or errors:
-            raise ApiError(
-                HTTPStatus.SERVICE_UNAVAILABLE,
-                f"Kafka did not acknowledge the item: {errors[0] if errors else 'timed out'}",
-            )
-        log.info("serve: published item %r to %s", item_id, topic)
-        return {"item_id": item_id, "topic": topic, "updated_at_ms": now, "delivered": True}
-
-    def _connect(self, topic: str) -> Any:
+    def _connect(self) -> Any:
         if self._producer is None:
-            from confluent_kafka import Producer
+            from streamrec.connect import ensure_topics
+            from streamrec.producer.catalog import CatalogProducer
 
-            from streamrec.connect import DURABLE_PRODUCER, ensure_topics
-
-            ensure_topics(self.settings)  # the catalog topic among them (compacted)
-            conf = {**self.settings.kafka_common(), **DURABLE_PRODUCER, "linger.ms": 0}
-            conf["message.timeout.ms"] = int(DELIVERY_TIMEOUT_S * 1000)
-            self._producer = Producer(conf)
+            ensure_topics(self.settings)  # the items topic among them (compacted)
+            self._producer = CatalogProducer(self.settings, "avro", **{"linger.ms": 0})
         return self._producer

@@ -116,6 +116,8 @@ class ServingIndex:
                 if j is not None:
                     self.cold[j] = vec
                     self.has_factors[n + j] = True
+        #: (c,) rows of the cold items with factors (the ones a vector can score)
+        self.cold_rows = (np.flatnonzero(self.has_factors[n:]) + n).astype(np.int64)
         norms = np.empty(total, dtype=np.float32)
         norms[:n] = np.linalg.norm(factors, axis=1) if n else 0
         norms[n:] = np.linalg.norm(self.cold, axis=1) if len(extra) else 0

@@ -319,6 +319,39 @@ class Service:
                 out.append(e)
         return out
 
+    def _with_cold(
+        self,
+        live: Live,
+        picked: list[dict[str, Any]],
+        stored: Mapping[str, Any],
+        vector: npt.NDArray[np.float32],
+        f: Filters,
+        exclude: frozenset[str],
+    ) -> list[dict[str, Any]]:
+        """``picked`` (a stored list's matching items, best first) with the index's cold
+        items that beat the stored list's last score merged in, by score. The list is the
+        exact top of the model's items, so a cold item scoring below its last entry cannot
+        be placed in it and is left to the scored path."""
+        index = live.index
+        items = stored["items"]
+        if stored.get("model_version") != index.model_version or not items:
+            return picked
+        floor = items[-1].get("score") if isinstance(items[-1], dict) else None
+        if not isinstance(floor, int | float):
+            return picked
+        rows = index.cold_rows[index.match_mask(index.cold_rows, f)]
+        if not len(rows):
+            return picked
+        scores = index.cold[rows - index.n_model] @ vector
+        have = {e["item_id"] for e in picked} | exclude | live.blocked
+        listed = {str(i.get("item_id")) for i in items if isinstance(i, dict)}
+        extra = [e for e in self._entries(live, rows, scores)
+                 if e["score"] is not None and e["score"] > floor
+                 and e["item_id"] not in have and e["item_id"] not in listed]  # fmt: skip
+        if not extra:
+            return picked
+        return sorted([*picked, *extra], key=lambda e: -float(e["score"] or 0.0))
+
     def recommend(
         self, user_id: str, f: Filters, n: int = 20, exclude: Sequence[str] = ()
     ) -> dict[str, Any]:
@@ -328,6 +361,13 @@ class Service:
         index = live.index
         raw_list, raw_vec = mget(self.redis, [self.keys.recs(user_id), self.keys.vec(user_id)])
         excluded = frozenset(exclude)
+        vec = None
+        if raw_vec is not None:
+            try:
+                vec = parse_vec(raw_vec)
+            except ValueError as exc:
+                log.error("serve: ignoring malformed %s: %s", self.keys.vec(user_id), exc)
+        usable = vec is not None and vec.model_version == index.model_version
         stored: dict[str, Any] | None = None
         picked: list[dict[str, Any]] = []
         if raw_list is not None:
@@ -337,15 +377,12 @@ class Service:
                 log.error("serve: ignoring malformed %s", self.keys.recs(user_id))
         if stored is not None:
             picked = self._stored(live, stored["items"], f, excluded)
+            if usable and vec is not None and vec.vector is not None and len(index.cold_rows):
+                # New catalog items the list was written without (before the user's next
+                # event): scored with the same vector, they take their place in it.
+                picked = self._with_cold(live, picked, stored, vec.vector, f, excluded)
             if len(picked) >= n:
                 return _answer(user_id, picked[:n], "list", stored, f)
-        vec = None
-        if raw_vec is not None:
-            try:
-                vec = parse_vec(raw_vec)
-            except ValueError as exc:
-                log.error("serve: ignoring malformed %s: %s", self.keys.vec(user_id), exc)
-        usable = vec is not None and vec.model_version == index.model_version
         drop = [live.blocked_rows, index.rows(excluded)] if excluded else [live.blocked_rows]
         if usable:
             assert vec is not None
@@ -433,10 +470,17 @@ class Service:
         }
         return out
 
-    def categories(self) -> dict[str, int]:
-        """Every category of the catalog with how many items it has (for pickers)."""
+    def categories(self) -> dict[str, Any]:
+        """Every category of the catalog with how many items it has, the range of the
+        catalog's years and the content map's features (for pickers, sliders, forms)."""
         live = self.live()
-        return {c: len(r) for c, r in sorted(live.index.categories.items())}
+        years = live.index.year[np.isfinite(live.index.year)]
+        content = self._content
+        return {
+            "categories": {c: len(r) for c, r in sorted(live.index.categories.items())},
+            "years": [int(years.min()), int(years.max())] if len(years) else None,
+            "features": list(getattr(content, "feature_names", ())),
+        }
 
 
 def _answer(

@@ -1,5 +1,6 @@
-// streamrec demo page: plain JS, no build step. Talks only to this page's own server:
-// POST /api/events publishes to Kafka; GET /api/recs/<user> reads the user's list from Redis.
+// streamrec demo page: plain JS, no build step. Talks only to this page's own server, the
+// serving API: POST /api/events publishes to Kafka; GET /api/recs/<user> is the user's list
+// under the page's filters (category, years); POST /v1/items adds an item to the catalog.
 "use strict";
 
 (function () {
@@ -24,6 +25,9 @@
     received: 0, // Date.now() when the list was received
     serverSkew: 0,
     generation: 0, // bumps when the user changes: late answers for the old user are dropped
+    lastKey: null, // what the list on screen shows (items, version, time): redraw when it moves
+    filters: { category: "", yearMin: null, yearMax: null },
+    years: null, // [lo, hi] of the catalog
   };
 
   const $ = (id) => document.getElementById(id);
@@ -85,7 +89,10 @@
     if (opts.because) {
       const b = item.because;
       const why = el("div", "because");
-      if (b) {
+      if (item.why === "content") {
+        why.textContent = "new: from its content";
+        why.classList.add("new");
+      } else if (b) {
         const verb = VERBS[state.session.get(b.item_id)] || "played";
         why.textContent = `because you ${verb} ${b.name || b.item_id}`;
       } else {
@@ -127,6 +134,7 @@
     state.generation += 1;
     state.session = new Map();
     state.lastUpdated = null;
+    state.lastKey = null;
     state.lastVersion = null;
     state.shown = [];
     state.pending = [];
@@ -227,6 +235,15 @@
 
   // --- the user's list ---------------------------------------------------------------------
 
+  function filterParams() {
+    const f = state.filters;
+    const parts = [];
+    if (f.category) parts.push(`category=${encodeURIComponent(f.category)}`);
+    if (state.years && f.yearMin !== null && f.yearMin > state.years[0]) parts.push(`year_min=${f.yearMin}`);
+    if (state.years && f.yearMax !== null && f.yearMax < state.years[1]) parts.push(`year_max=${f.yearMax}`);
+    return parts.length ? "&" + parts.join("&") : "";
+  }
+
   function sessionParam() {
     const pos = [...state.session].filter(([, t]) => POSITIVE.has(t)).map(([i]) => i);
     return pos.slice(-20).map(encodeURIComponent).join(",");
@@ -244,7 +261,8 @@
     const gen = state.generation;
     try {
       const sess = sessionParam();
-      const path = `/api/recs/${encodeURIComponent(state.user)}?n=${LIST_N}` + (sess ? `&session=${sess}` : "");
+      const path = `/api/recs/${encodeURIComponent(state.user)}?n=${LIST_N}` +
+        (sess ? `&session=${sess}` : "") + filterParams();
       const { status, body } = await api(path);
       if (gen === state.generation) {
         if (status === 200) showList(body);
@@ -273,7 +291,8 @@
   function showList(v) {
     state.received = Date.now();
     state.serverSkew = v.server_time_ms - state.received;
-    const changed = v.updated_at_ms !== state.lastUpdated || v.model_version !== state.lastVersion;
+    const key = JSON.stringify([v.updated_at_ms, v.model_version, v.items.map((i) => i.item_id)]);
+    const changed = key !== state.lastKey;
     renderMeta(v);
     // events the list now reflects: show how long they took to reach the list (also when
     // the list looks unchanged: two batches can write it within the same millisecond)
@@ -288,17 +307,22 @@
     });
     if (!changed) return;
     const before = new Set(state.shown);
+    state.lastKey = key;
     state.lastUpdated = v.updated_at_ms;
     state.lastVersion = v.model_version;
     state.shown = v.items.map((i) => i.item_id);
     $("recs-empty").hidden = v.items.length > 0;
-    if (!v.items.length) $("recs-empty").textContent = "The list is empty.";
+    if (!v.items.length) {
+      $("recs-empty").textContent = filterParams() ? "Nothing matches these filters." : "The list is empty.";
+    }
     fill($("recs"), v.items, { actions: true, because: true, score: true });
     if (before.size) {
       for (const li of $("recs").children) if (!before.has(li.dataset.itemId)) li.classList.add("fresh");
     }
     $("recs").dataset.updatedAtMs = String(v.updated_at_ms);
     $("recs").dataset.modelVersion = v.model_version;
+    $("recs").dataset.source = v.source || "";
+    $("recs").dataset.filters = filterParams();
     renderHistory(v.history || []);
     const m = $("model-version");
     if (m.dataset.version && m.dataset.version !== v.model_version) toast(`new model ${v.model_version}`);
@@ -345,7 +369,7 @@
 
   async function loadPopular() {
     try {
-      const { status, body } = await api("/api/popular?n=10");
+      const { status, body } = await api("/api/popular?n=10" + filterParams());
       if (status === 200) fill($("popular"), body.items, { actions: true });
       else $("popular").replaceChildren(el("li", "muted", body.error));
     } catch (_) {
@@ -371,6 +395,116 @@
     }
   }
 
+  // --- filters and new items ---------------------------------------------------------------
+
+  async function loadCatalog() {
+    let res;
+    try {
+      res = await api("/v1/categories");
+    } catch (_) {
+      return;
+    }
+    if (res.status !== 200) return;
+    const { categories, years, features } = res.body;
+    const names = Object.keys(categories);
+    if (!names.length) return; // no catalog: no filters to offer
+    const sel = $("filter-category");
+    const pick = $("new-category");
+    for (const c of names) {
+      const o = el("option", null, `${c} (${categories[c]})`);
+      o.value = c;
+      sel.appendChild(o);
+      const p = el("option", null, c);
+      p.value = c;
+      pick.appendChild(p);
+    }
+    if (years) {
+      state.years = years;
+      for (const id of ["year-min", "year-max"]) {
+        $(id).min = years[0];
+        $(id).max = years[1];
+      }
+      $("year-min").value = years[0];
+      $("year-max").value = years[1];
+      state.filters.yearMin = years[0];
+      state.filters.yearMax = years[1];
+      $("new-year").value = years[1];
+    } else {
+      $("year-min").hidden = $("year-max").hidden = true;
+    }
+    const box = $("new-features");
+    for (const f of (features || []).filter((x) => x !== "year").slice(0, 4)) {
+      const row = el("label", "feature", f);
+      const input = document.createElement("input");
+      Object.assign(input, { type: "range", min: 0, max: 1, step: 0.01, value: 0.5 });
+      input.dataset.feature = f;
+      input.setAttribute("aria-label", f);
+      row.appendChild(input);
+      box.appendChild(row);
+    }
+    renderYears();
+    $("filters").hidden = false;
+    $("add-panel").hidden = false;
+  }
+
+  function renderYears() {
+    if (!state.years) return;
+    $("year-range").textContent = `${state.filters.yearMin}–${state.filters.yearMax}`;
+  }
+
+  function filtersChanged() {
+    const f = state.filters;
+    f.category = $("filter-category").value;
+    let lo = Number($("year-min").value);
+    let hi = Number($("year-max").value);
+    if (lo > hi) [lo, hi] = [hi, lo];
+    f.yearMin = lo;
+    f.yearMax = hi;
+    renderYears();
+    state.lastKey = null; // the same list, another view of it: redraw
+    poll(true);
+    loadPopular();
+  }
+
+  async function addItem(e) {
+    e.preventDefault();
+    const features = {};
+    for (const input of $("new-features").querySelectorAll("input[data-feature]")) {
+      features[input.dataset.feature] = Number(input.value);
+    }
+    const body = {
+      name: $("new-name").value.trim(),
+      categories: [$("new-category").value].filter(Boolean),
+      year: $("new-year").value ? Number($("new-year").value) : null,
+      features,
+    };
+    const entry = el("li", "pending", `publishing ${body.name} …`);
+    $("new-items").prepend(entry);
+    let res;
+    try {
+      res = await api("/v1/items", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+      });
+    } catch (err) {
+      entry.textContent = `not published: ${err}`;
+      entry.className = "bad";
+      return;
+    }
+    if (res.status !== 202) {
+      entry.textContent = `not published: ${res.body.error}`;
+      entry.className = "bad";
+      toast(res.body.error, true);
+      return;
+    }
+    entry.textContent = `${body.name} (${res.body.item_id}): in the catalog`;
+    entry.className = "ok";
+    entry.dataset.itemId = res.body.item_id;
+    state.fastUntil = Date.now() + 8000;
+    poll(true);
+  }
+
   // --- wiring ------------------------------------------------------------------------------
 
   function init() {
@@ -381,7 +515,20 @@
       e.preventDefault();
       setUser($("user-input").value, false);
     });
+    for (const id of ["filter-category", "year-min", "year-max"]) {
+      $(id).addEventListener("input", filtersChanged);
+    }
+    $("filters-clear").addEventListener("click", () => {
+      $("filter-category").value = "";
+      if (state.years) {
+        $("year-min").value = state.years[0];
+        $("year-max").value = state.years[1];
+      }
+      filtersChanged();
+    });
+    $("add-item").addEventListener("submit", addItem);
     loadModel();
+    loadCatalog();
     loadPopular();
     loadUsers();
     setInterval(loadModel, 5000);
