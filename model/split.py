@@ -16,7 +16,7 @@ over users or pairs.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -90,6 +90,15 @@ class Split:
     @property
     def shape(self) -> tuple[int, int]:
         return len(self.user_ids), len(self.item_ids)
+
+    def test_after(self, cut_ms: int) -> Split:
+        """This split with only the test pairs first seen after ``cut_ms`` (epoch ms), the
+        training pairs unchanged: the pairs a model trained on data up to ``cut_ms`` never saw,
+        so it can be scored on them without having learned the answers. Without times, the
+        split as it is (nothing can be told apart)."""
+        if self.test.times is None:
+            return self
+        return replace(self, test=self.test.take(self.test.times > cut_ms))
 
     def train_totals(self) -> sp.csr_matrix:
         """(n_users, n_items) float32 CSR of raw training totals (sign kept)."""
