@@ -196,6 +196,10 @@ async def load(
             lat.append(time.perf_counter() - due)
             if status != 200:
                 errors += 1
+        except (asyncio.IncompleteReadError, ConnectionError):
+            errors += 1  # the server closed the connection (e.g. its keep-alive timeout)
+            w.close()
+            r, w = await asyncio.open_connection("127.0.0.1", port)
         finally:
             pool.put_nowait((r, w))
 

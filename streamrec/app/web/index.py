@@ -234,19 +234,20 @@ class ServingIndex:
         if not len(rows) or n <= 0:
             return rows[:0], np.zeros(0, dtype=np.float32)
         q = np.asarray(query, dtype=np.float32)
-        scores = np.full(len(rows), -np.inf, dtype=np.float32)
         split = int(np.searchsorted(rows, self.n_model))
-        model_rows = rows[:split]
-        if split:
-            if split > FULL_PRODUCT_SHARE * self.n_model:
-                scores[:split] = (self.factors @ q)[model_rows]
-            else:
-                scores[:split] = self.factors[model_rows] @ q
-        if split < len(rows):
+        full = split > FULL_PRODUCT_SHARE * self.n_model
+        if split == len(rows):  # model items only (the usual case): one product
+            scores = (self.factors @ q)[rows] if full else self.factors[rows] @ q
+        else:
+            scores = np.full(len(rows), -np.inf, dtype=np.float32)
+            if split:
+                model_rows = rows[:split]
+                scores[:split] = (
+                    (self.factors @ q)[model_rows] if full else self.factors[model_rows] @ q
+                )
             cold = rows[split:]
-            has = self.has_factors[cold]
             part = self.cold[cold - self.n_model] @ q
-            scores[split:] = np.where(has, part, -np.inf)
+            scores[split:] = np.where(self.has_factors[cold], part, -np.inf)
         if cosine:
             qn = float(np.linalg.norm(q)) or 1.0
             scores = np.where(np.isfinite(scores), scores / (self.norms[rows] * qn), scores)
