@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
-from streamrec.als.content import HasContent, fit_content_map
+from streamrec.als.content import HasContent, fit_content_map, match_norms
 from streamrec.als.foldin import FoldIn
 from streamrec.files import open_text
 from streamrec.model.data import Interactions, build_matrix, synthetic
@@ -255,6 +255,8 @@ class ColdRun:
     metrics: dict[str, dict[str, float]]  # model -> metric -> value
     mapped_norm_ratio: float  # mean norm of mapped factors / of trained factors
     seconds: float
+    #: model -> metric -> value, the held-out items ranked among every item (``_whole_catalog``)
+    whole_catalog: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -299,6 +301,14 @@ class ColdReport:
             cells = "".join(f"{f'{m:.4f} ± {s:.4f}':>18}" for m, s in
                             (metrics[n] for n in names))  # fmt: skip
             lines.append(f"{model:<22}{cells}")
+        for model in ("content map", "content map, norm-matched", "random"):
+            parts: list[str] = []
+            for key in sorted(self.runs[0].whole_catalog.get(model, {})):
+                v = np.array([r.whole_catalog[model][key] for r in self.runs])
+                spread = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+                parts.append(f"{key} {v.mean():.4f} ± {spread:.4f}")
+            if parts:
+                lines.append(f"among every item, {model}: " + ", ".join(parts))
         ratio = np.mean([r.mapped_norm_ratio for r in self.runs])
         lines.append(
             f"popularity (oracle) uses the held-out items' true popularity: unknown at serve "
@@ -446,9 +456,229 @@ def _one_seed(
         "popularity (content)": metrics(same_for_all(pop_content)),
         "popularity (oracle)": metrics(same_for_all(pop_oracle)),
     }
+    whole = {
+        "content map": _whole_catalog(u, y, train[users], mapped, rel, cfg.ks),
+        "random": _whole_catalog(u, y, train[users], random, rel, cfg.ks),
+        "content map, norm-matched": _whole_catalog(
+            u, y, train[users], match_norms(mapped, y), rel, cfg.ks
+        ),
+    }
     trained_norm = float(np.linalg.norm(y[with_content], axis=1).mean())
     ratio = float(np.linalg.norm(mapped, axis=1).mean()) / max(trained_norm, 1e-12)
     log.info("cold seed %d: %d held-out items, %d users, map %s", seed, len(held), len(users),
              out["content map"])  # fmt: skip
     return ColdRun(seed, len(held), len(users), out, round(ratio, 4),
-                   round(time.perf_counter() - started, 2))  # fmt: skip
+                   round(time.perf_counter() - started, 2), whole)  # fmt: skip
+
+
+def _whole_catalog(
+    u: npt.NDArray[np.float64],
+    y: F32,
+    history: sp.csr_matrix,
+    new: npt.NDArray[np.floating[Any]],
+    relevant: sp.csr_matrix,
+    ks: Sequence[int],
+) -> dict[str, float]:
+    """The held-out items ranked among every item, as a user's list is made: the kept items
+    (minus the user's own history) and the held-out ones scored by the same user vector.
+    ``recall@K``: the share of each user's held-out positives in their top K (mean over
+    users); ``share@K``: the share of the top K slots that held-out items take."""
+    kmax = max(ks)
+    scores = np.hstack([u @ y.T.astype(np.float64), u @ np.asarray(new, np.float64).T])
+    h = history.tocoo()
+    scores[h.row, h.col] = -np.inf  # the user's own items never come back
+    top = rank(scores, kmax)
+    n_kept = y.shape[0]
+    is_new = top >= n_kept
+    out: dict[str, float] = {}
+    rel = relevant.tocsr()
+    n_rel = np.diff(rel.indptr)
+    for k in ks:
+        hits = np.zeros(len(top))
+        for b in range(len(top)):
+            cols = top[b, :k][is_new[b, :k]] - n_kept
+            wanted = rel.indices[rel.indptr[b] : rel.indptr[b + 1]]
+            hits[b] = np.isin(cols, wanted).sum()
+        out[f"recall@{k}"] = float(np.mean(hits / np.maximum(n_rel, 1)))
+        out[f"share@{k}"] = float(is_new[:, :k].mean())
+    return out
+
+
+# -- similar items of items with few interactions ---------------------------------------------
+
+
+@dataclass
+class BlendReport:
+    """Similar-item lists of the items with few training users, by blend weight: precision
+    and NDCG at each K against the items their held-out users also played (mean, std over seeds);
+    ``frequent`` the same for the other items (where the blend is not applied)."""
+
+    source: str
+    min_interactions: int
+    weights: tuple[float, ...]
+    ks: tuple[int, ...]
+    rare: dict[float, dict[str, tuple[float, float]]]
+    frequent: dict[float, dict[str, tuple[float, float]]]
+    items: tuple[int, int]  # (rare, frequent) items evaluated, first seed
+
+    def table(self) -> str:
+        names = [f"{m}@{k}" for k in self.ks for m in ("precision", "ndcg")]
+        lines = [
+            f"similar items by blend weight (content cosine share): {self.source}; items with "
+            f"1..{self.min_interactions - 1} training users ({self.items[0]}) and the others "
+            f"({self.items[1]}); mean ± std over seeds",
+            f"{'items, weight':<22}" + "".join(f"{n:>18}" for n in names),
+        ]
+        for label, rows in (("few users", self.rare), ("more users", self.frequent)):
+            for w, metrics in rows.items():
+                cells = "".join(f"{f'{m:.4f} ± {s:.4f}':>18}" for m, s in
+                                (metrics[n] for n in names))  # fmt: skip
+                lines.append(f"{f'{label}, {w:g}':<22}{cells}")
+        return "\n".join(lines)
+
+
+def evaluate_similar_blend(
+    data: Interactions,
+    content: Mapping[str, HasContent],
+    cfg: ColdConfig,
+    min_interactions: int = 5,
+    weights: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+    ks: Sequence[int] = (10, 20),
+    source: str = "",
+    evaluated: Callable[[str], bool] | None = None,
+) -> BlendReport:
+    """Half of every user's positive pairs (at random) train ALS and the content map; an
+    item's held-out co-occurrences (items a held-out user of it also has held out) are what
+    its similar items should find. Items with 1..``min_interactions``-1 training users are
+    ranked with each blend weight (``streamrec.als.similar.blend_rows``), the others too for
+    contrast. ``evaluated(user_id)``: whose held-out pairs count as co-occurrences (all:
+    None; Last.fm: the users whose tags are not the content)."""
+    from streamrec.als.content import content_vectors
+    from streamrec.als.similar import blend_rows, neighbours, unit_rows
+    from streamrec.model.data import Matrix
+
+    matrix = build_matrix(data, cfg.params.transform)
+    conf = matrix.confidence.tocsr()
+    chosen = np.ones(len(matrix.user_ids), np.bool_)
+    if evaluated is not None:
+        chosen = np.fromiter((evaluated(u) for u in matrix.user_ids), np.bool_, len(chosen))
+    rare_runs: dict[float, list[dict[str, float]]] = {w: [] for w in weights}
+    freq_runs: dict[float, list[dict[str, float]]] = {w: [] for w in weights}
+    counts = (0, 0)
+    for seed in cfg.seeds:
+        rng = np.random.default_rng(seed)
+        coo = conf.tocoo()
+        pos = coo.data > 0
+        held = pos & (rng.random(len(coo.data)) < 0.5)
+        test_mask = held & chosen[coo.row]  # the others' held-out half is simply not used
+        shape = conf.shape
+        train = sp.csr_matrix((coo.data[~held], (coo.row[~held], coo.col[~held])),
+                              shape=shape)  # fmt: skip
+        test = sp.csr_matrix((np.ones(int(test_mask.sum()), np.float32),
+                              (coo.row[test_mask], coo.col[test_mask])), shape=shape)  # fmt: skip
+        params = Params(**{**asdict(cfg.params), "seed": seed})
+        als = fit(Matrix(train, matrix.user_ids, matrix.item_ids), params)
+        y = np.ascontiguousarray(als.item_factors, dtype=np.float32)
+        users = np.asarray((train > 0).sum(axis=0)).ravel()
+        # Co-occurrence among held-out pairs: (items x items), the diagonal dropped.
+        co = (test.T @ test).tocsr()
+        co.setdiag(0)
+        co.eliminate_zeros()
+        has_truth = np.diff(co.indptr) > 0
+        rare = np.flatnonzero((users >= 1) & (users < min_interactions) & has_truth)
+        frequent = np.flatnonzero((users >= min_interactions) & has_truth)
+        if len(frequent) > 2000:  # enough for a contrast, bounded cost
+            frequent = np.sort(rng.choice(frequent, 2000, replace=False))
+        if seed == cfg.seeds[0]:
+            counts = (len(rare), len(frequent))
+        known = [r for r, i in enumerate(matrix.item_ids) if i in content and users[r] > 0]
+        cmap = fit_content_map([content[matrix.item_ids[r]] for r in known], y[known],
+                               cfg.regularization,
+                               min_category_count=cfg.min_category_count)  # fmt: skip
+        empty = ContentItem("")
+        vectors = content_vectors(cmap, [content.get(i, empty) for i in matrix.item_ids])
+        unit = unit_rows(y)
+        kmax = max(ks)
+        for w in weights:
+            rows_of = blend_rows(unit, vectors, w)
+            for rows, runs in ((rare, rare_runs), (frequent, freq_runs)):
+                if not len(rows):
+                    continue
+                recs = np.concatenate([neighbours(rows_of, rows[lo : lo + 512], kmax)[0]
+                                       for lo in range(0, len(rows), 512)])  # fmt: skip
+                m = ranking_metrics(recs, (co[rows] > 0).astype(np.bool_).tocsr(), ks=ks)
+                runs[w].append(
+                    {f"{x}@{k}": m[f"{x}@{k}"] for k in ks for x in ("precision", "ndcg")}
+                )
+
+    def summary(
+        runs: dict[float, list[dict[str, float]]],
+    ) -> dict[float, dict[str, tuple[float, float]]]:
+        out: dict[float, dict[str, tuple[float, float]]] = {}
+        for w, per_seed in runs.items():
+            if not per_seed:
+                continue
+            out[w] = {}
+            for key in per_seed[0]:
+                v = np.array([r[key] for r in per_seed])
+                out[w][key] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0)
+        return out
+
+    return BlendReport(source, min_interactions, tuple(weights), tuple(ks), summary(rare_runs),
+                       summary(freq_runs), counts)  # fmt: skip
+
+
+# -- content-only similar items where there are no users: Spotify top hits ---------------------
+
+#: The audio features of the Spotify top-hits file read as content (its ``popularity`` is a
+#: play count in disguise and ``genre`` is what the check predicts, so neither is content).
+SPOTIFY_FEATURES = ("duration_ms", "year", "danceability", "energy", "key", "loudness", "mode",
+                    "speechiness", "acousticness", "instrumentalness", "liveness", "valence",
+                    "tempo")  # fmt: skip
+
+
+def spotify_genre_agreement(data_dir: Path, ks: Sequence[int] = (10,)) -> dict[str, float]:
+    """The Spotify top-hits file has audio features and genres but no users: its songs'
+    content neighbours (cosine over the standardized ``SPOTIFY_FEATURES``,
+    ``streamrec.als.content.content_vectors``) are checked against its genres instead: the
+    share of each song's K nearest songs that share a genre with it ("any genre") or have
+    exactly its genres ("same genres"), against the share among all other songs (what random
+    neighbours give). Duplicate (artist, song) rows count once."""
+    from streamrec.als.content import content_vectors
+    from streamrec.als.similar import neighbours
+
+    path = Path(data_dir) / "spotify-top-hits-2000-2019" / "songs_normalize.csv"
+    if not path.is_file():
+        path = Path(data_dir) / "songs_normalize.csv"
+    if not path.is_file():
+        raise DataError(f"{data_dir}: no spotify-top-hits-2000-2019/songs_normalize.csv")
+    songs: dict[tuple[str, str], tuple[ContentItem, frozenset[str]]] = {}
+    with open_text(path) as f:
+        for row in csv.DictReader(f):
+            key = (row["artist"], row["song"])
+            tags = frozenset(g.strip() for g in row["genre"].split(",") if g.strip())
+            feats = {n: float(row[n]) for n in SPOTIFY_FEATURES if row.get(n, "").strip()}
+            songs.setdefault(key, (ContentItem(f"{key[0]} - {key[1]}", feats), tags))
+    items = [c for c, _ in songs.values()]
+    genres = [g for _, g in songs.values()]
+    # A map fitted to nothing: only its standardization (and vocabulary) is used here.
+    cmap = fit_content_map(items, np.zeros((len(items), 1), np.float32))
+    unit = content_vectors(cmap, items)
+    vocab = sorted(set().union(*genres))
+    onehot = np.zeros((len(items), len(vocab)), np.float32)
+    for r, g in enumerate(genres):
+        onehot[r, [vocab.index(x) for x in g]] = 1
+    codes = np.unique(np.array([",".join(sorted(g)) for g in genres]), return_inverse=True)[1]
+    agree = {
+        "any genre": (onehot @ onehot.T) > 0,
+        "same genres": codes[:, None] == codes[None, :],
+    }
+    out: dict[str, float] = {"songs": float(len(items))}
+    rows = np.arange(len(items), dtype=np.int64)
+    near = {k: neighbours(unit, rows, k)[0] for k in ks}
+    for name, match in agree.items():
+        np.fill_diagonal(match, False)
+        out[f"{name}, random"] = float(match.sum(axis=1).mean() / (len(items) - 1))
+        for k in ks:
+            out[f"{name}, content@{k}"] = float(np.take_along_axis(match, near[k], 1).mean())
+    return out

@@ -4,9 +4,6 @@ content->factor map on.
 * ``read_catalog``: the compacted items topic read from its beginning to the end it has now,
   the worker's rules (a tombstone removes its key's item; a record that does not decode, has no
   key or whose key is not its ``item_id`` is skipped and counted: the worker dead-letters it).
-* ``load_items_csv``: a catalog CSV (``streamrec train --items``): an id column, ``name`` or
-  ``title``, a categories column, ``year``, ``available``, and every other column whose values
-  are all numbers as a feature.
 * ``fit_for_model``: the content->factor map (``streamrec.als.content``) of a model's factors,
   fitted on its items that have content; ``similar_content``: what the publisher needs to
   blend content into the similar items of items with few interactions.
@@ -14,18 +11,16 @@ content->factor map on.
 
 from __future__ import annotations
 
-import csv
 import logging
-import re
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from streamrec.als.content import (
     ContentMap,
@@ -34,21 +29,13 @@ from streamrec.als.content import (
     fit_content_map,
     item_features,
 )
-from streamrec.catalog import Item, decode_item, item_from_json, now_ms
+from streamrec.catalog import Item, decode_item
 from streamrec.connect import kafka_metadata, read_ranges
-from streamrec.errors import CatalogError
-from streamrec.files import open_text
-from streamrec.model.errors import DataError
+from streamrec.errors import CatalogError, InfraError
 from streamrec.model.publish import ContentSimilar
 from streamrec.settings import Settings
 
 log = logging.getLogger(__name__)
-
-#: Header names read as each field (lower case), the first present wins.
-ID_COLUMNS = ("item_id", "itemid", "id", "movieid", "artistid", "track_id")
-NAME_COLUMNS = ("name", "title", "song")
-CATEGORY_COLUMNS = ("categories", "genres", "genre", "tags")
-_SPLIT = re.compile(r"[|;,]")
 
 
 @dataclass
@@ -61,6 +48,22 @@ class CatalogRead:
     bad: int = 0
 
 
+def _watermarks(consumer: Consumer, settings: Settings, topic: str, p: int) -> tuple[int, int]:
+    """(low, high) of ``topic[p]``, retried while the broker answers with a passing error
+    (a just-created topic's partition has no leader for a moment: "Not leader for
+    partition") for up to ``settings.kafka_timeout_s``; then ``InfraError``."""
+    deadline = time.monotonic() + settings.kafka_timeout_s
+    while True:
+        try:
+            lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
+            return int(lo), int(hi)
+        except KafkaException as exc:
+            if time.monotonic() >= deadline:
+                raise InfraError(f"Kafka at {settings.kafka_bootstrap}: cannot read the end of "
+                                 f"{topic}[{p}] ({exc.args[0].str()})") from None  # fmt: skip
+            time.sleep(0.2)
+
+
 def read_catalog(settings: Settings, timeout_s: float = 120.0) -> CatalogRead | None:
     """``settings.topic_items`` from its beginning to its end now; None when the topic does
     not exist (no catalog has been loaded yet). ``InfraError`` when Kafka does not answer."""
@@ -71,8 +74,7 @@ def read_catalog(settings: Settings, timeout_s: float = 120.0) -> CatalogRead | 
         if topic not in meta.topics or meta.topics[topic].error is not None:
             return None
         parts = sorted(meta.topics[topic].partitions)
-        marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
-                 for p in parts}  # fmt: skip
+        marks = {p: _watermarks(consumer, settings, topic, p) for p in parts}
     finally:
         consumer.close()
     out = CatalogRead(offsets={p: hi for p, (_lo, hi) in marks.items()})
@@ -102,73 +104,6 @@ def read_catalog(settings: Settings, timeout_s: float = 120.0) -> CatalogRead | 
     log.info("catalog: %d items from %d records of %s (%d bad, skipped), up to %s",
              len(out.items), out.records, topic, out.bad, out.offsets)  # fmt: skip
     return out
-
-
-def load_items_csv(path: Path) -> dict[str, Item]:
-    """Items from a catalog CSV: the id from the first of ``ID_COLUMNS`` in the header, the
-    name from ``NAME_COLUMNS``, categories from ``CATEGORY_COLUMNS`` (split on ``|``, ``;`` or
-    ``,``), ``year`` (an integer, empty = none), ``available`` (true/false/1/0, default
-    true), and as features every other column whose non-empty values are all numbers.
-    ``DataError`` naming the file and line when a row is not a valid item."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    with open_text(path) as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        raise DataError(f"{path}: empty")
-    header = [h.strip() for h in rows[0]]
-    lower = [h.lower() for h in header]
-
-    def column(names: tuple[str, ...]) -> int | None:
-        return next((lower.index(n) for n in names if n in lower), None)
-
-    id_col = column(ID_COLUMNS)
-    if id_col is None:
-        raise DataError(f"{path}: no id column (one of {', '.join(ID_COLUMNS)})")
-    name_col, cat_col = column(NAME_COLUMNS), column(CATEGORY_COLUMNS)
-    year_col, avail_col = column(("year",)), column(("available",))
-    taken = {c for c in (id_col, name_col, cat_col, year_col, avail_col) if c is not None}
-    body = [r for r in rows[1:] if any(x.strip() for x in r)]
-    numeric = [j for j in range(len(header)) if j not in taken and _numeric(body, j)]
-    stamp = now_ms()
-    items: dict[str, Item] = {}
-    for line, r in enumerate(body, start=2):
-
-        def cell(j: int | None, r: list[str] = r) -> str:
-            return r[j].strip() if j is not None and j < len(r) else ""
-
-        year = cell(year_col)
-        try:
-            record = {
-                "item_id": cell(id_col),
-                "name": cell(name_col),
-                "categories": [c.strip() for c in _SPLIT.split(cell(cat_col)) if c.strip()],
-                "year": int(year) if year else None,
-                "available": cell(avail_col).lower() not in ("false", "0", "no"),
-                "features": {header[j]: float(cell(j)) for j in numeric if cell(j)},
-            }
-            item = item_from_json(record, default_updated_at_ms=stamp)
-        except (CatalogError, ValueError) as exc:
-            raise DataError(f"{path}:{line}: {exc}") from None
-        items[item.item_id] = item
-    log.info("catalog: %d items from %s (features %s)", len(items), path,
-             [header[j] for j in numeric])  # fmt: skip
-    return items
-
-
-def _numeric(rows: list[list[str]], j: int) -> bool:
-    seen = False
-    for r in rows:
-        v = r[j].strip() if j < len(r) else ""
-        if not v:
-            continue
-        try:
-            float(v)
-        except ValueError:
-            return False
-        seen = True
-    return seen
 
 
 #: Fewer items with content than this: no map (a ridge fit on a handful of items would map

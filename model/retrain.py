@@ -79,7 +79,7 @@ class RetrainConfig:
     #: (``streamrec.app.progress``). None: no progress is reported.
     progress: ProgressSteps | None = None
     #: Item content to fit the content->factor map on (item_id -> item, e.g. a catalog CSV's
-    #: ``streamrec.model.items.load_items_csv``). None: read ``settings.topic_items`` (when
+    #: ``streamrec.producer.catalog.read_catalog_csv``). None: read ``settings.topic_items`` (when
     #: ``read_kafka``); a model with no item content there gets no map.
     catalog: Mapping[str, HasContent] | None = None
 

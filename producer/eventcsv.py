@@ -7,6 +7,11 @@ A CSV file with a header row, plain or gzip (``.gz``), in one of two layouts::
                              the rating
     generic                  user_id,item_id[,type][,value][,timestamp]
 
+and two MovieLens files without a header, told apart by name (``.gz`` allowed too)::
+
+    u.data (MovieLens 100k)  user<TAB>item<TAB>rating<TAB>timestamp   -> "rating" events
+    ratings.dat (MovieLens 1M, 10M)  user::item::rating::timestamp    -> "rating" events
+
 Header names are matched ignoring case and surrounding spaces. A generic file starts with
 ``user_id,item_id``; ``type``, ``value`` and ``timestamp`` may follow in any order, and other
 columns are ignored. In each row:
@@ -43,6 +48,8 @@ from streamrec.events import EVENT_TYPES, MAX_ID_LENGTH, Event, epoch_ms, new_ev
 from streamrec.files import open_text
 
 MOVIELENS_HEADER = ["userid", "movieid", "rating", "timestamp"]
+#: MovieLens rating files without a header: file name -> field separator.
+PLAIN_RATINGS = {"u.data": "\t", "ratings.dat": "::"}
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,9 @@ def read(path: Path, limit: int | None = None, *, by_time: bool = False) -> Rows
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
+    sep = PLAIN_RATINGS.get(path.name.lower().removesuffix(".gz"))
+    if sep is not None:
+        return _read_plain_ratings(path, sep, limit, by_time)
     users: list[str] = []
     items: list[str] = []
     types: list[str] = []
@@ -140,7 +150,59 @@ def read(path: Path, limit: int | None = None, *, by_time: bool = False) -> Rows
     if not users:
         raise EventError(f"{path}: no rows")
     kind = "movielens" if movielens else "generic"
-    if its is None:
+    return _rows(kind, users, items, types, values, stamps if its is not None else None,
+                 by_time, limit)  # fmt: skip
+
+
+def _read_plain_ratings(path: Path, sep: str, limit: int | None, by_time: bool) -> Rows:
+    """``u.data`` / ``ratings.dat``: ``user, item, rating, timestamp`` split by ``sep``."""
+    users: list[str] = []
+    items: list[str] = []
+    values: list[float | None] = []
+    stamps: list[int] = []
+    try:
+        with open_text(path, encoding="latin-1") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not by_time and limit is not None and len(users) >= limit:
+                    break
+                if not line.strip():
+                    continue
+                parts = line.rstrip("\r\n").split(sep)
+                try:
+                    if len(parts) < 4:
+                        raise ValueError(f"expected 4 fields separated by {sep!r}")
+                    u, i = _check_id(parts[0], "user id"), _check_id(parts[1], "item id")
+                    v = float(parts[2])
+                    if not math.isfinite(v):
+                        raise ValueError("value is not finite")
+                    t = epoch_ms(parts[3].strip())
+                except ValueError as exc:
+                    raise EventError(f"{path}:{lineno}: bad row {line.strip()!r} ({exc})") from None
+                users.append(u)
+                items.append(i)
+                values.append(v)
+                stamps.append(t)
+    except (OSError, UnicodeDecodeError, EOFError) as exc:
+        raise EventError(f"{path}: unreadable ({exc})") from None
+    if not users:
+        raise EventError(f"{path}: no rows")
+    return _rows("movielens", users, items, ["rating"] * len(users), values, stamps, by_time,
+                 limit)  # fmt: skip
+
+
+def _rows(
+    kind: str,
+    users: list[str],
+    items: list[str],
+    types: list[str],
+    values: list[float | None],
+    stamps: list[int] | None,
+    by_time: bool,
+    limit: int | None,
+) -> Rows:
+    """The parsed columns as ``Rows``: sorted by time (stable) and cut to the earliest
+    ``limit`` with ``by_time`` and timestamps, else as read."""
+    if stamps is None:
         return Rows(kind, users, items, types, values, None)
     if not by_time:
         return Rows(kind, users, items, types, values, stamps)

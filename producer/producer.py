@@ -58,6 +58,9 @@ class EventProducer:
         self.sent = 0
         self.delivered = 0
         self.failed: list[str] = []  # every failure so far (for the delivery report)
+        #: partition -> the highest offset the broker acknowledged there (a caller waiting
+        #: for consumers to catch up compares it with their applied offsets)
+        self.acked: dict[int, int] = {}
         self._reported = 0  # failures already raised by an earlier flush()
         self._logged = 0  # failures already logged while sending
         self._next_log = 0.0
@@ -66,6 +69,9 @@ class EventProducer:
         # Counted, not logged one by one: a broker outage fails every event in flight.
         if err is None:
             self.delivered += 1
+            part, offset = msg.partition(), msg.offset()
+            if part is not None and offset is not None and offset > self.acked.get(part, -1):
+                self.acked[part] = offset
         else:
             self.failed.append(f"{msg.key()!r}: {err.str()}")
 
@@ -105,6 +111,12 @@ class EventProducer:
         self.sent += 1
         self._producer.poll(0)
         self._log_failures()
+
+    def poll(self, timeout_s: float = 0.0) -> int:
+        """Serve delivery reports for up to ``timeout_s``; the events still waiting for one
+        (neither acknowledged nor failed)."""
+        self._producer.poll(timeout_s)
+        return self.sent - self.delivered - len(self.failed)
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait for every queued event (by default a little past the delivery timeout, so an

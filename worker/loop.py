@@ -146,7 +146,8 @@ class Worker:
         # batches; the purge of items that left it: ids and the history keys still to read.
         self.catalog = Catalog()
         self._follower: CatalogFollower | None = None
-        self._purge_ids: set[str] = set()
+        self._purge_ids: set[str] = set()  # looked for by the round under way
+        self._purge_next: set[str] = set()  # for the next round (and the rest of this one)
         self._purge_keys: Iterator[str] | None = None
         self.outages = Outages(settings, self.metrics, self.stop)  # Redis or Kafka down
 
@@ -174,6 +175,7 @@ class Worker:
             self._follower = CatalogFollower(s, self.catalog, dead_letters=dead)
             self._follower.start()  # the whole catalog before the first batch (bounded)
             self.models.use_catalog(self.catalog)
+            self._catalog_gauges()
         self.assigned = source.assigned
         server = self.server
         started = time.monotonic()
@@ -199,6 +201,7 @@ class Worker:
                 if outages.call(self.models.refresh):
                     _freeze_heap()
                     outages.call(self._refold)
+                    self._catalog_gauges()
                 outages.call(self.state.tick)
                 outages.call(self._follow_catalog)
                 if now >= next_report:
@@ -286,18 +289,27 @@ class Worker:
             return
         if follower.poll():
             self.models.catalog_changed()
+            self._catalog_gauges()
             log.info("catalog: %d items, %d unavailable, %d mapped from their content "
                      "(version %d)", len(self.catalog), len(self.catalog.unavailable()),
                      self.models.cold, self.catalog.version)  # fmt: skip
         # Not before this worker owns partitions: a purge goes over their users.
-        ids = self.models.take_purge() if self.assigned else set()
-        if ids:
-            # Start again over every owned user: those already read this round may hold a
-            # new id too, and an unfinished round's ids are kept.
-            self._purge_ids |= ids
+        self._purge_next |= self.models.take_purge() if self.assigned else set()
+        if self._purge_keys is None and self._purge_next:
+            # A round over every owned user; ids that come during it are looked for in the
+            # rest of it and in one more round (so a round always ends, however often the
+            # catalog changes: an id is gone from every list within two rounds).
+            self._purge_ids, self._purge_next = self._purge_next, set()
             self._purge_keys = self._owned_history_keys()
         if self._purge_keys is not None:
             self._purge()
+
+    def _catalog_gauges(self) -> None:
+        off = len(self.catalog.unavailable() & set(self.catalog.items()))
+        gauge = self.metrics.catalog_items
+        gauge.labels(state="available").set(len(self.catalog) - off)
+        gauge.labels(state="unavailable").set(off)
+        gauge.labels(state="content").set(self.models.cold)
 
     def _owned_history_keys(self) -> Iterator[str]:
         """The history key of every user of the partitions this worker owns now."""
@@ -311,23 +323,39 @@ class Worker:
 
     def _purge(self) -> None:
         """One slice of the purge: of up to ``PURGE_CHUNK`` owned users, re-fold those whose
-        stored list holds an id of ``_purge_ids`` (their new list leaves it out: the scorer
-        blocks them), so such a list is rewritten within one round over the owned users."""
+        stored list holds an id of ``_purge_ids`` or ``_purge_next`` (their new list leaves
+        it out: the scorer blocks them), so such a list is rewritten within one round over
+        the owned users after the id came (two when it came during a round)."""
         assert self._purge_keys is not None
         keys: list[str] = []
-        for key in self._purge_keys:
-            keys.append(key)
-            if len(keys) >= PURGE_CHUNK:
-                break
-        else:
-            self._purge_keys = None  # the round ends with this slice
+        try:
+            for key in self._purge_keys:
+                keys.append(key)
+                if len(keys) >= PURGE_CHUNK:
+                    break
+            else:
+                self._purge_keys = None  # the round ends with this slice
+            self._purge_slice(keys)
+        except BaseException:
+            # Redis failed under the scan (a generator that raised is done): the round
+            # begins again once the outage is over.
+            self._purge_keys = None
+            self._purge_next |= self._purge_ids
+            self._purge_ids = set()
+            raise
+        if self._purge_keys is None:
+            log.info("purge of %d unavailable items done", len(self._purge_ids))
+            self._purge_ids = set()
+
+    def _purge_slice(self, keys: list[str]) -> None:
+        """Re-fold the users of ``keys`` (history keys) whose list holds a purged id."""
         users: dict[str, str] = {}
         for key in keys:
             found = self.keys.parse_user(key)
             if found is not None:
                 users[found[2]] = key
         names = list(users)
-        marks = [b'"item_id":' + orjson.dumps(i) for i in self._purge_ids]
+        marks = [b'"item_id":' + orjson.dumps(i) for i in self._purge_ids | self._purge_next]
         hit = [u for u, raw in zip(names, mget(self._redis, [self.keys.recs(u) for u in names]),
                                    strict=True)
                if raw is not None and any(m in bytes(raw) for m in marks)]  # fmt: skip
@@ -340,9 +368,6 @@ class Worker:
             self._sink.write(lists, transaction=False)
             self.stats.purged += len(lists)
             log.info("rewrote %d lists that held an unavailable item", len(lists))
-        if self._purge_keys is None:
-            log.info("purge of %d unavailable items done", len(self._purge_ids))
-            self._purge_ids = set()
 
     def _repair(self) -> None:
         """After a failure of Redis (a Redis Cluster failing over): write again, from the

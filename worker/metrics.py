@@ -116,6 +116,11 @@ COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ),
     ("streamrec_model_swaps", "models loaded", ("model_swaps",)),
     (
+        "streamrec_lists_purged",
+        "lists written again without items the catalog made unavailable or removed",
+        ("purged",),
+    ),
+    (
         "streamrec_rebuilds",
         "partition rebuilds begun because Redis lost the partition's state",
         ("rebuilds",),
@@ -226,6 +231,12 @@ class Metrics:
         )
         r.register(self.latency)
         self.lag = Gauge("streamrec_consumer_lag", "messages not yet consumed", registry=r)
+        self.catalog_items = Gauge(
+            "streamrec_catalog_items",
+            "items in the catalog view (contract 3), by state",
+            ["state"],  # available, unavailable, content (the cold ones mapped from content)
+            registry=r,
+        )
         self.model_version = Gauge(
             "streamrec_model_info", "1 for the serving model's version", ["version"], registry=r
         )

@@ -38,6 +38,7 @@ __all__ = [
     "content_vectors",
     "fit_content_map",
     "item_features",
+    "match_norms",
     "predict_encoded",
     "vocabulary",
 ]
@@ -131,3 +132,18 @@ def content_vectors(cmap: ContentMap, items: Sequence[HasContent]) -> F32:
     x = cmap.encode(items)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+
+
+def match_norms(mapped: npt.ArrayLike, reference: npt.ArrayLike) -> F32:
+    """(m, k) float32: ``mapped`` factors rescaled to the mean row norm of ``reference``
+    ((n, k), the model's trained item factors); a zero row stays zero.
+
+    A ridge prediction is shrunk towards the mean item (on the data in ``../shared/data`` the
+    mapped factors' norms are 0.26-0.5 of the trained ones'), so in a list scored against every
+    known item a mapped item rarely takes a top slot. Rescaling keeps each mapped item's
+    direction (its ranking among new items is unchanged) and lets it compete on length; the
+    README's "New items from their content" measures both ways."""
+    m = np.asarray(mapped, dtype=np.float32)
+    norms = np.linalg.norm(m, axis=1, keepdims=True)
+    target = np.float32(np.linalg.norm(np.asarray(reference, np.float32), axis=1).mean())
+    return np.divide(m * target, norms, out=np.zeros_like(m), where=norms > 0)

@@ -248,10 +248,24 @@ class Scorer:
             ext[owner, rows] = -np.inf
         ci, cs = select_top_n(ext, min(self.n, c))
         ci = np.where(ci >= 0, ci + n_items, -1)
+        width = min(self.n, n_items + c)
+        if width == items.shape[1]:
+            # Only the rows whose best cold candidate beats their last entry change (a tie
+            # keeps the model's item, as the stable sort below would; NaN compares false).
+            rows = np.flatnonzero(cs[:, 0] > scores[:, -1])
+            if not len(rows):
+                return items, scores
+            items, scores = items.copy(), scores.copy()
+            both_items = np.hstack([items[rows], ci[rows]])
+            both_scores = np.hstack([scores[rows], cs[rows]])
+            order = np.argsort(-both_scores, axis=1, kind="stable")[:, :width]
+            items[rows] = np.take_along_axis(both_items, order, axis=1)
+            scores[rows] = np.take_along_axis(both_scores, order, axis=1)
+            return items, scores
+        # A catalogue smaller than the list: every list grows by cold items. NaN (a broken
+        # solve) sorts last; its row stays all NaN, as the model's would be.
         both_items = np.hstack([items, ci])
         both_scores = np.hstack([scores, cs])
-        width = min(self.n, n_items + c)
-        # NaN (a broken solve) sorts last; its row stays all NaN, as the model's would be.
         order = np.argsort(-both_scores, axis=1, kind="stable")[:, :width]
         return (
             np.take_along_axis(both_items, order, axis=1),

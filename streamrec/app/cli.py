@@ -357,10 +357,11 @@ def _evaluate_cold(p: _Parser) -> None:
     d = params.Params()
     p.add_argument(
         "dataset",
-        choices=("ml-latest-small", "lastfm-2k", "synthetic", "planted"),
+        choices=("ml-latest-small", "lastfm-2k", "synthetic", "planted", "spotify-top-hits"),
         help="ml-latest-small: genres and year; lastfm-2k: user tags (from every other "
         "user); synthetic: the generated genres; planted: a small generated set with a "
-        "planted content->factor relation",
+        "planted content->factor relation; spotify-top-hits (no users: only its content "
+        "neighbours' genre agreement)",
     )
     p.add_argument("--data-dir", type=Path, metavar="DIR", help="folder of the dataset files")
     p.add_argument(
@@ -374,8 +375,15 @@ def _evaluate_cold(p: _Parser) -> None:
         help="ridge λ of the map (default: STREAMREC_CONTENT_REGULARIZATION)",
     )
     _als_arguments(p, d, alpha=f"confidence scale ({d.alpha:g})")
+    p.add_argument(
+        "--similar",
+        action="store_true",
+        help="also measure similar items by blend weight (content cosine share, 0 to 1) for "
+        "items with fewer than STREAMREC_CONTENT_SIMILAR_MIN_INTERACTIONS training users, "
+        "against the items their held-out users also played",
+    )
     p.add_argument("--out", type=Path, metavar="FILE", help="also write the report as JSON")
-    p.set_defaults(seed=0)  # the seeds are --seeds'
+    p.set_defaults(seed=0)  # the seeds are --seeds
 
 
 @_command(
@@ -614,8 +622,9 @@ def _catalog(p: _Parser) -> None:
     "replay timestamped interactions in time order",
     "Publish every row of a file as an event, in timestamp order, keeping "
     "the original timestamps and sleeping the gaps (scaled by --speed). Files: MovieLens "
-    "ratings.csv (userId,movieId,rating,timestamp -> rating events) or CSV "
-    "user_id,item_id[,type][,value][,timestamp]; .gz allowed.",
+    "ratings.csv (userId,movieId,rating,timestamp -> rating events), u.data, ratings.dat or "
+    "CSV user_id,item_id[,type][,value][,timestamp]; .gz allowed. --evaluate: the live "
+    "evaluation (README: Live evaluation).",
 )
 def _replay(p: _Parser) -> None:
     p.add_argument("path", type=Path, metavar="PATH", help="the file to replay")
@@ -639,6 +648,67 @@ def _replay(p: _Parser) -> None:
     p.add_argument(
         "--format", choices=("avro", "json"), default="avro", help="wire encoding (avro)"
     )
+    _evaluate_arguments(p)
+
+
+def _duration_ms(text: str) -> int:
+    """``1d`` / ``12h`` / ``30m`` / ``90s`` (a bare number: days) -> milliseconds, > 0."""
+    t = text.strip().lower()
+    unit = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000}.get(t[-1:], 0)
+    try:
+        value = float(t[:-1] if unit else t) * (unit or 86_400_000)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 1d, 12h, 90d)") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return int(value)
+
+
+def _evaluate_arguments(p: _Parser) -> None:
+    """``replay --evaluate``: the live evaluation (``streamrec.app.replay_eval``)."""
+    p.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="prequential evaluation through Kafka, a worker and Redis: train on the first "
+        "half, replay the second, score each event against the list read just before it "
+        "(README: Live evaluation); needs --report",
+    )
+    p.add_argument("--report", type=Path, metavar="DIR", help="--evaluate: report.json + .html")
+    p.add_argument(
+        "--retrain-every",
+        type=_duration_ms,
+        default=86_400_000,
+        metavar="DURATION",
+        help="--evaluate: the nightly retrain's period in event time (1d; 12h, 90d, ...)",
+    )
+    p.add_argument(
+        "--test-limit",
+        type=_positive_int,
+        metavar="N",
+        help="--evaluate: replay only the first N events of the second half",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=_nonneg_int,
+        default=1000,
+        metavar="N",
+        help="--evaluate: bootstrap draws (over users) for the intervals (1000)",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=_nonneg_float,
+        default=0.02,
+        help="--evaluate: the retrain gate's, as in 'streamrec retrain' (0.02)",
+    )
+    p.add_argument(
+        "--min-lift",
+        type=_nonneg_float,
+        default=0.10,
+        help="--evaluate: the retrain gate's, as in 'streamrec retrain' (0.10)",
+    )
+    d = params.Params()
+    _als_arguments(p, d, alpha="--evaluate: confidence scale")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"--evaluate: seed ({d.seed})")
 
 
 @_command(

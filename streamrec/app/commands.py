@@ -23,7 +23,10 @@ from streamrec.exits import Exit
 from streamrec.settings import Settings, load_settings
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from streamrec.artifact import Model
+    from streamrec.catalog import Item
     from streamrec.model.data import Interactions
     from streamrec.model.params import Params
     from streamrec.producer.replay import Report
@@ -124,9 +127,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {"source": source}
     catalog = None
     if args.items is not None:
-        from streamrec.model.items import load_items_csv
-
-        catalog = load_items_csv(args.items)  # a bad file is a DataError (exit 4)
+        catalog = _items_csv(args.items)
         print(f"loaded {len(catalog)} catalog items from {args.items}")
         extra["items"] = str(args.items)
     if args.tune is not None:
@@ -159,6 +160,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.publish:
         _publish(model, settings)
     return 0
+
+
+def _items_csv(path: Path) -> dict[str, Item]:
+    """``--items CSV``: the catalog CSV read by the one reader of ``catalog load`` (its
+    default column mapping), item_id -> item; a bad file is an InputError (exit 4)."""
+    from streamrec.producer.catalog import read_catalog_csv
+
+    return {item.item_id: item for item in read_catalog_csv(path)}
 
 
 def _live_model_exists(settings: Settings) -> bool:
@@ -203,9 +212,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         raise ConfigError("--no-kafka needs --csv or --dataset")
     catalog = None
     if args.items is not None:
-        from streamrec.model.items import load_items_csv
-
-        catalog = load_items_csv(args.items)
+        catalog = _items_csv(args.items)
     cfg = RetrainConfig(
         catalog=catalog,
         models_dir=args.models_dir or settings.home / "models",
@@ -359,8 +366,17 @@ def cmd_evaluate_cold(args: argparse.Namespace) -> int:
     from streamrec.model.cold import ColdConfig, dataset_with_content, evaluate_cold
 
     settings = load_settings()
-    if args.dataset in ("ml-latest-small", "lastfm-2k") and args.data_dir is None:
+    if args.dataset in ("ml-latest-small", "lastfm-2k", "spotify-top-hits") and not args.data_dir:
         raise ConfigError(f"evaluate-cold {args.dataset} needs --data-dir DIR")
+    if args.dataset == "spotify-top-hits":
+        from streamrec.model.cold import spotify_genre_agreement
+
+        got = spotify_genre_agreement(args.data_dir, ks=(10, 50))
+        print(f"spotify top hits: {got.pop('songs'):.0f} songs, no users; content neighbours "
+              "(cosine over standardized audio features) vs random songs:")  # fmt: skip
+        for name, value in got.items():
+            print(f"  {name:<28} {value:.4f}")
+        return 0
     if not 0 < args.holdout < 1:
         raise ConfigError(f"--holdout must be between 0 and 1, got {args.holdout:g}")
     data, content, evaluated = dataset_with_content(args.dataset, args.data_dir)
@@ -375,8 +391,28 @@ def cmd_evaluate_cold(args: argparse.Namespace) -> int:
     )
     report = evaluate_cold(data, content, cfg, args.dataset, evaluated)
     print(report.table())
+    out = report.to_dict()
+    if args.similar:
+        from dataclasses import asdict
+
+        from streamrec.model.cold import evaluate_similar_blend
+
+        blend = evaluate_similar_blend(
+            data,
+            content,
+            cfg,
+            min_interactions=max(2, settings.content_similar_min_interactions),
+            source=args.dataset,
+            evaluated=evaluated,
+        )
+        print(blend.table())
+        out["similar_blend"] = {
+            k: v for k, v in asdict(blend).items() if k not in ("rare", "frequent")
+        }
+        out["similar_blend"]["rare"] = {str(w): m for w, m in blend.rare.items()}
+        out["similar_blend"]["frequent"] = {str(w): m for w, m in blend.frequent.items()}
     if args.out is not None:
-        args.out.write_text(json.dumps(report.to_dict(), indent=2))
+        args.out.write_text(json.dumps(out, indent=2))
         print(f"report: {args.out}")
     return 0
 
@@ -525,6 +561,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from streamrec.producer.producer import EventProducer
     from streamrec.producer.replay import read_rows, replay
 
+    if args.evaluate:
+        return cmd_replay_evaluate(args)
     settings = load_settings()
     rows = read_rows(args.path, args.limit)  # bad file: fail before connecting
     span = ""
@@ -559,6 +597,45 @@ def cmd_replay(args: argparse.Namespace) -> int:
             progress=shown if shown.drawing else None,
         )
     return _report(report, producer.topic, interrupted=stop.is_set())
+
+
+def cmd_replay_evaluate(args: argparse.Namespace) -> int:
+    """``replay PATH --evaluate --report DIR`` (``streamrec.app.replay_eval``)."""
+    from streamrec.app.replay_eval import EvalConfig, run_evaluation
+    from streamrec.app.signals import install_stop_handlers
+
+    if args.report is None:
+        raise ConfigError("replay --evaluate needs --report DIR")
+    if args.speed is not None or args.max_gap is not None:
+        raise ConfigError("replay --evaluate paces itself: drop --speed and --max-gap")
+    settings = load_settings()
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    cfg = EvalConfig(
+        path=args.path,
+        report_dir=args.report,
+        retrain_every_ms=args.retrain_every,
+        params=_params(args),
+        limit=args.limit,
+        test_limit=args.test_limit,
+        n_boot=args.bootstrap,
+        seed=args.seed,
+        fmt=args.format,
+        tolerance=args.tolerance,
+        min_lift=args.min_lift,
+    )
+    report = run_evaluation(settings, cfg, stop=stop)
+    pol, lift, fresh = report["policies"], report["lift"], report["freshness_ms"]
+    for name, b in pol.items():
+        print(f"{name:<11} HR@10 {b['hr10']:.4f}  HR@50 {b['hr50']:.4f}  NDCG@10 {b['ndcg10']:.4f}")
+    ls = lift.get("live_over_static", {}).get("hr10", {})
+    if ls:
+        ci = ls.get("ci") or [float("nan")] * 2
+        print(f"live / static HR@10: {ls['value']:.3f}x (95% CI {ci[0]:.3f}-{ci[1]:.3f})")
+    print(f"freshness p50 {fresh['p50']:.1f} ms, p99 {fresh['p99']:.1f} ms; "
+          f"{report['pacing']['events_per_s']} events/s replayed")  # fmt: skip
+    print(f"report: {args.report / 'report.html'}")
+    return Exit.INTERRUPTED if stop.is_set() else Exit.OK
 
 
 def cmd_loadgen(args: argparse.Namespace) -> int:

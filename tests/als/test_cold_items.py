@@ -99,3 +99,20 @@ def test_cold_scores_do_not_depend_on_the_batch(small_model: Path) -> None:
         single = sc.score({user: histories[user]})
         np.testing.assert_array_equal(single.items[0], batch.items[b * 7])
         np.testing.assert_array_equal(single.scores[0], batch.scores[b * 7])
+
+
+def test_a_catalogue_smaller_than_the_list_grows_by_the_cold_items(small_model: Path) -> None:
+    base = Scorer.create(load_model(small_model), n=400)  # more than its 300 items
+    ids = list(base.model.item_ids)
+    rng = np.random.default_rng(9)
+    factors = rng.normal(0, 0.3, (3, base.model.factors)).astype(np.float32)
+    sc = base.with_(cold=ColdItems.create(base.encoder, ["c0", "c1", "c2"], factors))
+    h = {ids[0]: 2.0, ids[1]: 1.0}
+    got = sc.score({"u": h, "v": {**h, "c1": 1.0}})
+    u = base.foldin.solve(*_one(base, h))[0]
+    s = np.concatenate([base.model.item_factors @ u, factors @ u])
+    s[[0, 1]] = -np.inf
+    want = np.argsort(-s, kind="stable")[: len(ids) + 1]  # 301 allowed items, then padding
+    np.testing.assert_array_equal(got.items[0][:301], want)
+    assert got.items.shape == (2, 303) and (got.items[0][301:] == -1).all()
+    assert len(ids) + 1 not in got.items[1].tolist()  # c1, in v's history, is left out

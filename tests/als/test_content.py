@@ -146,3 +146,13 @@ def test_map_refuses_inconsistent_arrays() -> None:
         ContentMap(("a", "b"), (), z, z, np.zeros((3, 4), np.float32))  # scale 0
     with pytest.raises(ArtifactError):
         ContentMap(("a", "b"), (), z, np.ones(2), np.zeros((3, 4), np.float32))  # type: ignore[arg-type]  # float64
+
+
+def test_match_norms_keeps_directions() -> None:
+    from streamrec.als.content import match_norms
+
+    reference = np.array([[3.0, 4.0], [0.0, 1.0]], np.float32)  # mean norm 3
+    mapped = np.array([[0.1, 0.0], [0.0, -0.5], [0.0, 0.0]], np.float32)
+    got = match_norms(mapped, reference)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, [[3.0, 0.0], [0.0, -3.0], [0.0, 0.0]], rtol=1e-6)

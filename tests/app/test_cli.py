@@ -238,6 +238,7 @@ def _every_command() -> list[list[str]]:
         "model": ["list"],
         "produce": ["--user", "u", "--item", "i"],
         "evaluate-cold": ["planted"],
+        "catalog": ["load", "x.csv"],
     }
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     commands = [[name, *needs.get(name, [])] for name in sub.choices]
@@ -259,7 +260,7 @@ def test_an_unknown_flag_is_named_by_its_command(
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
-    prog = " ".join(a for a in argv[:2] if a in ("list", "rollback") or a == argv[0])
+    prog = " ".join(a for a in argv[:2] if a in ("list", "rollback", "load") or a == argv[0])
     assert err[0].startswith(f"streamrec {prog}: error: unrecognized arguments: --no-such-flag")
 
 

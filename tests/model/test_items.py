@@ -1,5 +1,5 @@
-"""The nightly job's catalog: a catalog CSV read into items, the map fitted for a model's
-items, and the items topic read to its end against the real broker (tombstones remove, bad
+"""The nightly job's catalog: the map fitted for a model's items (and stored by ``train``),
+and the items topic read to its end against the real broker (tombstones remove, bad
 records are skipped and counted)."""
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from confluent_kafka import Producer
 
 from streamrec.catalog import Item, encode_item, encode_item_json
 from streamrec.connect import ensure_topics
-from streamrec.model.errors import DataError
-from streamrec.model.items import MIN_CONTENT_ITEMS, fit_for_model, load_items_csv, read_catalog
+from streamrec.model.items import MIN_CONTENT_ITEMS, fit_for_model, read_catalog
 from streamrec.settings import Settings
 
 
@@ -30,36 +29,6 @@ def _item(i: int, **kw: Any) -> Item:
         "updated_at_ms": 1_700_000_000_000,
     }
     return Item(**{**base, **kw})
-
-
-def test_csv_columns_become_items(tmp_path: Path) -> None:
-    f = tmp_path / "songs.csv"
-    f.write_text(
-        "track_id,song,genre,year,explicit,tempo,energy,available\r\n"
-        "t1,Oops,pop;dance,2000,False,95.05,0.834,true\r\n"
-        "t2,Kryptonite,rock,2000,False,99.0,,0\r\n"
-        't3,No year,"rock, metal",,True,120,0.5,\r\n',
-        "utf-8",
-    )
-    items = load_items_csv(f)
-    assert list(items) == ["t1", "t2", "t3"]
-    t1, t2, t3 = items["t1"], items["t2"], items["t3"]
-    assert (t1.name, t1.categories, t1.year, t1.available) == ("Oops", ("pop", "dance"), 2000, True)
-    assert t1.features == {"tempo": 95.05, "energy": 0.834}  # "explicit" is not a number
-    assert t2.features == {"tempo": 99.0} and not t2.available  # an empty cell: no feature
-    assert t3.year is None and t3.categories == ("rock", "metal") and t3.available
-
-
-def test_csv_errors_name_file_and_line(tmp_path: Path) -> None:
-    f = tmp_path / "bad.csv"
-    f.write_text("item_id,year\nok,1999\nbad,19x9\n")
-    with pytest.raises(DataError, match=r"bad\.csv:3"):
-        load_items_csv(f)
-    (tmp_path / "noid.csv").write_text("name,year\nx,1\n")
-    with pytest.raises(DataError, match="no id column"):
-        load_items_csv(tmp_path / "noid.csv")
-    with pytest.raises(DataError, match="no such file"):
-        load_items_csv(tmp_path / "absent.csv")
 
 
 def test_fit_for_model_uses_the_items_with_content() -> None:

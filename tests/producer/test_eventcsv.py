@@ -177,3 +177,23 @@ def test_file_order_limit_stops_reading(tmp_path: Path) -> None:
     assert read(f, 1).items == ["a"]
     with pytest.raises(EventError, match=":3: bad row"):
         read(f, 1, by_time=True)  # the earliest event needs every row
+
+
+def test_movielens_files_without_a_header(tmp_path: Path) -> None:
+    """``u.data`` (tabs) and ``ratings.dat`` (``::``), plain or gzip: rating events, by time."""
+    (tmp_path / "u.data").write_text("196\t242\t3\t881250949\n186\t302\t3\t891717742\n\n"
+                                     "22\t377\t1\t878887116\n")  # fmt: skip
+    rows = read(tmp_path / "u.data", by_time=True)
+    assert rows.kind == "movielens" and set(rows.types) == {"rating"}
+    assert rows.users == ["22", "196", "186"] and rows.items == ["377", "242", "302"]
+    assert rows.values == [1.0, 3.0, 3.0]
+    assert rows.timestamps == [878887116000, 881250949000, 891717742000]
+    assert read(tmp_path / "u.data", limit=1).users == ["196"]  # file order: the first row
+    assert read(tmp_path / "u.data", limit=1, by_time=True).users == ["22"]  # the earliest
+    with gzip.open(tmp_path / "ratings.dat.gz", "wt") as f:
+        f.write("1::1193::5::978300760\n1::661::3::978302109\n")
+    rows = read(tmp_path / "ratings.dat.gz", by_time=True)
+    assert rows.items == ["1193", "661"] and rows.values == [5.0, 3.0]
+    (tmp_path / "ratings.dat").write_text("1::1193::5::978300760\n1::661\n")
+    with pytest.raises(EventError, match=r"ratings.dat:2: bad row"):
+        read(tmp_path / "ratings.dat")

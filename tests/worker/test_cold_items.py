@@ -13,7 +13,9 @@ import jsonschema
 import numpy as np
 import pytest
 import redis
+from prometheus_client.exposition import generate_latest
 
+from streamrec.als.content import fit_content_map
 from streamrec.artifact import ContentMap, load_model, write_model
 from streamrec.catalog import Item
 from streamrec.client import Client, schema
@@ -61,8 +63,12 @@ def content_model(small_model: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def test_new_item_enters_lists_from_its_content_and_unavailable_items_leave_every_list(
-    stack: Callable[..., Settings], run_worker: Callable[..., Any], content_model: Path
+    stack: Callable[..., Settings],
+    run_worker: Callable[..., Any],
+    content_model: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr("streamrec.worker.loop.PURGE_CHUNK", 3)  # the 8 users in 3 slices
     s = stack(model_path=content_model)
     keys, client = Keys(s.redis_prefix), redis_client(s)
     model = load_model(content_model)
@@ -114,6 +120,10 @@ def test_new_item_enters_lists_from_its_content_and_unavailable_items_leave_ever
 
     wait_for(clean, 30)
     assert worker.stats.purged >= 2 and worker.models.cold == 0
+    exported = generate_latest(worker.metrics.registry).decode()
+    assert 'streamrec_catalog_items{state="unavailable"} 1.0' in exported
+    assert 'streamrec_catalog_items{state="content"} 0.0' in exported
+    assert f"streamrec_lists_purged_total {float(worker.stats.purged)}" in exported
     # Lists written from then on leave them out too, and are full.
     stamp = (_recs(client, keys, "u1") or {})["updated_at_ms"]
     with EventProducer(s) as p:
@@ -156,6 +166,15 @@ def test_a_swap_maps_cold_items_again_and_a_learned_one_uses_its_trained_factors
         np.testing.assert_array_equal(cold.factors[cold.index["x"]], np.arange(1, 17))
         assert watcher.blocked.tolist() == [0]  # the trained item made unavailable
         assert watcher.take_purge() == {"off", first.item_ids[0]}
+        # A trained item's change keeps the cold block as it is (nothing mapped again).
+        both = next(i for i in first.item_ids if i in set(second.item_ids))
+        catalog.apply({both: Item(both, "", (), None, False, {}, 2)})
+        watcher.catalog_changed()
+        assert watcher.scorer.cold is cold
+        assert sorted(watcher.blocked.tolist()) == sorted([0, first.item_ids.index(both)])
+        assert watcher.take_purge() == {both}
+        catalog.apply({both: Item(both, "", (), None, True, {}, 3)})
+        watcher.catalog_changed()
 
         client.set(keys.model, model_value(second.summary()))
         assert watcher.refresh()
@@ -168,3 +187,42 @@ def test_a_swap_maps_cold_items_again_and_a_learned_one_uses_its_trained_factors
     finally:
         watcher.close()
         client.close()
+
+
+def test_a_new_item_of_a_listeners_genre_enters_their_list_by_a_fitted_map(
+    stack: Callable[..., Settings],
+    run_worker: Callable[..., Any],
+    small_model: Path,
+    tmp_path: Path,
+) -> None:
+    # The map the nightly job fits (ridge on the trained items' content: here their genre).
+    m = load_model(small_model)
+    ids = list(m.item_ids)
+    catalog = [Item(i, i, (i.split("-")[0],), None, True, {}, 1) for i in ids]
+    model_dir = tmp_path / "fitted"
+    y = np.asarray(m.item_factors)
+    write_model(model_dir, ids, y, np.asarray(m.item_popularity), m.params,
+                content=fit_content_map(catalog, y, 1.0))  # fmt: skip
+    s = stack(model_path=model_dir)
+    keys, client = Keys(s.redis_prefix), redis_client(s)
+    ensure_topics(s)
+    with CatalogProducer(s) as c:  # the whole catalog, as `streamrec catalog load` sends it
+        for record in catalog:
+            c.send(record)
+    worker = run_worker(s)
+    genre = ids[0].split("-")[0]
+    other = next(i for i in ids if not i.startswith(genre)).split("-")[0]
+    fans = {"fan": [i for i in ids if i.startswith(genre)][:4],
+            "other": [i for i in ids if i.startswith(other)][:4]}  # fmt: skip
+    with CatalogProducer(s) as c:
+        c.send(Item("new-song", "New Song", (genre,), 2026, True, {}, 2))
+    wait_for(lambda: worker.models.cold == 1, 30)
+    with EventProducer(s) as p:
+        for user, played in fans.items():
+            for item in played:
+                p.send(new_event(user, item, "play", value=200.0))
+    wait_for(lambda: all(_recs(client, keys, u) for u in fans), 30)
+    fan = _ids(_recs(client, keys, "fan"))
+    assert "new-song" in fan, "a new item of the fan's genre is in their list before a retrain"
+    theirs = _ids(_recs(client, keys, "other"))
+    assert "new-song" not in theirs or theirs.index("new-song") > fan.index("new-song")
