@@ -488,7 +488,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # uvicorn's worker processes read the settings again: they get the flags as variables.
     for name, value in flags.items():
         os.environ[f"STREAMREC_{name.upper()}"] = str(value)
-    return run(load_settings(**flags))
+    from threadpoolctl import threadpool_limits
+
+    # One BLAS thread, as the worker: a request's products are small, and a second thread
+    # spinning beside the event loop costs more than it saves (measured on a busy machine).
+    with threadpool_limits(1, "blas"):
+        return run(load_settings(**flags))
 
 
 def cmd_produce(args: argparse.Namespace) -> int:

@@ -281,6 +281,9 @@ def test_bad_input_is_json_with_a_4xx_never_a_trace(
     assert status == 200 and "swagger" in page.lower()
     status, spec = call("/openapi.json")
     assert "/v1/recommend/{user_id}" in spec["paths"] and "/v1/similar/{item_id}" in spec["paths"]
+    documented = {p["name"] for p in spec["paths"]["/v1/recommend/{user_id}"]["get"]["parameters"]}
+    assert documented == {"user_id", "n", "category", "year_min", "year_max", "available_only",
+                          "exclude"}  # fmt: skip
 
 
 @pytest.mark.integration

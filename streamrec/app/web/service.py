@@ -42,7 +42,7 @@ from streamrec.app.web.index import CatalogItem, Filters, ServingIndex
 from streamrec.app.web.names import synthetic_label
 from streamrec.errors import ArtifactError
 from streamrec.events import MAX_ID_LENGTH
-from streamrec.keys import Keys, mget, parse_list, parse_vec, read_model_pointer, round_scores
+from streamrec.keys import Keys, is_cluster, mget, parse_list, parse_vec, read_model_pointer
 from streamrec.settings import Settings
 
 if TYPE_CHECKING:
@@ -58,6 +58,7 @@ REFRESH_S = 1.0
 CATALOG_RETRY_S = 5.0
 #: Longest a request may ask for.
 MAX_N = 200
+_INF = float("inf")
 _ID_BAD_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -141,6 +142,8 @@ class Service:
         self.keys = Keys(settings.redis_prefix)
         self.redis = client if client is not None else redis_client(settings, timeout_s=2.0)
         self.extra_names = dict(names or {})
+        self._cluster = is_cluster(self.redis)
+        self._local = threading.local()
         self._follower: Any = None
         self._stop = threading.Event()
         if catalog is None and follow_catalog:
@@ -274,6 +277,27 @@ class Service:
             return False, "reading the catalog topic to its end"
         return True, "ok"
 
+    def _mget(self, names: list[str]) -> list[Any]:
+        """MGET ``names``: on a single Redis over this thread's own connection, taken from
+        the client's pool once (the pool's checkout cost ~0.1 ms a request); on a cluster
+        through ``streamrec.keys.mget``. A failed call drops the connection."""
+        if self._cluster:
+            return mget(self.redis, names)
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self.redis.connection_pool.get_connection()
+        try:
+            conn.send_command("MGET", *names)
+            reply = conn.read_response()
+        except BaseException:
+            self._local.conn = None
+            conn.disconnect()
+            self.redis.connection_pool.release(conn)
+            raise
+        if isinstance(reply, Exception):
+            raise reply
+        return list(reply)
+
     def name(self, item_id: str, live: Live | None = None) -> str | None:
         if live is not None:
             got = live.index.names.get(item_id)
@@ -290,11 +314,12 @@ class Service:
         scores: npt.NDArray[np.floating],
     ) -> list[dict[str, Any]]:
         ids = live.index.ids[rows].tolist()
-        rounded = round_scores(scores).tolist()
         n_model = live.index.n_model
         out = []
-        for item, row, score in zip(ids, rows.tolist(), rounded, strict=True):
-            e: dict[str, Any] = {"item_id": item, "score": score if score > -np.inf else None,
+        for item, row, score in zip(ids, rows.tolist(), scores.tolist(), strict=True):
+            # 6 significant digits, all a float32 score carries (as streamrec.keys.round_scores)
+            e: dict[str, Any] = {"item_id": item,
+                                 "score": float(f"{score:.6g}") if score > -_INF else None,
                                  "name": self.name(item, live)}  # fmt: skip
             if row >= n_model:
                 e["why"] = "content"
@@ -302,16 +327,26 @@ class Service:
         return out
 
     def _stored(
-        self, live: Live, items: Sequence[Any], f: Filters, exclude: frozenset[str]
+        self,
+        live: Live,
+        items: Sequence[Any],
+        f: Filters,
+        exclude: frozenset[str],
+        limit: int = MAX_N,
     ) -> list[dict[str, Any]]:
-        """The items of a stored list that match ``f``, in order, named."""
+        """The first ``limit`` items of a stored list that match ``f``, in order, named."""
         index = live.index
         get = index.row_of.get
-        ids = [str(i.get("item_id")) if isinstance(i, dict) else "" for i in items]
+        try:
+            ids = [str(i["item_id"]) for i in items]
+        except (KeyError, TypeError):  # a malformed entry: the others still count
+            ids = [str(i.get("item_id")) if isinstance(i, dict) else "" for i in items]
         rows = np.fromiter((get(i, -1) for i in ids), dtype=np.int64, count=len(ids))
         ok = index.match_mask(rows, f).tolist()
-        out = []
+        out: list[dict[str, Any]] = []
         for item, keep, entry in zip(ids, ok, items, strict=True):
+            if len(out) >= limit:
+                break
             if keep and item not in exclude and item not in live.blocked:
                 e = {"item_id": item, "score": entry.get("score"), "name": self.name(item, live)}
                 if "why" in entry:
@@ -359,7 +394,7 @@ class Service:
         user_id = check_id(user_id, "user")
         live = self.live()
         index = live.index
-        raw_list, raw_vec = mget(self.redis, [self.keys.recs(user_id), self.keys.vec(user_id)])
+        raw_list, raw_vec = self._mget([self.keys.recs(user_id), self.keys.vec(user_id)])
         excluded = frozenset(exclude)
         vec = None
         if raw_vec is not None:
@@ -376,7 +411,7 @@ class Service:
             except (ValueError, TypeError):
                 log.error("serve: ignoring malformed %s", self.keys.recs(user_id))
         if stored is not None:
-            picked = self._stored(live, stored["items"], f, excluded)
+            picked = self._stored(live, stored["items"], f, excluded, n)
             if usable and vec is not None and vec.vector is not None and len(index.cold_rows):
                 # New catalog items the list was written without (before the user's next
                 # event): scored with the same vector, they take their place in it.
@@ -432,7 +467,7 @@ class Service:
             except (ValueError, TypeError):
                 log.error("serve: ignoring malformed %s", self.keys.similar(item_id))
             else:
-                picked = self._stored(live, stored["items"], f, excluded)
+                picked = self._stored(live, stored["items"], f, excluded, n)
                 if len(picked) >= n:
                     out = _answer(None, picked[:n], "list", stored, f)
                     return {"item_id": item_id, **out}
