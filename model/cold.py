@@ -626,3 +626,59 @@ def evaluate_similar_blend(
 
     return BlendReport(source, min_interactions, tuple(weights), tuple(ks), summary(rare_runs),
                        summary(freq_runs), counts)  # fmt: skip
+
+
+# -- content-only similar items where there are no users: Spotify top hits ---------------------
+
+#: The audio features of the Spotify top-hits file read as content (its ``popularity`` is a
+#: play count in disguise and ``genre`` is what the check predicts, so neither is content).
+SPOTIFY_FEATURES = ("duration_ms", "year", "danceability", "energy", "key", "loudness", "mode",
+                    "speechiness", "acousticness", "instrumentalness", "liveness", "valence",
+                    "tempo")  # fmt: skip
+
+
+def spotify_genre_agreement(data_dir: Path, ks: Sequence[int] = (10,)) -> dict[str, float]:
+    """The Spotify top-hits file has audio features and genres but no users: its songs'
+    content neighbours (cosine over the standardized ``SPOTIFY_FEATURES``,
+    ``streamrec.als.content.content_vectors``) are checked against its genres instead: the
+    share of each song's K nearest songs that share a genre with it ("any genre") or have
+    exactly its genres ("same genres"), against the share among all other songs (what random
+    neighbours give). Duplicate (artist, song) rows count once."""
+    from streamrec.als.content import content_vectors
+    from streamrec.als.similar import neighbours
+
+    path = Path(data_dir) / "spotify-top-hits-2000-2019" / "songs_normalize.csv"
+    if not path.is_file():
+        path = Path(data_dir) / "songs_normalize.csv"
+    if not path.is_file():
+        raise DataError(f"{data_dir}: no spotify-top-hits-2000-2019/songs_normalize.csv")
+    songs: dict[tuple[str, str], tuple[ContentItem, frozenset[str]]] = {}
+    with open_text(path) as f:
+        for row in csv.DictReader(f):
+            key = (row["artist"], row["song"])
+            tags = frozenset(g.strip() for g in row["genre"].split(",") if g.strip())
+            feats = {n: float(row[n]) for n in SPOTIFY_FEATURES if row.get(n, "").strip()}
+            songs.setdefault(key, (ContentItem(f"{key[0]} - {key[1]}", feats), tags))
+    items = [c for c, _ in songs.values()]
+    genres = [g for _, g in songs.values()]
+    # A map fitted to nothing: only its standardization (and vocabulary) is used here.
+    cmap = fit_content_map(items, np.zeros((len(items), 1), np.float32))
+    unit = content_vectors(cmap, items)
+    vocab = sorted(set().union(*genres))
+    onehot = np.zeros((len(items), len(vocab)), np.float32)
+    for r, g in enumerate(genres):
+        onehot[r, [vocab.index(x) for x in g]] = 1
+    codes = np.unique(np.array([",".join(sorted(g)) for g in genres]), return_inverse=True)[1]
+    agree = {
+        "any genre": (onehot @ onehot.T) > 0,
+        "same genres": codes[:, None] == codes[None, :],
+    }
+    out: dict[str, float] = {"songs": float(len(items))}
+    rows = np.arange(len(items), dtype=np.int64)
+    near = {k: neighbours(unit, rows, k)[0] for k in ks}
+    for name, match in agree.items():
+        np.fill_diagonal(match, False)
+        out[f"{name}, random"] = float(match.sum(axis=1).mean() / (len(items) - 1))
+        for k in ks:
+            out[f"{name}, content@{k}"] = float(np.take_along_axis(match, near[k], 1).mean())
+    return out

@@ -12,6 +12,7 @@ content->factor map on.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from streamrec.als.content import (
     ContentMap,
@@ -30,7 +31,7 @@ from streamrec.als.content import (
 )
 from streamrec.catalog import Item, decode_item
 from streamrec.connect import kafka_metadata, read_ranges
-from streamrec.errors import CatalogError
+from streamrec.errors import CatalogError, InfraError
 from streamrec.model.publish import ContentSimilar
 from streamrec.settings import Settings
 
@@ -47,6 +48,22 @@ class CatalogRead:
     bad: int = 0
 
 
+def _watermarks(consumer: Consumer, settings: Settings, topic: str, p: int) -> tuple[int, int]:
+    """(low, high) of ``topic[p]``, retried while the broker answers with a passing error
+    (a just-created topic's partition has no leader for a moment: "Not leader for
+    partition") for up to ``settings.kafka_timeout_s``; then ``InfraError``."""
+    deadline = time.monotonic() + settings.kafka_timeout_s
+    while True:
+        try:
+            lo, hi = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
+            return int(lo), int(hi)
+        except KafkaException as exc:
+            if time.monotonic() >= deadline:
+                raise InfraError(f"Kafka at {settings.kafka_bootstrap}: cannot read the end of "
+                                 f"{topic}[{p}] ({exc.args[0].str()})") from None  # fmt: skip
+            time.sleep(0.2)
+
+
 def read_catalog(settings: Settings, timeout_s: float = 120.0) -> CatalogRead | None:
     """``settings.topic_items`` from its beginning to its end now; None when the topic does
     not exist (no catalog has been loaded yet). ``InfraError`` when Kafka does not answer."""
@@ -57,8 +74,7 @@ def read_catalog(settings: Settings, timeout_s: float = 120.0) -> CatalogRead | 
         if topic not in meta.topics or meta.topics[topic].error is not None:
             return None
         parts = sorted(meta.topics[topic].partitions)
-        marks = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
-                 for p in parts}  # fmt: skip
+        marks = {p: _watermarks(consumer, settings, topic, p) for p in parts}
     finally:
         consumer.close()
     out = CatalogRead(offsets={p: hi for p, (_lo, hi) in marks.items()})

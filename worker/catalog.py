@@ -174,14 +174,7 @@ class CatalogFollower:
         self._parts = sorted(topic.partitions)
         ends: dict[int, int] = {}
         for p in self._parts:
-            try:
-                _lo, hi = self._consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, p), timeout=s.kafka_timeout_s, cached=False
-                )
-            except KafkaException as exc:
-                raise InfraError(f"Kafka at {s.kafka_bootstrap}: cannot read the end of "
-                                 f"{self.topic}[{p}] ({exc.args[0].str()})") from None  # fmt: skip
-            ends[p] = hi
+            ends[p] = self._end(p, min(timeout_s, s.kafka_timeout_s))
         if self._dead is not None:
             self._lettered = self._marks(min(timeout_s, s.kafka_timeout_s))
         self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING)
@@ -208,6 +201,27 @@ class CatalogFollower:
                  len(self.catalog.unavailable()), self.topic,
                  time.monotonic() - started)  # fmt: skip
         return self.catalog
+
+    def _end(self, part: int, wait_s: float) -> int:
+        """The end offset of ``topic[part]``, asked again for ``wait_s`` while the broker has
+        no leader for it yet (a topic just created, a leader moving): ``InfraError`` after."""
+        deadline = time.monotonic() + wait_s
+        pause = 0.1
+        while True:
+            try:
+                _lo, hi = self._consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, part),
+                    timeout=max(0.5, deadline - time.monotonic()),
+                    cached=False,
+                )
+                return int(hi)
+            except KafkaException as exc:
+                if time.monotonic() + pause > deadline:
+                    raise InfraError(f"Kafka at {self.settings.kafka_bootstrap}: cannot read the "
+                                     f"end of {self.topic}[{part}] within {wait_s:g} s "
+                                     f"({exc.args[0].str()})") from None  # fmt: skip
+            time.sleep(pause)
+            pause = min(1.0, pause * 2)
 
     def _marks(self, wait_s: float) -> dict[int, int]:
         """How far records were dead-lettered (the group's committed offsets), asked again

@@ -74,6 +74,7 @@ class ModelWatcher:
         self._loaded_content: ContentMap | None = None  # the map of the model ``_scorer`` loaded
         # Cold items' mapped factors under the serving model: item_id -> (record, factors).
         self._mapped: dict[str, tuple[Item, npt.NDArray[np.float32]]] = {}
+        self._built: tuple[list[Item], ColdItems] | None = None  # the last cold block made
         self._unavailable: frozenset[str] = frozenset()
         #: Ids that left every list since the caller last took them (``take_purge``): the
         #: catalog's newly unavailable items, and all of them after a swap (the publisher
@@ -160,6 +161,9 @@ class ModelWatcher:
         if not fresh:
             self._mapped = {}
             return None
+        built = self._built
+        if built is not None and built[0] == fresh:
+            return built[1]  # the same items as last time (a trained item's change): kept
         known = self._mapped
         todo = [i for i in fresh if (known.get(i.item_id) or (None,))[0] != i]
         if todo:
@@ -169,7 +173,9 @@ class ModelWatcher:
                      len(todo), self._plain.version)  # fmt: skip
         self._mapped = {i.item_id: known[i.item_id] for i in fresh}
         factors = np.stack([self._mapped[i.item_id][1] for i in fresh])
-        return ColdItems.create(self._plain.encoder, [i.item_id for i in fresh], factors)
+        cold = ColdItems.create(self._plain.encoder, [i.item_id for i in fresh], factors)
+        self._built = (fresh, cold)
+        return cold
 
     def _initial(self) -> Scorer:
         scorer = self._initial_scorer()
@@ -261,7 +267,7 @@ class ModelWatcher:
             return False
         log.info("model swap %s -> %s", self.scorer.version, scorer.version)
         self._plain = self.scorer = scorer
-        self._content, self._mapped = self._loaded_content, {}
+        self._content, self._mapped, self._built = self._loaded_content, {}, None
         # Re-map the blocked ids and the catalog onto the new model's rows just below, and
         # purge the unavailable items from the lists the publisher wrote.
         self._blocked_ids = set()

@@ -357,10 +357,11 @@ def _evaluate_cold(p: _Parser) -> None:
     d = params.Params()
     p.add_argument(
         "dataset",
-        choices=("ml-latest-small", "lastfm-2k", "synthetic", "planted"),
+        choices=("ml-latest-small", "lastfm-2k", "synthetic", "planted", "spotify-top-hits"),
         help="ml-latest-small: genres and year; lastfm-2k: user tags (from every other "
         "user); synthetic: the generated genres; planted: a small generated set with a "
-        "planted content->factor relation",
+        "planted content->factor relation; spotify-top-hits (no users: only its content "
+        "neighbours' genre agreement)",
     )
     p.add_argument("--data-dir", type=Path, metavar="DIR", help="folder of the dataset files")
     p.add_argument(

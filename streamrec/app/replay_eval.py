@@ -141,11 +141,11 @@ def _drop_namespace(settings: Settings, client: Any) -> None:
     """Delete the run's topics and Redis keys (best effort: logged, never raised)."""
     from confluent_kafka.admin import AdminClient
 
-    from streamrec.connect import kafka_config, topic_specs
+    from streamrec.connect import topic_specs
 
     try:
         names = list(topic_specs(settings))
-        admin = AdminClient(kafka_config(settings))  # kept alive until its futures resolve
+        admin = AdminClient(settings.kafka_common())  # kept alive until its futures resolve
         futures = admin.delete_topics(names, operation_timeout=30, request_timeout=30)
         for topic, f in futures.items():
             try:

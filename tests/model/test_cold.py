@@ -111,3 +111,19 @@ def test_similar_blend_helps_items_with_few_users_on_a_planted_relation() -> Non
     assert rare > 20 and frequent > 20
     assert report.rare[0.5]["ndcg@10"][0] > report.rare[0.0]["ndcg@10"][0] + 0.02
     assert set(report.frequent) == {0.0, 0.5} and "few users, 0.5" in report.table()
+
+
+def test_spotify_genre_agreement_known_answer(tmp_path: Path) -> None:
+    from streamrec.model.cold import SPOTIFY_FEATURES, spotify_genre_agreement
+
+    header = ["artist", "song", *SPOTIFY_FEATURES, "genre"]
+    rows = [",".join(header)]
+    for n, (energy, genre) in enumerate([(0.1, "rock"), (0.12, "rock"), (0.9, "pop"),
+                                         (0.92, "pop"), (0.9, "pop")]):  # fmt: skip
+        values = ["200000", "2001", "0.5", str(energy)] + ["1"] * (len(SPOTIFY_FEATURES) - 4)
+        rows.append(",".join([f"a{n % 4}", f"s{n % 4}", *values, genre]))  # last row: a dup
+    (tmp_path / "songs_normalize.csv").write_text("\n".join(rows) + "\n")
+    got = spotify_genre_agreement(tmp_path, ks=(1,))
+    assert got["songs"] == 4  # the duplicate (artist, song) counted once
+    assert got["same genres, content@1"] == 1.0  # each song's nearest is its genre twin
+    assert got["same genres, random"] == pytest.approx(1 / 3)

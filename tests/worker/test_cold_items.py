@@ -166,6 +166,15 @@ def test_a_swap_maps_cold_items_again_and_a_learned_one_uses_its_trained_factors
         np.testing.assert_array_equal(cold.factors[cold.index["x"]], np.arange(1, 17))
         assert watcher.blocked.tolist() == [0]  # the trained item made unavailable
         assert watcher.take_purge() == {"off", first.item_ids[0]}
+        # A trained item's change keeps the cold block as it is (nothing mapped again).
+        both = next(i for i in first.item_ids if i in set(second.item_ids))
+        catalog.apply({both: Item(both, "", (), None, False, {}, 2)})
+        watcher.catalog_changed()
+        assert watcher.scorer.cold is cold
+        assert sorted(watcher.blocked.tolist()) == sorted([0, first.item_ids.index(both)])
+        assert watcher.take_purge() == {both}
+        catalog.apply({both: Item(both, "", (), None, True, {}, 3)})
+        watcher.catalog_changed()
 
         client.set(keys.model, model_value(second.summary()))
         assert watcher.refresh()
