@@ -238,7 +238,10 @@ class _Replay:
 
     # --- the nightly job and what it published ---------------------------------------------------
 
-    def retrain(self, models_dir: Path, at_ms: int, seen: set[str]) -> bool:
+    def retrain(self, models_dir: Path, at_ms: int, seen: set[str], first: bool = False) -> bool:
+        """Run the nightly job; True when a new model went live. A failed run (not the
+        first) is recorded and the replay goes on with the live model, as the nightly
+        schedule does (``commands._daily``)."""
         from streamrec.model.params import Params
         from streamrec.model.retrain import RetrainConfig, retrain
 
@@ -251,7 +254,12 @@ class _Replay:
             keep=3,
         )
         started = time.perf_counter()
-        result = retrain(self.s, cfg, self.client, echo=lambda line: log.debug("%s", line))
+        try:
+            result = retrain(self.s, cfg, self.client, echo=lambda line: log.debug("%s", line))
+        except Exception as exc:
+            if first:
+                raise
+            return self._failed(at_ms, exc, time.perf_counter() - started, seen)
         took = time.perf_counter() - started
         self.retrains.append(
             {
@@ -269,6 +277,26 @@ class _Replay:
         if result.promoted:
             self.known_users = set(seen)
         return result.promoted
+
+    def _failed(self, at_ms: int, exc: Exception, took: float, seen: set[str]) -> bool:
+        log.warning("retrain at event time %d failed (%s: %s); the live model serves on",
+                    at_ms, type(exc).__name__, exc)  # fmt: skip
+        pointer = read_model_pointer(self.client, self.keys)
+        moved = pointer is not None and pointer.version != self.serving
+        self.retrains.append(
+            {
+                "at_event_ms": at_ms,
+                "outcome": "failed",
+                # a run that failed after moving the pointer still changed the serving model
+                "version": pointer.version if moved and pointer is not None else self.serving,
+                "reason": f"{type(exc).__name__}: {exc}"[:300],
+                "rows": None,
+                "seconds": round(took, 2),
+            }
+        )
+        if moved:
+            self.known_users = set(seen)
+        return moved
 
     def wait_swap(self, worker: _WorkerThread, version: str) -> None:
         deadline = time.monotonic() + self.cfg.catchup_s
@@ -426,7 +454,7 @@ def _evaluate(
         seen: set[str] = set(rows.users[:half])
         echo("fitting the first model (streamrec retrain: read the topic, evaluate, gate, "
              "publish) ...")  # fmt: skip
-        if not run.retrain(models_dir, split_ms, seen):
+        if not run.retrain(models_dir, split_ms, seen, first=True):
             raise InputError(f"the first model was not promoted: {run.retrains[-1]['reason']}")
         timings["first_model_s"] = round(time.perf_counter() - t0, 2)
         worker = _WorkerThread(s)
