@@ -29,7 +29,9 @@ K8S_FILES = sorted(K8S_DIR.glob("*.yaml"))
 # Every file that may name a setting, as text (comments included: they must not lie either).
 SETTINGS_FILES = [COMPOSE_FILE, DOCKERFILE, *K8S_FILES]
 ENV_NAME = re.compile(r"\bSTREAMREC_[A-Z0-9_]+\b")
-STREAMREC_SERVICES = ("trainer", "worker", "retrain")
+STREAMREC_SERVICES = ("trainer", "worker", "retrain", "serve")
+#: The Deployments of deploy/k8s: component label (also the command it runs) -> name.
+DEPLOYMENTS = {"worker": "streamrec-worker", "serve": "streamrec-serve"}
 
 
 def _allowed_env_names() -> set[str]:
@@ -73,8 +75,21 @@ def _parse(argv: list[str], where: str) -> None:
         pytest.fail(f"{where}: `streamrec {shlex.join(argv)}` does not parse (exit {exc.code})")
 
 
-def _deployment_containers() -> list[dict[str, Any]]:
-    return _k8s_one("Deployment")["spec"]["template"]["spec"]["containers"]
+def _deployment(component: str = "worker") -> dict[str, Any]:
+    """The Deployment of ``component`` (its app.kubernetes.io/component label)."""
+    found = [
+        d
+        for d in _k8s_docs()
+        if d["kind"] == "Deployment"
+        and d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component
+    ]
+    assert len(found) == 1, f"expected one {component} Deployment in deploy/k8s"
+    assert found[0]["metadata"]["name"] == DEPLOYMENTS[component]
+    return found[0]
+
+
+def _deployment_containers(component: str = "worker") -> list[dict[str, Any]]:
+    return _deployment(component)["spec"]["template"]["spec"]["containers"]
 
 
 def _dockerfile_instruction(name: str) -> list[str]:
@@ -198,8 +213,9 @@ def test_structured_env_names_are_settings() -> None:
     for name in STREAMREC_SERVICES:
         names |= set(_env_dict(_compose()["services"][name].get("environment")))
     names |= set(_k8s_one("ConfigMap")["data"])
-    for container in _deployment_containers():
-        names |= {item["name"] for item in container.get("env", [])}
+    for component in DEPLOYMENTS:
+        for container in _deployment_containers(component):
+            names |= {item["name"] for item in container.get("env", [])}
     assert names, "no env vars found"
     assert all(n.startswith("STREAMREC_") for n in _k8s_one("ConfigMap")["data"])
     assert {n for n in names if n.startswith("STREAMREC_")} <= allowed
@@ -240,15 +256,17 @@ def test_configmap_settings_values_validate(monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.mark.parametrize("service", STREAMREC_SERVICES)
 def test_compose_commands_parse(service: str) -> None:
     argv = _argv(_compose()["services"][service]["command"])
-    assert argv[0] == {"trainer": "train", "worker": "worker", "retrain": "retrain"}[service]
+    assert argv[0] == {"trainer": "train", "worker": "worker", "retrain": "retrain",
+                       "serve": "serve"}[service]  # fmt: skip
     _parse(argv, f"docker-compose.yml {service}")
 
 
-def test_k8s_container_args_parse() -> None:
-    for container in _deployment_containers():
+@pytest.mark.parametrize("component", DEPLOYMENTS)
+def test_k8s_container_args_parse(component: str) -> None:
+    for container in _deployment_containers(component):
         assert "command" not in container, "keep the image's `streamrec` entrypoint"
         argv = [str(a) for a in container["args"]]
-        assert argv[0] == "worker"
+        assert argv[0] == component
         _parse(argv, f"deploy/k8s container {container['name']}")
 
 
@@ -268,8 +286,9 @@ def test_dockerfile_entrypoint_and_cmd() -> None:
 # --- Kubernetes worker --------------------------------------------------------------------
 
 
-def test_k8s_worker_deployment() -> None:
-    deployment = _k8s_one("Deployment")
+@pytest.mark.parametrize("component", DEPLOYMENTS)
+def test_k8s_deployment(component: str) -> None:
+    deployment = _deployment(component)
     spec = deployment["spec"]
     pod = spec["template"]["spec"]
     assert spec["replicas"] == 2
@@ -434,10 +453,12 @@ def test_a_fresh_install_gets_a_first_model_and_workers_wait_for_it() -> None:
     assert pod["restartPolicy"] == "Never"
     claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
               if "persistentVolumeClaim" in v}  # fmt: skip
-    worker_pod = _k8s_one("Deployment")["spec"]["template"]["spec"]
-    worker_claims = {v["persistentVolumeClaim"]["claimName"] for v in worker_pod["volumes"]
-                     if "persistentVolumeClaim" in v}  # fmt: skip
-    assert claims == worker_claims  # the path it publishes is valid in the workers
+    worker_pod = _deployment("worker")["spec"]["template"]["spec"]
+    for component in DEPLOYMENTS:  # the serving API loads the model the pointer names too
+        other = _deployment(component)["spec"]["template"]["spec"]
+        other_claims = {v["persistentVolumeClaim"]["claimName"] for v in other["volumes"]
+                        if "persistentVolumeClaim" in v}  # fmt: skip
+        assert claims == other_claims, component  # the path it publishes is valid there
     configmap = {k: str(v) for k, v in _k8s_one("ConfigMap")["data"].items()}
     assert float(configmap["STREAMREC_MODEL_WAIT_S"]) >= 3600
     (worker,) = worker_pod["containers"]
@@ -453,7 +474,7 @@ def test_the_probed_paths_answer_as_the_probes_expect() -> None:
 
     from streamrec.worker.metrics import Metrics, MetricsServer
 
-    (worker,) = _deployment_containers()
+    (worker,) = _deployment_containers("worker")
     live = worker["livenessProbe"]["httpGet"]["path"]
     ready = worker["readinessProbe"]["httpGet"]["path"]
     m = Metrics()
@@ -474,9 +495,10 @@ def test_the_probed_paths_answer_as_the_probes_expect() -> None:
         server.close()
 
 
-def test_voluntary_disruptions_leave_workers_running() -> None:
-    pdb = _k8s_one("PodDisruptionBudget")
-    deployment = _k8s_one("Deployment")
+@pytest.mark.parametrize("component", DEPLOYMENTS)
+def test_voluntary_disruptions_leave_pods_running(component: str) -> None:
+    deployment = _deployment(component)
+    pdb = _k8s_named("PodDisruptionBudget", deployment["metadata"]["name"])
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     replicas = deployment["spec"]["replicas"]
@@ -487,7 +509,7 @@ def test_voluntary_disruptions_leave_workers_running() -> None:
 
 
 def test_prometheus_finds_the_workers() -> None:
-    deployment = _k8s_one("Deployment")
+    deployment = _deployment("worker")
     template = deployment["spec"]["template"]
     (container,) = template["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -517,7 +539,7 @@ def test_prometheus_finds_the_workers() -> None:
 def test_keda_scales_the_worker_group_on_its_lag() -> None:
     scaled = _k8s_one("ScaledObject")
     assert scaled["apiVersion"] == "keda.sh/v1alpha1"
-    deployment = _k8s_one("Deployment")
+    deployment = _deployment("worker")
     target = scaled["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
     (trigger,) = scaled["spec"]["triggers"]
@@ -541,6 +563,151 @@ def test_keda_scales_the_worker_group_on_its_lag() -> None:
     # A group with no committed offset starts where the worker starts.
     source = (ROOT / "worker" / "source.py").read_text()
     assert f'"auto.offset.reset": "{meta["offsetResetPolicy"]}"' in source
+
+
+# --- the serving API (streamrec serve): Kubernetes and compose -----------------------------
+
+
+def _serve_container() -> dict[str, Any]:
+    (container,) = _deployment_containers("serve")
+    return container
+
+
+def _port_of(bind: str) -> int:
+    return int(bind.rpartition(":")[2])
+
+
+def _serve_bind() -> str:
+    """The serving API's host:port in the pods: the ConfigMap's, else the setting's default."""
+    data = {k: str(v) for k, v in _k8s_one("ConfigMap")["data"].items()}
+    return data.get("STREAMREC_SERVE_BIND", Settings.model_fields["serve_bind"].default)
+
+
+def test_serve_listens_where_its_probes_and_service_look() -> None:
+    bind = _serve_bind()
+    host = bind.rpartition(":")[0].strip("[]")
+    # The default binds loopback: kubelet's probes and the Service could never reach it.
+    assert host in ("0.0.0.0", "::", ""), f"STREAMREC_SERVE_BIND {bind} is not on the pod IP"
+    container = _serve_container()
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["http"] == _port_of(bind)
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] in ("http", ports["http"]), probe
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # The model's factors are memory-mapped from the pointer's path: the claim, read-only.
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/models"]["readOnly"] is True
+    # preStop's pause must end well inside the grace period, or SIGTERM comes at its end.
+    pod = _deployment("serve")["spec"]["template"]["spec"]
+    pause = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pause[0] == "sleep" and 0 < int(pause[1]) < pod["terminationGracePeriodSeconds"] / 2
+
+    service = _k8s_named("Service", "streamrec-serve")
+    labels = _deployment("serve")["spec"]["template"]["metadata"]["labels"]
+    selector = service["spec"]["selector"]
+    assert selector.items() <= labels.items()
+    # Only the serving pods: a selector the workers' pods match too would send them requests.
+    worker_labels = _deployment("worker")["spec"]["template"]["metadata"]["labels"]
+    assert not selector.items() <= worker_labels.items()
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] in ("http", ports["http"])
+    assert port["port"] == ports["http"]
+
+
+def test_compose_serve_is_published_and_healthchecked() -> None:
+    compose = _compose()
+    serve, worker = compose["services"]["serve"], compose["services"]["worker"]
+    assert serve["image"] == worker["image"] and serve["build"] == worker["build"]
+    assert serve["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
+    assert "models:/models:ro" in serve["volumes"]
+    bind = _env_dict(serve["environment"])["STREAMREC_SERVE_BIND"]
+    assert bind.rpartition(":")[0] == "0.0.0.0"  # reachable through the published port
+    published = [str(p).rsplit(":", 2) for p in serve["ports"]]
+    assert [(h, int(c)) for h, _, c in published] == [("127.0.0.1", _port_of(bind))]
+    url = re.search(r"https?://[^'\"\s]+", " ".join(_argv(serve["healthcheck"]["test"])))
+    assert url, "the healthcheck asks no URL"
+    assert url.group(0) == f"http://127.0.0.1:{_port_of(bind)}/readyz"
+
+
+def _healthcheck_exit(port: int) -> int:
+    """Run the compose healthcheck's own command against ``port`` (its URL's port replaced)."""
+    import subprocess
+    import sys
+
+    test = _argv(_compose()["services"]["serve"]["healthcheck"]["test"])
+    assert test[:2] == ["CMD", "python"], test
+    bind = _env_dict(_compose()["services"]["serve"]["environment"])["STREAMREC_SERVE_BIND"]
+    argv = [a.replace(f":{_port_of(bind)}/", f":{port}/") for a in test[2:]]
+    return subprocess.run([sys.executable, *argv], capture_output=True, timeout=30).returncode
+
+
+def _http_status(url: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+
+
+def test_serve_probed_paths_answer_before_it_can_serve() -> None:
+    """The real app on uvicorn (no services): alive, and not ready while Redis does not
+    answer and no model is loaded; the compose healthcheck fails on that answer."""
+    import socket
+
+    import redis
+
+    from streamrec.app.web.asgi import create_app
+    from streamrec.app.web.server import WebServer
+    from streamrec.app.web.service import Service
+
+    container = _serve_container()
+    live = container["livenessProbe"]["httpGet"]["path"]
+    ready = container["readinessProbe"]["httpGet"]["path"]
+    with socket.socket() as s:  # a port nothing listens on: Redis refused at once
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    client = redis.Redis(host="127.0.0.1", port=closed, socket_timeout=1, socket_connect_timeout=1)
+    settings = Settings.model_validate({"redis_url": f"redis://127.0.0.1:{closed}/0"})
+    service = Service(settings, client=client, follow=False, follow_catalog=False)
+    with WebServer(0).start(create_app(service), [service.close]) as server:
+        assert _http_status(server.url + live) == 200
+        assert _http_status(server.url + ready) == 503
+        assert service.ready()[0] is False
+        assert _healthcheck_exit(int(server.url.rpartition(":")[2])) != 0
+
+
+@pytest.mark.integration
+def test_serve_is_ready_once_a_model_is_published(stack: Any, small_model: Path) -> None:
+    """As the pods run it (the pointer followed, the catalog topic read): not ready until a
+    model is published, then ready; the compose healthcheck passes then."""
+    from streamrec.app.web.asgi import create_app
+    from streamrec.app.web.server import WebServer
+    from streamrec.app.web.service import Service
+    from streamrec.artifact import load_model
+    from streamrec.connect import ensure_topics, redis_client
+    from streamrec.model.publish import publish
+    from tests.conftest import wait_for
+
+    container = _serve_container()
+    live = container["livenessProbe"]["httpGet"]["path"]
+    ready = container["readinessProbe"]["httpGet"]["path"]
+    settings = stack()
+    ensure_topics(settings)
+    service = Service(settings)
+    with WebServer(0).start(create_app(service), [service.close]) as server:
+        assert (_http_status(server.url + live), _http_status(server.url + ready)) == (200, 503)
+        client = redis_client(settings)
+        try:
+            publish(load_model(small_model), settings, client, histories={}, announce=False)
+        finally:
+            client.close()
+        wait_for(lambda: _http_status(server.url + ready) == 200, timeout_s=60, interval_s=0.2)
+        assert _http_status(server.url + live) == 200
+        assert _healthcheck_exit(int(server.url.rpartition(":")[2])) == 0
 
 
 def test_compose_trainer_never_replaces_a_promoted_model() -> None:
