@@ -38,7 +38,14 @@ import fastavro
 from fastavro.read import SchemaResolutionError
 
 from streamrec.errors import CatalogError
-from streamrec.events import MAX_ID_LENGTH, SINGLE_OBJECT_MAGIC, avro_fingerprint, iso_ms
+from streamrec.events import (
+    MAX_ID_LENGTH,
+    SINGLE_OBJECT_MAGIC,
+    avro_fingerprint,
+    iso_ms,
+    quote_value,
+    reason_line,
+)
 
 SCHEMA_VERSION = 1  # the reader schema's: the newest item-v<N>.avsc of streamrec/schema/
 SCHEMA_FILE = f"item-v{SCHEMA_VERSION}.avsc"
@@ -53,8 +60,6 @@ MAX_FEATURES = 256
 YEAR_RANGE = (0, 9999)
 MAX_TIMESTAMP = 2**63 - 1
 FIELDS = ("item_id", "name", "categories", "year", "available", "features", "updated_at")
-_REASON = 300
-_QUOTE = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,9 +190,11 @@ def decode_item(value: bytes | None) -> Item:
             raise CatalogError("neither Avro single-object encoding (C3 01) nor a JSON object")
         validate(item)
     except CatalogError as exc:
-        raise CatalogError(_one_line(exc.reason), value) from None
+        raise CatalogError(reason_line(exc.reason), value) from None
     except Exception as exc:  # a parser's or a library's own error: still a bad record
-        raise CatalogError(_one_line(f"undecodable: {type(exc).__name__}: {exc}"), value) from None
+        raise CatalogError(
+            reason_line(f"undecodable: {type(exc).__name__}: {exc}"), value
+        ) from None
     return item
 
 
@@ -236,7 +243,7 @@ def item_from_json(obj: Mapping[str, Any], *, default_updated_at_ms: int | None 
         raise CatalogError("a JSON item must be an object")
     unknown = set(obj) - set(FIELDS)
     if unknown:
-        names = ", ".join(_quote(n)[1:-1] for n in sorted(map(str, unknown))[:5])
+        names = ", ".join(quote_value(n)[1:-1] for n in sorted(map(str, unknown))[:5])
         raise CatalogError(f"unknown field(s): {names}" + (" ..." if len(unknown) > 5 else ""))
     if "item_id" not in obj:
         raise CatalogError("missing field 'item_id'")
@@ -247,7 +254,7 @@ def item_from_json(obj: Mapping[str, Any], *, default_updated_at_ms: int | None 
         try:
             updated = iso_ms(updated)
         except ValueError:
-            raise CatalogError(f"updated_at {_quote(updated)} is not ISO 8601 or epoch "
+            raise CatalogError(f"updated_at {quote_value(updated)} is not ISO 8601 or epoch "
                                "milliseconds") from None  # fmt: skip
     categories = obj.get("categories", ())
     if not isinstance(categories, list | tuple):
@@ -258,11 +265,11 @@ def item_from_json(obj: Mapping[str, Any], *, default_updated_at_ms: int | None 
     feats: dict[str, float] = {}
     for k, v in features.items():
         if isinstance(v, bool) or not isinstance(v, int | float):
-            raise CatalogError(f"feature {_quote(k)} must be a number")
+            raise CatalogError(f"feature {quote_value(k)} must be a number")
         try:
             feats[k] = float(v)
         except OverflowError:
-            raise CatalogError(f"feature {_quote(k)} must be a finite number") from None
+            raise CatalogError(f"feature {quote_value(k)} must be a finite number") from None
     item = Item(
         item_id=obj["item_id"],
         name=obj.get("name", ""),
@@ -303,7 +310,7 @@ def validate(item: Item) -> None:
     if y is not None and (
         not isinstance(y, int) or isinstance(y, bool) or not YEAR_RANGE[0] <= y <= YEAR_RANGE[1]
     ):
-        raise CatalogError(f"year {_quote(y)} must be an integer from {YEAR_RANGE[0]} to "
+        raise CatalogError(f"year {quote_value(y)} must be an integer from {YEAR_RANGE[0]} to "
                            f"{YEAR_RANGE[1]} or null")  # fmt: skip
     if not isinstance(item.available, bool):
         raise CatalogError("available must be true or false")
@@ -317,7 +324,7 @@ def validate(item: Item) -> None:
                                "characters")  # fmt: skip
         _text(k, "a feature name")
         if not isinstance(v, float) or not math.isfinite(v):
-            raise CatalogError(f"feature {_quote(k)} must be a finite number")
+            raise CatalogError(f"feature {quote_value(k)} must be a finite number")
     t = item.updated_at_ms
     if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t <= MAX_TIMESTAMP:
         raise CatalogError("updated_at must be epoch milliseconds from 0 to 2**63-1")
@@ -333,16 +340,3 @@ def _text(value: str, what: str) -> None:
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise CatalogError(f"{what} is not valid Unicode (a lone surrogate)") from None
-
-
-def _one_line(reason: str) -> str:
-    """``reason`` fit for a log line and a Kafka header: one line, short, valid UTF-8."""
-    text = " ".join(reason.split())
-    if len(text) > _REASON:
-        text = text[: _REASON - 3] + "..."
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _quote(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= _QUOTE else text[: _QUOTE - 3] + "..."

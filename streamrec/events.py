@@ -408,11 +408,13 @@ class EventDecoder:
                 )
             _validate(event, self.limits)
         except EventError as exc:
-            raise EventError(_one_line(exc.reason), raw) from None
+            raise EventError(reason_line(exc.reason), raw) from None
         except _RegistryFailure as exc:
             raise exc.cause from None  # not the event's fault: the caller waits it out
         except Exception as exc:  # a parser's or a library's own error: still a bad message
-            raise EventError(_one_line(f"undecodable: {type(exc).__name__}: {exc}"), raw) from None
+            raise EventError(
+                reason_line(f"undecodable: {type(exc).__name__}: {exc}"), raw
+            ) from None
         return event
 
     def _single_object(self, raw: bytes) -> Event:
@@ -627,7 +629,7 @@ def decode(raw: bytes | None, limits: Limits = LIMITS) -> Event:
     return default_decoder(limits)(raw)
 
 
-def _one_line(reason: str) -> str:
+def reason_line(reason: str) -> str:
     """``reason`` fit for a log line and a Kafka header: one line, short, valid UTF-8."""
     text = " ".join(reason.split())
     if len(text) > _REASON:
@@ -635,7 +637,7 @@ def _one_line(reason: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _quote(value: object) -> str:
+def quote_value(value: object) -> str:
     """A bad value's repr for a reason, cut short (the value may be as long as the message)."""
     text = repr(value)
     return text if len(text) <= _QUOTE else text[: _QUOTE - 3] + "..."
@@ -652,7 +654,7 @@ def _decode_json(raw: bytes, schemas: SchemaSet) -> Event:
         raise EventError("JSON event must be an object")
     unknown = set(obj) - schemas.json_fields  # a field of a newer known version is dropped
     if unknown:
-        names = ", ".join(_quote(n)[1:-1] for n in sorted(unknown)[:5])
+        names = ", ".join(quote_value(n)[1:-1] for n in sorted(unknown)[:5])
         raise EventError(f"unknown field(s): {names}" + (" ..." if len(unknown) > 5 else ""))
     for name in ("event_id", "user_id", "item_id", "type", "timestamp"):
         if name not in obj:
@@ -663,7 +665,7 @@ def _decode_json(raw: bytes, schemas: SchemaSet) -> Event:
             ts = iso_ms(ts)
         except ValueError:
             raise EventError(
-                f"timestamp {_quote(ts)} is not ISO 8601 or epoch milliseconds"
+                f"timestamp {quote_value(ts)} is not ISO 8601 or epoch milliseconds"
             ) from None
     value = obj.get("value")
     if isinstance(value, int) and not isinstance(value, bool):
@@ -692,7 +694,7 @@ def _validate(event: Event, limits: Limits = LIMITS) -> None:
         if _utf8_len(v) is None:
             raise EventError(f"{name} is not valid Unicode (a lone surrogate)")
     if not isinstance(event.type, str) or event.type not in EVENT_TYPES:
-        raise EventError(f"type {_quote(event.type)} is not one of {', '.join(EVENT_TYPES)}")
+        raise EventError(f"type {quote_value(event.type)} is not one of {', '.join(EVENT_TYPES)}")
     if not isinstance(event.timestamp, int) or isinstance(event.timestamp, bool):
         raise EventError("timestamp must be epoch milliseconds (integer)")
     if event.timestamp < 0:
