@@ -233,3 +233,38 @@ def test_filters_redraw_the_list_and_a_new_item_reaches_it_from_its_content(
 def _shown(page: Any) -> list[str]:
     rows = page.locator("#recs li[data-item-id]")
     return [str(rows.nth(n).get_attribute("data-item-id")) for n in range(rows.count())]
+
+
+@pytest.mark.integration
+def test_the_filters_appear_once_the_catalog_arrives_after_the_page(
+    stack: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """The service reads the catalog topic on a thread: a page opened before it has any
+    category keeps asking, and offers the filters and the form as soon as the catalog is
+    there (CI once opened the page first, and its filters never showed)."""
+    _need_browser()
+    from playwright.sync_api import sync_playwright
+
+    s = stack()
+    matrix = build_matrix(synthetic(400, 300, seed=3))
+    catalog = demo_catalog(matrix.item_ids)
+    ensure_topics(s)
+    model = train(matrix, Params(factors=16, iterations=4), tmp_path / "model", settings=s)
+    publish(model, s, redis_client(s))
+    server = serve(s, port=0)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                     args=CHROMIUM_ARGS)  # fmt: skip
+        page = browser.new_page()
+        try:
+            page.goto(server.url, wait_until="domcontentloaded")
+            time.sleep(1.5)  # the page has asked at least once, and found no category
+            assert page.locator("#filters").is_hidden()
+            with CatalogProducer(s) as items:
+                for item in catalog.values():
+                    items.send(item)
+            page.locator("#filters").wait_for(state="visible", timeout=15_000)
+            assert page.locator("#add-panel").is_visible()
+        finally:
+            browser.close()
+            server.close()

@@ -397,17 +397,29 @@
 
   // --- filters and new items ---------------------------------------------------------------
 
-  async function loadCatalog() {
+  // The service reads the catalog topic on a thread after it starts: a page opened first gets
+  // no categories yet, so it asks again each second for a minute before it offers no filters.
+  async function loadCatalog(tries = 60) {
+    const again = () => {
+      if (tries > 1) setTimeout(() => loadCatalog(tries - 1), 1000);
+    };
     let res;
     try {
       res = await api("/v1/categories");
     } catch (_) {
+      again();
       return;
     }
-    if (res.status !== 200) return;
+    if (res.status !== 200) {
+      again();
+      return;
+    }
     const { categories, years, features } = res.body;
     const names = Object.keys(categories);
-    if (!names.length) return; // no catalog: no filters to offer
+    if (!names.length) {
+      again(); // no catalog (yet): no filters to offer
+      return;
+    }
     const sel = $("filter-category");
     const pick = $("new-category");
     for (const c of names) {
