@@ -235,7 +235,6 @@ def _shown(page: Any) -> list[str]:
     return [str(rows.nth(n).get_attribute("data-item-id")) for n in range(rows.count())]
 
 
-@pytest.mark.integration
 def test_the_filters_appear_once_the_catalog_arrives_after_the_page(
     stack: Callable[..., Settings], tmp_path: Path
 ) -> None:
