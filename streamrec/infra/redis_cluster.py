@@ -123,6 +123,42 @@ def cluster_info(node: Node, settings: Settings) -> dict[str, str] | None:
     return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
 
 
+def _replicas_online(node: Node, settings: Settings) -> int | None:
+    """How many replicas a master reports ``state=online`` (synced, streaming); None for a
+    node that is not a master or does not answer."""
+    import redis
+
+    client = _client(node, settings)
+    try:
+        info = client.info("replication")
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+    if info.get("role") != "master":
+        return None
+    return sum(
+        1
+        for k, v in info.items()
+        if str(k).startswith("slave") and isinstance(v, dict) and v.get("state") == "online"
+    )
+
+
+def wait_replicas(settings: Settings, ns: list[Node], timeout_s: float = FORM_TIMEOUT_S) -> float:
+    """Poll until every master among ``ns`` has ``REPLICAS`` replicas online; seconds waited.
+    A replica still in its first sync cannot take over, so a cluster whose master dies
+    before then loses its slots: ``up`` waits for this as well as ``cluster_state:ok``."""
+    started = time.monotonic()
+    while True:
+        counts = {n.address: _replicas_online(n, settings) for n in ns}
+        masters = {a: c for a, c in counts.items() if c is not None}
+        if masters and all(c >= REPLICAS for c in masters.values()):
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout_s:
+            raise InfraError(f"redis: replicas not in sync after {timeout_s:.0f} s: {masters}")
+        time.sleep(POLL_S)
+
+
 def _answers(node: Node, settings: Settings) -> bool:
     import redis
 
@@ -240,6 +276,7 @@ def up(settings: Settings, echo: Echo) -> ServiceStatus:
             out = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
             raise InfraError(f"redis: `redis-cli --cluster create` failed: {out}")
     waited = wait_ok(settings, ns)
+    waited += wait_replicas(settings, ns)
     echo(f"redis: cluster ok at {address} after {waited:.1f} s")
     return _status(ns, settings, _ours(seed))
 
