@@ -190,6 +190,13 @@ def run_worker() -> Iterator[Callable[..., Any]]:
     assert not errors, f"worker raised: {errors!r}"
 
 
+def export_settings(monkeypatch: pytest.MonkeyPatch, s: Settings, *names: str) -> None:
+    """Set ``STREAMREC_<NAME>`` to ``s``'s value for each field in ``names``: the CLI and the
+    processes it starts read their settings from the environment, not from a test's stack."""
+    for name in names:
+        monkeypatch.setenv(f"STREAMREC_{name.upper()}", str(getattr(s, name)))
+
+
 def wait_for(predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.05) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s

@@ -23,7 +23,7 @@ from streamrec.connect import ensure_topics, redis_client
 from streamrec.errors import ConfigError, InfraError, InputError
 from streamrec.keys import Keys, read_model_pointer, recs_value
 from streamrec.settings import Settings, load_settings
-from tests.conftest import consume_events
+from tests.conftest import consume_events, export_settings
 
 GENRE = re.compile(r"^(g\d{2})-track-\d{4}$")
 
@@ -172,9 +172,9 @@ def test_the_whole_demo(
 ) -> None:
     s = stack()
     # The demo's worker is a child process that reads its settings from the environment.
-    for field in ("topic_events", "topic_dlq", "topic_models", "topic_items", "consumer_group",
-                  "topic_events_partitions", "poll_timeout_s", "metrics_bind"):  # fmt: skip
-        monkeypatch.setenv(f"STREAMREC_{field.upper()}", str(getattr(s, field)))
+    export_settings(monkeypatch, s, "topic_events", "topic_dlq", "topic_models", "topic_items",
+                    "consumer_group", "topic_events_partitions", "poll_timeout_s",
+                    "metrics_bind")  # fmt: skip
     seen: dict[str, Any] = {}
 
     def page(url: str) -> None:  # instead of a browser: ask the page's API what it serves

@@ -20,7 +20,7 @@ from streamrec.connect import ensure_topics, redis_client
 from streamrec.events import new_event
 from streamrec.keys import Keys, parse_list, read_model_pointer
 from streamrec.settings import Settings
-from tests.conftest import wait_for
+from tests.conftest import export_settings, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -47,9 +47,9 @@ def _versions(root: Path) -> tuple[Model, Model]:
 
 def _use(monkeypatch: pytest.MonkeyPatch, s: Settings, home: Path) -> None:
     """The CLI reads its settings from the environment: point it at this test's stack."""
-    for name in ("topic_events", "topic_dlq", "topic_models", "topic_items", "consumer_group",
-                 "redis_prefix", "topic_events_partitions", "metrics_bind"):  # fmt: skip
-        monkeypatch.setenv(f"STREAMREC_{name.upper()}", str(getattr(s, name)))
+    export_settings(monkeypatch, s, "topic_events", "topic_dlq", "topic_models", "topic_items",
+                    "consumer_group", "redis_prefix", "topic_events_partitions",
+                    "metrics_bind")  # fmt: skip
     monkeypatch.setenv("STREAMREC_HOME", str(home))
 
 

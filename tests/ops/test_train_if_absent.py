@@ -14,6 +14,7 @@ from streamrec.app.cli import main
 from streamrec.connect import redis_client
 from streamrec.keys import Keys, read_model_pointer
 from streamrec.settings import Settings
+from tests.conftest import export_settings
 
 pytestmark = pytest.mark.integration
 
@@ -25,8 +26,7 @@ def test_train_if_absent_never_replaces_a_published_model(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     s = stack()
-    for field in ("redis_prefix", "topic_models", "topic_items", "topic_events"):
-        monkeypatch.setenv(f"STREAMREC_{field.upper()}", str(getattr(s, field)))
+    export_settings(monkeypatch, s, "redis_prefix", "topic_models", "topic_items", "topic_events")
     client, keys = redis_client(s), Keys(s.redis_prefix)
     first = tmp_path / "current"
     argv = ["train", "--dataset", "synthetic", "--factors", "8", "--iterations", "2",

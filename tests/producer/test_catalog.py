@@ -15,7 +15,7 @@ from streamrec.errors import InputError
 from streamrec.exits import Exit
 from streamrec.producer.catalog import Columns, read_catalog_csv
 from streamrec.settings import Settings
-from tests.conftest import log_end
+from tests.conftest import export_settings, log_end
 
 MOVIES = """movieId,title,genres
 1,Toy Story (1995),Adventure|Animation|Children
@@ -81,8 +81,8 @@ def test_a_bad_file_or_row_is_one_line(
 
 
 def _use(monkeypatch: pytest.MonkeyPatch, s: Settings) -> None:
-    for name in ("topic_events", "topic_dlq", "topic_models", "topic_items", "kafka_bootstrap"):
-        monkeypatch.setenv(f"STREAMREC_{name.upper()}", str(getattr(s, name)))
+    export_settings(monkeypatch, s, "topic_events", "topic_dlq", "topic_models", "topic_items",
+                    "kafka_bootstrap")  # fmt: skip
 
 
 @pytest.mark.integration
