@@ -52,7 +52,8 @@ FIRST_WAIT_S = 0.1  # the first wait after a failure; it doubles up to retry_bac
 KAFKA_PROBE_S = 1.0  # how often an idle worker asks Kafka whether it answers
 PROBE_TIMEOUT_S = 2.0  # how long it waits for that answer
 
-#: Kafka errors that mean "no broker (or coordinator) answers now", not "refused".
+#: Kafka errors that mean "no broker (or coordinator, or partition leader) answers now", not
+#: "refused".
 KAFKA_UNREACHABLE = frozenset(
     {
         KafkaError._TRANSPORT,
@@ -66,6 +67,10 @@ KAFKA_UNREACHABLE = frozenset(
         KafkaError.COORDINATOR_NOT_AVAILABLE,
         KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
         KafkaError.NOT_COORDINATOR,
+        # A partition between leaders: just created, or its leader's broker died and the
+        # controller has not elected another yet. Transient on a healthy cluster.
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
     }
 )
 

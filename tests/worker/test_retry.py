@@ -85,6 +85,10 @@ def test_what_counts_as_an_outage() -> None:
     assert down_dependency(ConnectionError("not redis-py's")) is None
     assert down_dependency(KafkaException(KafkaError(KafkaError._TRANSPORT))) == "kafka"
     assert down_dependency(KafkaException(KafkaError(KafkaError._WAIT_COORD))) == "kafka"
+    # a partition between leaders (new topic, or its broker died): waited out, not crashed on
+    leaderless = KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION))
+    assert down_dependency(leaderless) == "kafka"
+    assert down_dependency(KafkaException(KafkaError(KafkaError.LEADER_NOT_AVAILABLE))) == "kafka"
     denied = KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
     assert down_dependency(denied) is None
     assert down_dependency(DependencyDown("kafka", "dead letters undelivered")) == "kafka"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import redis
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from streamrec.connect import ensure_topics
 from streamrec.events import new_event
@@ -69,13 +69,15 @@ def test_a_refused_commit_is_sent_again_once_idle(stack: Callable[..., Settings]
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("outage", [False, True], ids=["error", "redis-down"])
+@pytest.mark.parametrize("outage", [None, "redis", "leader"], ids=["error", "redis-down",
+                                                                   "no-leader"])
 def test_partitions_whose_start_cannot_be_chosen_wait_paused_until_it_is(
-    stack: Callable[..., Settings], outage: bool
+    stack: Callable[..., Settings], outage: str | None
 ) -> None:
-    """The first choice fails: with Redis down, the poll goes on (the partition paused);
-    with any other error, the poll raises it. Either way nothing is read before the second
-    choice, and then from the offset it chose."""
+    """The first choice fails: with Redis down, or the partition between leaders (what the
+    broker answers for a topic just created on a loaded machine), the poll goes on (the
+    partition paused); with any other error, the poll raises it. Either way nothing is read
+    before the second choice, and then from the offset it chose."""
     s = stack(topic_events_partitions=1)
     ensure_topics(s)
     with EventProducer(s) as producer:
@@ -86,8 +88,10 @@ def test_partitions_whose_start_cannot_be_chosen_wait_paused_until_it_is(
     def choose(infos: list[Assigned]) -> dict[tuple[str, int], int]:
         calls.append(infos)
         if len(calls) == 1:
-            if outage:
+            if outage == "redis":
                 raise redis.ConnectionError("injected: Redis does not answer")
+            if outage == "leader":  # as get_watermark_offsets raises it
+                raise KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION))
             raise ValueError("injected: a bug")
         return {(s.topic_events, 0): 4}
 
