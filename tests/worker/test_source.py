@@ -69,8 +69,9 @@ def test_a_refused_commit_is_sent_again_once_idle(stack: Callable[..., Settings]
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("outage", [None, "redis", "leader"], ids=["error", "redis-down",
-                                                                   "no-leader"])
+@pytest.mark.parametrize(
+    "outage", [None, "redis", "leader"], ids=["error", "redis-down", "no-leader"]
+)
 def test_partitions_whose_start_cannot_be_chosen_wait_paused_until_it_is(
     stack: Callable[..., Settings], outage: str | None
 ) -> None:
