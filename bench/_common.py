@@ -1,5 +1,6 @@
 """Helpers shared by the benchmarks: machine description, the closing JSON line, RSS readings,
-unique names for a run and cleanup of what a run left in Redis and Kafka.
+unique names for a run, cleanup of what a run left in Redis and Kafka, and a cheap encoder of
+benchmark events (``EventTemplate``).
 
 Benchmarks import it as ``from _common import ...``: ``python bench/X.py`` puts ``bench/`` first
 on ``sys.path``.
@@ -16,6 +17,8 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from streamrec.events import encode_avro, new_event
 
 MIB = 1024 * 1024
 
@@ -291,3 +294,30 @@ def delete_topics(bootstrap: str, topics: Iterable[str], group: str | None = Non
                 fut.result(timeout=15)
             except Exception as exc:
                 print(f"cleanup: topic {topic}: {exc}")
+
+
+class EventTemplate:
+    """``encode_avro`` of a play event (value 120) with a 32-character event id, a 12-character
+    user id and an 11-character item id, as byte slices around those three fields."""
+
+    def __init__(self) -> None:
+        self._ms = -1
+        self._parts: tuple[bytes, bytes, bytes, bytes] = (b"", b"", b"", b"")
+
+    def value(
+        self, event_id: bytes, user_id: bytes, item_id: bytes, ms: int | None = None
+    ) -> bytes:
+        now = int(time.time() * 1000) if ms is None else ms
+        if now != self._ms:
+            self._ms, self._parts = now, self._split(now)
+        a, b, c, d = self._parts
+        return b"".join((a, event_id, b, user_id, c, item_id, d))
+
+    @staticmethod
+    def _split(ms: int) -> tuple[bytes, bytes, bytes, bytes]:
+        e, u, i = "E" * 32, "U" * 12, "I" * 11
+        raw = encode_avro(new_event(u, i, "play", value=120.0, timestamp=ms, event_id=e))
+        at_e, at_u, at_i = raw.index(e.encode()), raw.index(u.encode()), raw.index(i.encode())
+        if not at_e < at_u < at_i:
+            raise RuntimeError("event_id, user_id, item_id are not in this order in the schema")
+        return (raw[:at_e], raw[at_e + 32 : at_u], raw[at_u + 12 : at_i], raw[at_i + 11 :])

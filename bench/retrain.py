@@ -29,10 +29,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from _common import emit, machine_fields, machine_line
+from _common import EventTemplate, emit, machine_fields, machine_line
 
 from streamrec.connect import ensure_topics, redis_client
-from streamrec.events import encode_avro, new_event
+from streamrec.events import new_event
 from streamrec.model.data import (
     Interactions,
     build_matrix,
@@ -80,33 +80,6 @@ def publish_generated(s: Settings, n_users: int, n_items: int, n_rows: int) -> i
                 sent += 1
     print(f"published {sent} events in {time.perf_counter() - t:.0f} s (not timed below)")
     return sent
-
-
-class EventTemplate:
-    """``encode_avro`` of a play event (value 120) with a 32-character event id, a 12-character
-    user id and an 11-character item id, as byte slices around those three fields."""
-
-    def __init__(self) -> None:
-        self._ms = -1
-        self._parts: tuple[bytes, bytes, bytes, bytes] = (b"", b"", b"", b"")
-
-    def value(
-        self, event_id: bytes, user_id: bytes, item_id: bytes, ms: int | None = None
-    ) -> bytes:
-        now = int(time.time() * 1000) if ms is None else ms
-        if now != self._ms:
-            self._ms, self._parts = now, self._split(now)
-        a, b, c, d = self._parts
-        return b"".join((a, event_id, b, user_id, c, item_id, d))
-
-    @staticmethod
-    def _split(ms: int) -> tuple[bytes, bytes, bytes, bytes]:
-        e, u, i = "E" * 32, "U" * 12, "I" * 11
-        raw = encode_avro(new_event(u, i, "play", value=120.0, timestamp=ms, event_id=e))
-        at_e, at_u, at_i = raw.index(e.encode()), raw.index(u.encode()), raw.index(i.encode())
-        if not at_e < at_u < at_i:
-            raise RuntimeError("event_id, user_id, item_id are not in this order in the schema")
-        return (raw[:at_e], raw[at_e + 32 : at_u], raw[at_u + 12 : at_i], raw[at_i + 11 :])
 
 
 def main() -> None:

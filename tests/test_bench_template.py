@@ -8,7 +8,7 @@ from pathlib import Path
 from streamrec.events import decode, encode_avro, new_event
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from retrain import EventTemplate
+from _common import EventTemplate
 
 
 def test_bench_template_is_encode_avro() -> None:

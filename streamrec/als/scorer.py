@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from streamrec.als.ann import TopNIndex
 from streamrec.als.foldin import FoldIn
-from streamrec.als.topn import select_top_n, top_n
+from streamrec.als.topn import row_step, select_top_n, top_n
 from streamrec.artifact import Model
 from streamrec.feedback import confidence
 from streamrec.keys import ListEncoder, round_scores, vec_values
@@ -105,7 +106,7 @@ class Scorer:
     cold: ColdItems | None = field(default=None, repr=False)
     # Scratch reused across batches (one worker thread uses a Scorer at a time); copies made
     # by ``with_`` share it, so a copy per call allocates nothing.
-    buffers: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict, repr=False)
+    buffers: dict[str, npt.NDArray[Any]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def create(
@@ -165,6 +166,14 @@ class Scorer:
             self.buffers["scores"] = buf
         return buf
 
+    def _row_step(self) -> int:
+        """``topn.row_step`` for this model's factors, found once (shared by copies)."""
+        found = self.buffers.get("row_step")
+        if found is None:
+            step = row_step(self.model.item_factors, self.score_rows)
+            found = self.buffers["row_step"] = np.array([step], dtype=np.int64)
+        return int(found[0])
+
     def _top_n(
         self,
         vectors: npt.NDArray[np.float32],
@@ -198,6 +207,7 @@ class Scorer:
                 excl_idx,
                 blocked,
                 out=self._scratch(),
+                step=self._row_step(),
             )
         parts = []
         for lo in range(0, len(vectors), rows):
@@ -212,6 +222,7 @@ class Scorer:
                     excl_idx[ptr[0] : ptr[-1]],
                     blocked,
                     out=self._scratch(),
+                    step=self._row_step(),
                 )
             )
         return np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])

@@ -10,7 +10,7 @@ from threadpoolctl import threadpool_limits
 
 from streamrec.als import foldin as foldin_module
 from streamrec.als.foldin import FoldIn
-from streamrec.als.topn import top_n
+from streamrec.als.topn import ROW_STEP, row_step, top_n
 
 
 def _fitted(n_users: int, n_items: int, k: int, reg: float, alpha: float, seed: int):
@@ -216,3 +216,31 @@ def test_scores_with_a_scratch_do_not_depend_on_the_batch(n_items: int) -> None:
                                         None, out=scratch)  # fmt: skip
         np.testing.assert_array_equal(part_scores, scores[lo : lo + size])
         np.testing.assert_array_equal(part_items, items[lo : lo + size])
+
+
+@pytest.mark.parametrize("n_items", [300, 5000, 20000])
+@pytest.mark.parametrize("k", [16, 64])
+def test_scores_padded_to_the_row_step_do_not_depend_on_the_batch(n_items: int, k: int) -> None:
+    """``row_step`` returns a smaller padding only where it gives every row the scores of the
+    full scratch: each batch size from 1 to 64, padded so, scores exactly as the full one."""
+    rng = np.random.default_rng(n_items + k)
+    y = (rng.standard_normal((n_items, k)) * 0.1).astype(np.float32)
+    v = rng.standard_normal((64, k)).astype(np.float32)
+    none = np.zeros(65, dtype=np.int64)
+    scratch = np.empty((64, n_items), dtype=np.float32)
+    step = row_step(y, 64)
+    assert step in (ROW_STEP, 64)
+    items, scores = top_n(v, y, 20, none, none[:0], None, out=scratch)
+    for size in range(1, 65):
+        lo = (7 * size) % (65 - size)
+        part_items, part_scores = top_n(v[lo : lo + size], y, 20, none[: size + 1], none[:0],
+                                        None, out=scratch, step=step)  # fmt: skip
+        np.testing.assert_array_equal(part_scores, scores[lo : lo + size])
+        np.testing.assert_array_equal(part_items, items[lo : lo + size])
+
+
+def test_row_step_is_the_full_scratch_where_a_step_cannot_save_rows() -> None:
+    y = np.ones((100, 8), dtype=np.float32)
+    assert row_step(y, 8) == 8
+    assert row_step(y, 4) == 4
+    assert row_step(y[:0], 64) == 64

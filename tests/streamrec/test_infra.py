@@ -259,6 +259,7 @@ def test_redis_conf_holds_state_with_aof_every_second_and_no_eviction(tmp_path: 
     conf = _conf_values(redis_server.render_conf("127.0.0.1", 1, paths, None))
     assert conf["appendonly"] == "yes"
     assert conf["appendfsync"] == "everysec"
+    assert conf["auto-aof-rewrite-percentage"] == "400"  # rewrites cost a core at 100 %
     assert conf["maxmemory-policy"] == "noeviction"
     assert conf["save"] == '""'  # the AOF is the persistence: no RDB fork pauses on top
     assert conf["dir"] == f'"{tmp_path}"'  # where the AOF goes
