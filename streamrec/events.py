@@ -467,6 +467,18 @@ class EventDecoder:
         e = self(raw)
         return (e.event_id, e.user_id, e.item_id, e.type, e.value, e.timestamp)
 
+    def event(self, raw: bytes | None) -> Event:
+        """``self(raw)``, with the common message read by ``fields``' hand-written reader:
+        the same ``Event`` (that message has no context), for the worker, which decodes every
+        message and spent ~17 µs of its ~100 a message in the general reader."""
+        fast = None
+        if raw is not None and self._v1_fast and len(raw) <= self.limits.message_bytes:
+            fast = _fields_v1(raw)
+        if fast is None:
+            return self(raw)
+        event_id, user_id, item_id, type_, value, timestamp = fast
+        return Event(event_id, user_id, item_id, type_, timestamp, value)
+
     @property
     def _v1_fast(self) -> bool:
         """v1 is both a known writer and the reader: its datum is read as written."""

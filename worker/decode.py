@@ -76,7 +76,7 @@ def decode_batch(msgs: Sequence[Message], decoder: EventDecoder | Limits = LIMIT
     ``decoder``: the worker's (``streamrec.registry.event_decoder``), or bounds alone
     (``Settings.event_limits``) for the package's schema versions without a registry.
     ``DependencyDown`` when the schema registry does not answer (see the module)."""
-    decode = decoder if isinstance(decoder, EventDecoder) else default_decoder(decoder)
+    decode = (decoder if isinstance(decoder, EventDecoder) else default_decoder(decoder)).event
     out: list[Decoded] = []
     for m in msgs:
         try:

@@ -1,6 +1,6 @@
-"""``EventDecoder.fields`` (with its hand-written v1 reader, ``_fields_v1``) against the
-general decoder on the same messages: valid events, events just past a bound, and mutated
-bytes: the same accept/reject and the same fields, every time."""
+"""``EventDecoder.fields`` and ``.event`` (with their hand-written v1 reader, ``_fields_v1``)
+against the general decoder on the same messages: valid events, events just past a bound,
+and mutated bytes: the same accept/reject and the same fields, every time."""
 
 from __future__ import annotations
 
@@ -98,7 +98,11 @@ DECODERS = [EventDecoder(), EventDecoder(Limits(message_bytes=120))]
 
 def same(raw: bytes) -> None:
     for d in DECODERS:
-        assert outcome(d.fields, raw) == outcome(d, raw)
+        whole = outcome(d, raw)
+        assert outcome(d.fields, raw) == whole
+        assert outcome(d.event, raw) == whole
+        if whole[0] == "accepted":  # and the same Event, its context included
+            assert d.event(raw).context == d(raw).context
 
 
 @settings(max_examples=800, deadline=None)
