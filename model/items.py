@@ -46,6 +46,12 @@ class CatalogRead:
     offsets: dict[int, int] = field(default_factory=dict)
     records: int = 0
     bad: int = 0
+    removed: set[str] = field(default_factory=set)  # ids whose last record is a tombstone
+
+    def unavailable(self) -> set[str]:
+        """Ids never to recommend, as the worker's ``Catalog.unavailable``: ``available``
+        false, or removed by a tombstone."""
+        return {i for i, item in self.items.items() if not item.available} | self.removed
 
 
 def _watermarks(consumer: Consumer, settings: Settings, topic: str, p: int) -> tuple[int, int]:
@@ -91,6 +97,7 @@ def read_catalog(settings: Settings, timeout_s: float = 120.0) -> CatalogRead | 
             continue
         if value is None:
             out.items.pop(item_id, None)
+            out.removed.add(item_id)
             continue
         try:
             item = decode_item(value)
@@ -101,6 +108,7 @@ def read_catalog(settings: Settings, timeout_s: float = 120.0) -> CatalogRead | 
             out.bad += 1
             continue
         out.items[item_id] = item
+        out.removed.discard(item_id)
     log.info("catalog: %d items from %d records of %s (%d bad, skipped), up to %s",
              len(out.items), out.records, topic, out.bad, out.offsets)  # fmt: skip
     return out

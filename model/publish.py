@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -95,18 +95,21 @@ def publish(
     totals: Totals | None = None,
     progress: Callable[[float, float], None] | None = None,
     content: ContentSimilar | None = None,
+    unavailable: Collection[str] = (),
 ) -> dict[str, int]:
     """Bulk-write lists for ``histories`` (user -> item -> total) and the users of ``totals``
     (those not in ``histories``), popular and similar items under ``model``'s version, then
     move the pointer and announce. Returns counts written. ``progress(values written, values
     to write)`` is called after each chunk (the application draws it). ``content``: blend
-    content cosine into the similar items of items with few interactions."""
+    content cosine into the similar items of items with few interactions. ``unavailable``:
+    the catalog's items never to recommend (``CatalogRead.unavailable``), left out of every
+    list as the operator's blocked items are: users' lists, popular, similar items."""
     keys = Keys(settings.redis_prefix)
     # The announcement's topic check and broker connection are network waits (~0.1 s): made
     # in the background while the lists are computed, used only after the pointer moves.
     announcer = ThreadPoolExecutor(1, thread_name_prefix="announce")
     ready = announcer.submit(_announcement_producer, settings) if announce else None
-    blocked = blocked_items(client, keys)
+    blocked = blocked_items(client, keys) | set(unavailable)
     now = int(time.time() * 1000)
     try:
         counts = _write_lists(model, settings, client, keys, blocked, now, histories, similar_n,

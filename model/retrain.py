@@ -203,12 +203,18 @@ def _run(
     data = concat(cfg.base, events)
     catalog = cfg.catalog
     catalog_offsets: dict[int, int] | None = None
-    if catalog is None and cfg.read_kafka:
+    # Items never to recommend: left out of everything published (the workers' purge then
+    # finds nothing of them in the lists written here).
+    unavailable: set[str] = set()
+    if catalog is not None:
+        unavailable = {i for i, item in catalog.items() if not getattr(item, "available", True)}
+    elif cfg.read_kafka:
         got = read_catalog(settings)
         if got is None:
             echo(f"  no {settings.topic_items} topic: the model gets no content map")
         else:
             catalog, catalog_offsets = got.items, got.offsets
+            unavailable = got.unavailable()
             echo(f"  {len(got.items)} catalog items from {settings.topic_items} "
                  f"({got.bad} bad records skipped)")  # fmt: skip
     lap("read")
@@ -366,6 +372,7 @@ def _run(
             totals=totals,
             progress=shown,
             content=blend,
+            unavailable=unavailable,
         )
     lap("publish")
     pruned = prune(cfg.models_dir, cfg.keep, protect=[model.path])

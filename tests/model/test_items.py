@@ -66,6 +66,9 @@ def test_read_catalog_to_its_end(stack: Callable[..., Settings]) -> None:
                   on_delivery=report)  # fmt: skip
     p.produce(s.topic_items, key=b"i3", value=encode_item_json(_item(3, name="renamed")))
     p.produce(s.topic_items, key=b"i4", value=None)  # tombstone
+    p.produce(s.topic_items, key=b"i7", value=encode_item(_item(7, available=False)))
+    p.produce(s.topic_items, key=b"i8", value=None)  # removed, then listed again
+    p.produce(s.topic_items, key=b"i8", value=encode_item(_item(8)))
     p.produce(s.topic_items, key=b"i5", value=b"{not json")  # bad: skipped, i5 stays
     p.produce(s.topic_items, key=b"other", value=encode_item(_item(6)))  # key != item_id
     assert p.flush(30) == 0 and not failed, failed
@@ -73,8 +76,9 @@ def test_read_catalog_to_its_end(stack: Callable[..., Settings]) -> None:
     assert got is not None
     assert set(got.items) == {f"i{i}" for i in range(20)} - {"i4"}
     assert got.items["i3"].name == "renamed" and got.items["i5"] == _item(5)
-    assert got.records == 24 and got.bad == 2  # (a compacted topic refuses a record without a key)
-    assert sum(got.offsets.values()) == 24
+    assert got.records == 27 and got.bad == 2  # (a compacted topic refuses a record without a key)
+    assert sum(got.offsets.values()) == 27
+    assert got.removed == {"i4"} and got.unavailable() == {"i4", "i7"}
 
 
 def test_train_stores_the_map_of_a_catalog(tmp_path: Path) -> None:

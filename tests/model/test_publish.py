@@ -144,6 +144,35 @@ def test_publish_without_users_or_similar_items_still_moves_the_pointer(
     assert parse_model_pointer(client.get(keys.model) or b"").version == model.version
 
 
+def test_the_catalogs_unavailable_items_are_left_out_of_everything_published(
+    stack: Callable[..., Settings], small_model: Path
+) -> None:
+    """What the nightly job passes from the catalog (``CatalogRead.unavailable``) is left
+    out as blocked items are: of users' lists, popular and similar items, each still full."""
+    s = stack(top_n=10)
+    client, keys = redis_client(s), Keys(s.redis_prefix)
+    model = load_model(small_model)
+    ids = model.item_ids
+    pop_order = np.argsort(-model.item_popularity, kind="stable")
+    off = {ids[pop_order[0]], ids[pop_order[2]], ids[11]}
+    histories = {f"h-{u}": {ids[(5 * u + j) % len(ids)]: 1.0 for j in range(3)} for u in range(8)}
+    counts = publish(model, s, client, histories=histories, similar_n=5, announce=False,
+                     unavailable=off)  # fmt: skip
+    assert counts == {"lists": 8, "similar": len(ids)}
+    want = _expected(model, histories, s, off)
+    for user, ranked in want.items():
+        assert _listed(client.get(keys.recs(user))) == ranked
+        assert len(ranked) == s.top_n and not {i for i, _ in ranked} & off
+    allowed = [ids[i] for i in pop_order if ids[i] not in off]
+    assert [i for i, _ in _listed(client.get(keys.popular))] == allowed[: s.top_n]
+    for raw in mget(client, [keys.similar(i) for i in ids]):
+        got = {i for i, _ in _listed(raw)}
+        assert len(got) == 5 and not got & off
+    # Not a test that cannot fail: without them, the most popular item heads popular.
+    publish(model, s, client, histories=None, similar_n=0, announce=False)
+    assert _listed(client.get(keys.popular))[0][0] == ids[pop_order[0]]
+
+
 def test_live_histories_reads_the_workers_states(stack: Callable[..., Settings]) -> None:
     s = stack()
     client, keys = redis_client(s), Keys(s.redis_prefix)

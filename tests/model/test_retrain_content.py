@@ -103,3 +103,40 @@ def test_retrain_fits_the_map_from_the_items_topic_and_blends_similar_items(
             matches = sum(x == model.item_ids[j] for (x, _), j in zip(got, items, strict=True))
             assert matches >= 18
     assert changed > 0, "the blend changed no item's list"
+
+
+def test_the_catalogs_unavailable_and_removed_items_are_in_nothing_the_job_publishes(
+    stack: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Read from the items topic: an item marked unavailable and one removed by a tombstone
+    (the two most popular) are in no user's list, not in popular, and nobody's similar item."""
+    base = synthetic(300, 200, seed=12)
+    s = stack(top_n=10)
+    ensure_topics(s)
+    ids, counts = np.unique(base.items.astype(str), return_counts=True)
+    top = [str(i) for i in ids[np.argsort(-counts, kind="stable")][:2]]
+    catalog = _catalog([str(i) for i in ids])
+    producer = Producer({**s.kafka_common(), "acks": "all"})
+    for item in catalog.values():
+        producer.produce(s.topic_items, key=item.item_id.encode(), value=encode_item(item))
+    off = catalog[top[0]]
+    gone = Item(off.item_id, off.name, off.categories, None, False, off.features, 1)
+    producer.produce(s.topic_items, key=top[0].encode(), value=encode_item(gone))
+    producer.produce(s.topic_items, key=top[1].encode(), value=None)
+    assert producer.flush(30) == 0
+    client, keys = redis_client(s), Keys(s.redis_prefix)
+
+    cfg = RetrainConfig(models_dir=tmp_path / "models", base=base, params=FAST)
+    result = retrain(s, cfg, client, echo=lambda _l: None)
+    assert result.promoted, result.reason
+    model = load_model(tmp_path / "models" / str(result.version))
+    assert set(top) <= set(model.item_ids)  # trained on: left out only by the catalog
+    popular = [x["item_id"] for x in json.loads(client.get(keys.popular) or b"{}")["items"]]
+    assert len(popular) == s.top_n and not set(popular) & set(top)
+    users = sorted(set(base.users.astype(str)))
+    for raw in client.mget([keys.recs(u) for u in users]):
+        assert raw is not None
+        listed = {x["item_id"] for x in json.loads(raw)["items"]}
+        assert listed and not listed & set(top)
+    for item in model.item_ids:
+        assert not {i for i, _ in _similar(client, keys, item)} & set(top)
