@@ -14,13 +14,13 @@ from confluent_kafka import Producer
 
 from streamrec.als.content import content_vectors
 from streamrec.als.similar import blended_neighbours, neighbours, unit_rows
-from streamrec.artifact import load_content_map, load_model
+from streamrec.artifact import Model, load_content_map, load_model
 from streamrec.catalog import Item, encode_item
 from streamrec.connect import ensure_topics, redis_client
 from streamrec.keys import Keys
-from streamrec.model.data import synthetic
+from streamrec.model.data import Interactions, synthetic
 from streamrec.model.params import Params
-from streamrec.model.retrain import RetrainConfig, retrain
+from streamrec.model.retrain import RetrainConfig, RetrainResult, retrain
 from streamrec.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -45,6 +45,22 @@ def _similar(client: object, keys: Keys, item: str) -> list[tuple[str, float]]:
     return [(x["item_id"], x["score"]) for x in json.loads(raw)["items"]]
 
 
+def _retrain_on(
+    s: Settings, tmp_path: Path, base: Interactions, records: list[tuple[str, bytes | None]]
+) -> tuple[RetrainResult, Model]:
+    """Publish ``records`` (key, value; None: a tombstone) to the items topic, run the nightly
+    job on ``base``: its result and the model it promoted."""
+    ensure_topics(s)
+    producer = Producer({**s.kafka_common(), "acks": "all"})
+    for key, value in records:
+        producer.produce(s.topic_items, key=key.encode(), value=value)
+    assert producer.flush(30) == 0
+    cfg = RetrainConfig(models_dir=tmp_path / "models", base=base, params=FAST)
+    result = retrain(s, cfg, redis_client(s), echo=lambda _l: None)
+    assert result.promoted, result.reason
+    return result, load_model(tmp_path / "models" / str(result.version))
+
+
 def test_retrain_fits_the_map_from_the_items_topic_and_blends_similar_items(
     stack: Callable[..., Settings], tmp_path: Path
 ) -> None:
@@ -54,18 +70,10 @@ def test_retrain_fits_the_map_from_the_items_topic_and_blends_similar_items(
         counts[i] = counts.get(i, 0) + 1  # one row per (user, item) in the generated set
     threshold = int(np.median(list(counts.values())))
     s = stack(content_similar_min_interactions=threshold, content_similar_weight=0.6)
-    ensure_topics(s)
     catalog = _catalog(sorted(counts))
-    producer = Producer({**s.kafka_common(), "acks": "all"})
-    for item in catalog.values():
-        producer.produce(s.topic_items, key=item.item_id.encode(), value=encode_item(item))
-    assert producer.flush(30) == 0
+    records: list[tuple[str, bytes | None]] = [(i, encode_item(x)) for i, x in catalog.items()]
+    result, model = _retrain_on(s, tmp_path, base, records)
     client, keys = redis_client(s), Keys(s.redis_prefix)
-
-    cfg = RetrainConfig(models_dir=tmp_path / "models", base=base, params=FAST)
-    result = retrain(s, cfg, client, echo=lambda _l: None)
-    assert result.promoted, result.reason
-    model = load_model(tmp_path / "models" / str(result.version))
     cmap = load_content_map(model.path)
     assert cmap is not None and cmap.factors == model.factors
     assert cmap.feature_names == ("energy",) and len(cmap.categories) == 12
@@ -112,24 +120,15 @@ def test_the_catalogs_unavailable_and_removed_items_are_in_nothing_the_job_publi
     (the two most popular) are in no user's list, not in popular, and nobody's similar item."""
     base = synthetic(300, 200, seed=12)
     s = stack(top_n=10)
-    ensure_topics(s)
     ids, counts = np.unique(base.items.astype(str), return_counts=True)
     top = [str(i) for i in ids[np.argsort(-counts, kind="stable")][:2]]
     catalog = _catalog([str(i) for i in ids])
-    producer = Producer({**s.kafka_common(), "acks": "all"})
-    for item in catalog.values():
-        producer.produce(s.topic_items, key=item.item_id.encode(), value=encode_item(item))
     off = catalog[top[0]]
     gone = Item(off.item_id, off.name, off.categories, None, False, off.features, 1)
-    producer.produce(s.topic_items, key=top[0].encode(), value=encode_item(gone))
-    producer.produce(s.topic_items, key=top[1].encode(), value=None)
-    assert producer.flush(30) == 0
+    records: list[tuple[str, bytes | None]] = [(i, encode_item(x)) for i, x in catalog.items()]
+    records += [(top[0], encode_item(gone)), (top[1], None)]
+    _, model = _retrain_on(s, tmp_path, base, records)
     client, keys = redis_client(s), Keys(s.redis_prefix)
-
-    cfg = RetrainConfig(models_dir=tmp_path / "models", base=base, params=FAST)
-    result = retrain(s, cfg, client, echo=lambda _l: None)
-    assert result.promoted, result.reason
-    model = load_model(tmp_path / "models" / str(result.version))
     assert set(top) <= set(model.item_ids)  # trained on: left out only by the catalog
     popular = [x["item_id"] for x in json.loads(client.get(keys.popular) or b"{}")["items"]]
     assert len(popular) == s.top_n and not set(popular) & set(top)
