@@ -42,7 +42,15 @@ from confluent_kafka import Message
 from streamrec.als.history import Rules, UserState
 from streamrec.als.scorer import Scorer
 from streamrec.connect import redis_client
-from streamrec.keys import Keys, home_value, mget, parse_applied, read_histories
+from streamrec.keys import (
+    Keys,
+    home_value,
+    mget,
+    parse_applied,
+    parse_list,
+    popular_value,
+    read_histories,
+)
 from streamrec.registry import event_decoder
 from streamrec.settings import Settings
 from streamrec.sink import Sink
@@ -149,6 +157,7 @@ class Worker:
         self._purge_ids: set[str] = set()  # looked for by the round under way
         self._purge_next: set[str] = set()  # for the next round (and the rest of this one)
         self._purge_keys: Iterator[str] | None = None
+        self._purge_popular: set[str] = set()  # ids to look for in ``<p>:popular``
         self.outages = Outages(settings, self.metrics, self.stop)  # Redis or Kafka down
 
     @property
@@ -294,7 +303,11 @@ class Worker:
                      "(version %d)", len(self.catalog), len(self.catalog.unavailable()),
                      self.models.cold, self.catalog.version)  # fmt: skip
         # Not before this worker owns partitions: a purge goes over their users.
-        self._purge_next |= self.models.take_purge() if self.assigned else set()
+        taken = self.models.take_purge() if self.assigned else set()
+        self._purge_next |= taken
+        self._purge_popular |= taken
+        if self._purge_popular:
+            self._purge_popular_list()
         if self._purge_keys is None and self._purge_next:
             # A round over every owned user; ids that come during it are looked for in the
             # rest of it and in one more round (so a round always ends, however often the
@@ -303,6 +316,30 @@ class Worker:
             self._purge_keys = self._owned_history_keys()
         if self._purge_keys is not None:
             self._purge()
+
+    def _purge_popular_list(self) -> None:
+        """``<p>:popular`` written again without the ids of ``_purge_popular`` where it holds
+        one and is the serving model's: what the publisher wrote, less the items that left
+        the catalog since (every owning worker writes the same value). A newer model's list
+        is its publisher's, and a retry after an outage looks again."""
+        ids, self._purge_popular = self._purge_popular, set()
+        try:
+            raw = self._redis.get(self.keys.popular)
+            scorer = self.models.scorer
+            current = parse_list(raw) if raw is not None else None
+            if current is None or current.get("model_version") != scorer.version:
+                return
+            if not {e.get("item_id") for e in current["items"]} & ids:
+                return
+            never, n = self.models.never(), self.settings.top_n
+            kept = [p for p in scorer.model.popular(n + len(never)) if p[0] not in never][:n]
+            value = popular_value(kept, scorer.version, int(time.time() * 1000))
+            self._redis.set(self.keys.popular, value)
+        except BaseException:
+            self._purge_popular |= ids
+            raise
+        log.info("popular written again without %s", ", ".join(sorted(ids & {
+            e.get("item_id") for e in current["items"]})))  # fmt: skip
 
     def _catalog_gauges(self) -> None:
         off = len(self.catalog.unavailable() & set(self.catalog.items()))

@@ -132,6 +132,11 @@ class ModelWatcher:
         self._unavailable = now
         self._compose()
 
+    def never(self) -> set[str]:
+        """Ids never recommended now: the operators' blocked items and the catalog's
+        unavailable and removed ones."""
+        return self._blocked_ids | set(self._unavailable)
+
     def take_purge(self) -> set[str]:
         """The ids of ``purge``, emptied."""
         ids, self.purge = self.purge, set()

@@ -22,7 +22,7 @@ from streamrec.client import Client, schema
 from streamrec.client import Item as ClientItem
 from streamrec.connect import ensure_topics, redis_client
 from streamrec.events import new_event
-from streamrec.keys import Keys, model_value
+from streamrec.keys import Keys, model_value, popular_value
 from streamrec.model.data import build_matrix, synthetic
 from streamrec.model.train import Params, train
 from streamrec.producer.catalog import CatalogProducer
@@ -38,6 +38,11 @@ pytestmark = pytest.mark.integration
 
 def _recs(client: redis.Redis, keys: Keys, user: str) -> dict[str, Any] | None:
     raw = client.get(keys.recs(user))
+    return json.loads(raw) if raw else None
+
+
+def _recs_at(client: redis.Redis, key: str) -> dict[str, Any] | None:
+    raw = client.get(key)
     return json.loads(raw) if raw else None
 
 
@@ -111,6 +116,9 @@ def test_new_item_enters_lists_from_its_content_and_unavailable_items_leave_ever
     held = max(ids, key=lambda i: sum(i in got for got in lists.values()))
     assert sum(held in got for got in lists.values()) >= 2
     gone = {held, "brand-new"}
+    # popular as a publisher of this model wrote it, holding the item too: written again.
+    n = s.top_n
+    client.set(keys.popular, popular_value([(held, 9.0), *model.popular(n - 1)], model.version, 1))
     with CatalogProducer(s) as c:
         c.send(Item(held, "", (), None, False, {}, 1_800_000_000_001))
         c.remove("brand-new")
@@ -119,6 +127,11 @@ def test_new_item_enters_lists_from_its_content_and_unavailable_items_leave_ever
         return all(not gone & set(_ids(_recs(client, keys, u))) for u in users)
 
     wait_for(clean, 30)
+    kept = [p for p in model.popular(n + 1) if p[0] != held][:n]
+    popular = wait_for(lambda: (v := _recs_at(client, keys.popular)) and held not in _ids(v)
+                       and v, 30)  # fmt: skip
+    assert [(e["item_id"], e["score"]) for e in popular["items"]] == kept
+    assert popular["model_version"] == model.version
     assert worker.stats.purged >= 2 and worker.models.cold == 0
     exported = generate_latest(worker.metrics.registry).decode()
     assert 'streamrec_catalog_items{state="unavailable"} 1.0' in exported
